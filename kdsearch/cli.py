@@ -1,0 +1,223 @@
+"""The ``kdsearch`` command: parses arguments, calls the modules, prints results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kdsearch.errors import KDSearchError
+from kdsearch.progress import StepProgress
+
+REPO_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table; floats printed with 4 decimals."""
+    if not rows:
+        return "(no rows)"
+    cols = list(columns or rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    cells = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _load(args: argparse.Namespace):
+    from kdsearch.spec import load_spec
+
+    return load_spec(args.spec, args.set)
+
+
+def _prepare(spec):
+    from kdsearch.data.prepare import prepare_data
+
+    data = prepare_data(spec.data, spec.workdir)
+    sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
+    print(f"data: {data.source} ({data.task}, {data.num_labels} labels; {sizes}); cache {data.folder}")
+    return data
+
+
+def _pool(spec, data):
+    from kdsearch.teachers import TeacherPool
+
+    return TeacherPool(spec.workdir, data, spec.device)
+
+
+def cmd_teachers(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    data = _prepare(spec)
+    pool = _pool(spec, data)
+    if args.action == "train":
+        for folder in spec.teachers.register:
+            pool.register(folder)
+        pool.train(spec.teachers, progress=StepProgress)
+    elif args.action == "register":
+        for folder in args.folders:
+            rec = pool.register(folder)
+            print(f"registered {rec.name}: val {rec.val_score:.4f} loss {rec.val_loss:.4f}")
+    print(format_table(pool.table()))
+    return 0
+
+
+def _teacher_signal(spec, data, pool, teacher: str):
+    rec = pool.select(teacher)
+    print(f"teacher: {rec.name} (by {teacher}; val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
+    return rec, pool.outputs(rec)
+
+
+def _print_epoch(label: str):
+    def show(m: dict[str, float], trainer: Any) -> None:
+        fid = f" agree {m['val_agreement']:.4f} kl {m['val_kl']:.4f}" if "val_agreement" in m else ""
+        print(
+            f"  {label} epoch {int(m['epoch'])}/{trainer.epochs}: train loss {m['train_loss']:.4f} "
+            f"val {m['val_score']:.4f} loss {m['val_loss']:.4f}{fid} ({m['train_examples_per_s']:.0f} ex/s)",
+            flush=True,
+        )
+
+    return show
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from kdsearch.distill.trainer import TrialConfig, train_student
+
+    spec = _load(args)
+    data = _prepare(spec)
+    pool = _pool(spec, data)
+    config = TrialConfig.from_spec(spec)
+    _, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
+    d = spec.distill
+    print(f"student {config.student}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s} seed {config.seed}")
+    result = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))
+    out = {"status": result.status, "error": result.error, **result.final, **result.test, "wall_s": result.wall_s}
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(format_table([{k: v for k, v in out.items() if v is not None}]))
+    return 0 if result.status == "ok" else 3
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a teacher pool and distil one student, beside the same student without KD."""
+    import dataclasses
+
+    from kdsearch import atomic
+    from kdsearch.distill.trainer import TrialConfig, train_student
+
+    spec = _load(args)
+    print(f"== kdsearch demo: spec {args.spec}, workdir {spec.workdir}")
+    data = _prepare(spec)
+    pool = _pool(spec, data)
+    print(f"== 1/3 teacher pool: {spec.teachers.model} x seeds {spec.teachers.seeds}, one checkpoint per epoch")
+    pool.train(spec.teachers, progress=StepProgress)
+    print(format_table(pool.table()))
+    rec, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
+    kd = TrialConfig.from_spec(spec)
+    base = dataclasses.replace(kd, distill=dataclasses.replace(kd.distill, alpha=0.0))
+    rows = []
+    for step, (label, config) in enumerate((("no KD (alpha=0)", base), (f"KD ({_kd_label(kd)})", kd)), start=2):
+        print(f"== {step}/3 student {config.student}, {label}, seed {config.seed}")
+        r = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))
+        rows.append(
+            {
+                "student": f"{config.student} {label}",
+                "status": r.status,
+                "val_acc": r.final.get("val_accuracy"),
+                "val_f1": r.final.get("val_macro_f1", r.final.get("val_f1")),
+                "test_acc": r.test.get("test_accuracy"),
+                "agreement": r.final.get("val_agreement"),
+                "kl": r.final.get("val_kl"),
+                "wall_s": round(r.wall_s, 1),
+            }
+        )
+    rows.insert(0, {"student": f"teacher {rec.name}", "status": "ok", "val_acc": rec.val_score})
+    print("== result (validation; fidelity = agreement with the teacher and KL(teacher || student))")
+    print(format_table(rows))
+    out = Path(spec.workdir) / "demo.json"
+    atomic.write_text(out, json.dumps(rows, indent=1))
+    print(f"written: {out}")
+    return 0
+
+
+def _kd_label(config) -> str:
+    d = config.distill
+    return f"{d.teacher}, {d.loss}, alpha={d.alpha}, tau_t={d.tau_t}, tau_s={d.tau_s}"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kdsearch.bench import kd_loop
+
+    if args.target == "kd-loop":
+        kd_loop.main(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdsearch", description="Hyperparameter search for knowledge distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def spec_args(sp: argparse.ArgumentParser, default: str | None = None) -> None:
+        if default:
+            sp.add_argument("spec", nargs="?", default=default, help=f"spec YAML (default: {default})")
+        else:
+            sp.add_argument("spec", help="spec YAML")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. distill.alpha=1.0")
+
+    t = sub.add_parser("teachers", help="train, register or list the teacher pool")
+    tsub = t.add_subparsers(dest="action", required=True)
+    spec_args(tsub.add_parser("train", help="train the spec's teachers, one checkpoint per epoch and seed"))
+    reg = tsub.add_parser("register", help="add existing save_pretrained folders to the pool")
+    spec_args(reg)
+    reg.add_argument("folders", nargs="+")
+    spec_args(tsub.add_parser("list", help="show the pool and which checkpoint t_hs / t_ll pick"))
+    t.set_defaults(func=cmd_teachers)
+
+    d = sub.add_parser("distill", help="distil one student with the spec's config and print its metrics")
+    spec_args(d)
+    d.add_argument("--json", action="store_true", help="print metrics as JSON")
+    d.set_defaults(func=cmd_distill)
+
+    demo = sub.add_parser("demo", help="teacher pool + one distilled student on built-in Rotten Tomatoes")
+    spec_args(demo, str(REPO_SPACES / "quick.yaml"))
+    demo.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
+    b.add_argument("target", choices=["kd-loop"])
+    b.add_argument("--out", default="results/bench/kd_loop.json")
+    b.add_argument("--student", default="s")
+    b.add_argument("--teacher", default="l")
+    b.add_argument("--examples", type=int, default=2048, help="train examples per timed variant")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--max-length", type=int, default=64)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars, once per checkpoint
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KDSearchError as e:
+        print(f"kdsearch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Tokenized splits, cached on disk by a hash of data + tokenizer + max length.
+
+A prepared split is a handful of tensors: token ids padded once to the split's longest
+example, the true lengths (so batches are cut to their own longest example), and labels.
+Trials load these tensors and never tokenize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from kdsearch import atomic
+from kdsearch.data.sources import RawData, label_names, load_raw
+from kdsearch.data.tokenizer import get_tokenizer, tokenizer_key
+from kdsearch.errors import DataError
+from kdsearch.spec import DataSpec
+
+IGNORE_INDEX = -100
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EncodedSplit:
+    """One tokenized split. ``labels`` is [N] for sequence tasks, [N, L] (-100 = ignored)
+    for token tasks; ``offsets[i]:offsets[i+1]`` are example i's labelled positions in any
+    flat per-position tensor (teacher logits, predictions)."""
+
+    input_ids: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def n_positions(self) -> torch.Tensor:
+        if self.labels.dim() == 1:
+            return torch.ones_like(self.lengths)
+        return (self.labels != IGNORE_INDEX).sum(1)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return torch.cat([torch.zeros(1, dtype=torch.long), self.n_positions.cumsum(0)])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"input_ids": self.input_ids, "lengths": self.lengths, "labels": self.labels}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = self.token_type_ids
+        return out
+
+
+@dataclass
+class PreparedData:
+    """Everything a trial needs from the data, loadable from ``folder`` alone."""
+
+    key: str
+    task: str
+    label_names: list[str]
+    splits: dict[str, EncodedSplit]
+    tokenizer_dir: Path
+    folder: Path
+    source: str
+    pad_token_id: int
+    vocab_size: int
+    max_length: int
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @classmethod
+    def load(cls, folder: Path) -> PreparedData:
+        meta = json.loads((folder / "meta.json").read_text())
+        splits = {}
+        for s in meta["splits"]:
+            t = load_file(folder / f"{s}.safetensors")
+            splits[s] = EncodedSplit(t["input_ids"], t["lengths"], t["labels"], t.get("token_type_ids"))
+        return cls(
+            key=meta["key"],
+            task=meta["task"],
+            label_names=meta["label_names"],
+            splits=splits,
+            tokenizer_dir=Path(meta["tokenizer_dir"]),
+            folder=folder,
+            source=meta["source"],
+            pad_token_id=meta["pad_token_id"],
+            vocab_size=meta["vocab_size"],
+            max_length=meta["max_length"],
+        )
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def _label_ids(values: list, names: list[str], split: str, source: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for v in values:
+        key = str(v)
+        if key not in index:
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise DataError(f"{split} split of {source!r} has label {key!r}, not among train's labels ({shown})")
+        out.append(index[key])
+    return out
+
+
+def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_length: int) -> EncodedSplit:
+    """Tokenize one split with the tokenizer's Rust backend (fast, gives word ids)."""
+    backend = tokenizer.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(max_length=max_length)
+    df = raw.splits[split]
+    cols = raw.columns
+    if raw.task == "token_classification":
+        words = [[str(w) for w in ws] for ws in df[cols["tokens"]]]
+        tags = [list(t) for t in df[cols["tags"]]]
+        for i, (w, t) in enumerate(zip(words, tags)):
+            if len(w) != len(t):
+                raise DataError(f"{split} row {i} of {raw.source!r} has {len(w)} tokens but {len(t)} tags")
+        encs = backend.encode_batch(words, is_pretokenized=True)
+        label_rows = []
+        for enc, t in zip(encs, tags):
+            ids = _label_ids(t, names, split, raw.source)
+            row, seen = [], set()
+            for wid in enc.word_ids:
+                # only a word's first sub-token carries its tag; the rest and specials are ignored
+                if wid is None or wid in seen:
+                    row.append(IGNORE_INDEX)
+                else:
+                    seen.add(wid)
+                    row.append(ids[wid])
+            label_rows.append(row)
+        labels = _pad(label_rows, IGNORE_INDEX)
+    else:
+        texts = [str(t) for t in df[cols["text"]]]
+        if raw.task == "pair_classification":
+            pairs = [str(t) for t in df[cols["text_pair"]]]
+            encs = backend.encode_batch(list(zip(texts, pairs)))
+        else:
+            encs = backend.encode_batch(texts)
+        labels = torch.tensor(_label_ids(df[cols["label"]].tolist(), names, split, raw.source))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = _pad([e.ids for e in encs], pad_id)
+    lengths = torch.tensor([len(e.ids) for e in encs], dtype=torch.long)
+    type_ids = _pad([e.type_ids for e in encs], 0) if raw.task == "pair_classification" else None
+    if labels.dim() == 2:
+        labels = labels[:, : input_ids.shape[1]]
+    return EncodedSplit(input_ids, lengths, labels, type_ids)
+
+
+def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
+    """Load, tokenize and cache the splits of ``spec``; reuse the cache when it matches."""
+    raw = load_raw(spec)
+    cache_root = Path(workdir) / "cache"
+    names = label_names(raw)
+    if len(names) < 2:
+        raise DataError(f"train split of {raw.source!r} has {len(names)} label(s); need at least 2")
+    key = hashlib.sha256(
+        json.dumps([FORMAT_VERSION, raw.fingerprint, tokenizer_key(spec.tokenizer, raw), spec.max_length, names]).encode()
+    ).hexdigest()[:16]
+    folder = cache_root / "data" / key
+    if (folder / "meta.json").is_file():
+        return PreparedData.load(folder)
+    tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root)
+    with atomic.new_dir(folder) as tmp:
+        for split in raw.splits:
+            enc = encode_split(raw, split, tokenizer, names, spec.max_length)
+            save_file(enc.tensors(), tmp / f"{split}.safetensors")
+        meta = {
+            "key": key,
+            "task": raw.task,
+            "label_names": names,
+            "splits": list(raw.splits),
+            "tokenizer_dir": str(tok_dir),
+            "source": raw.source,
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            "vocab_size": len(tokenizer),
+            "max_length": spec.max_length,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return PreparedData.load(folder)

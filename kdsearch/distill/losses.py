@@ -1,0 +1,94 @@
+"""Distillation losses, registered by name so a spec string picks one.
+
+The objective is ``L = (1-alpha)*CE(y, p_s) + alpha*D(z_t, z_s)``. It is fused: the student's
+log-probabilities are computed once and serve both terms whenever ``tau_s == 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class StudentLogits:
+    """Student logits with log-probabilities computed at most once per temperature."""
+
+    logits: torch.Tensor
+    _cache: dict[float, torch.Tensor] = field(default_factory=dict)
+
+    def log_probs(self, tau: float = 1.0) -> torch.Tensor:
+        if tau not in self._cache:
+            z = self.logits if tau == 1.0 else self.logits / tau
+            self._cache[tau] = F.log_softmax(z.float(), dim=-1)
+        return self._cache[tau]
+
+
+Distance = Callable[[StudentLogits, torch.Tensor, float, float], torch.Tensor]
+LOSSES: dict[str, Distance] = {}
+
+
+def register_loss(name: str) -> Callable[[Distance], Distance]:
+    """Register ``D(student, teacher_logits, tau_t, tau_s) -> scalar`` under ``name``."""
+
+    def deco(fn: Distance) -> Distance:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_loss("ce")
+def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
+    """-sum_c softmax(z_t/tau_t)_c * log softmax(z_s/tau_s)_c, mean over positions."""
+    p_t = F.softmax(teacher.float() / tau_t, dim=-1)
+    return -(p_t * student.log_probs(tau_s)).sum(-1).mean()
+
+
+@register_loss("kl")
+def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
+    """KL(softmax(z_t/tau_t) || softmax(z_s/tau_s)), mean over positions."""
+    log_p_t = F.log_softmax(teacher.float() / tau_t, dim=-1)
+    return (log_p_t.exp() * (log_p_t - student.log_probs(tau_s))).sum(-1).mean()
+
+
+@register_loss("mse")
+def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
+    """Mean over positions and classes of (z_t/tau_t - z_s/tau_s)^2."""
+    return F.mse_loss(student.logits.float() / tau_s, teacher.float() / tau_t)
+
+
+def kd_objective(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    *,
+    alpha: float,
+    loss: str = "ce",
+    tau_t: float = 1.0,
+    tau_s: float = 1.0,
+    tau2_scaling: bool = True,
+) -> torch.Tensor:
+    """``(1-alpha)*CE(y, p_s) + alpha*D`` on flat ``[positions, classes]`` rows.
+
+    alpha = 0 is plain fine-tuning (no teacher needed); alpha = 1 uses no human labels.
+    With ``tau2_scaling`` D is multiplied by ``tau_s**2``, which keeps the gradient's size
+    as the student temperature grows (Hinton et al.'s tau^2 when tau_s == tau_t).
+    """
+    student = StudentLogits(student_logits)
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    if alpha < 1.0:
+        total = total + (1.0 - alpha) * F.nll_loss(student.log_probs(1.0), labels)
+    if alpha > 0.0:
+        if teacher_logits is None:
+            raise ValueError("alpha > 0 needs teacher logits")
+        d = LOSSES[loss](student, teacher_logits, tau_t, tau_s)
+        if tau2_scaling:
+            d = d * tau_s**2
+        total = total + alpha * d
+    return total

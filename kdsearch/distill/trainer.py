@@ -1,0 +1,242 @@
+"""One trial: train one student with one config, evaluate after every epoch.
+
+A trial is a plain function of (config, prepared data, teacher signal) and knows nothing
+of Ray; the search wraps it. Teachers are trained by the same loop with ``alpha = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from kdsearch.data.batching import make_batch, train_order
+from kdsearch.data.prepare import PreparedData
+from kdsearch.distill.losses import kd_objective
+from kdsearch.distill.metrics import fidelity
+from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
+from kdsearch.models import build_model
+from kdsearch.spec import DistillSpec, OptimSpec, Spec
+from kdsearch.tasks import get_task
+
+NO_DISTILL = DistillSpec(alpha=0.0)
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial varies: the student, its training, the KD knobs, the seed."""
+
+    student: str = "xs"
+    train: OptimSpec = field(default_factory=OptimSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+    seed: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: Spec) -> TrialConfig:
+        return cls(spec.student.model, spec.student.train, spec.distill, spec.student.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    """What a trial returns. ``status`` is ``ok`` or ``diverged`` (a NaN/inf loss)."""
+
+    status: str
+    epochs: list[dict[str, float]]
+    final: dict[str, float]
+    best: dict[str, float]
+    test: dict[str, float]
+    wall_s: float
+    error: str | None = None
+    model: PreTrainedModel | None = field(default=None, repr=False)
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimSpec) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and LayerNorm weights."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # the fused kernel does the whole update in one pass: the embedding's update dominates
+    # a tiny student's step, so this is where CPU time goes
+    return torch.optim.AdamW(groups, lr=optim.learning_rate, fused=True)
+
+
+class Trainer:
+    """Trains ``model`` on ``data``'s train split, evaluating on validation each epoch."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        data: PreparedData,
+        optim: OptimSpec,
+        seed: int,
+        distill: DistillSpec = NO_DISTILL,
+        teacher: TeacherSignal | None = None,
+        device: torch.device | None = None,
+        max_grad_norm: float = 1.0,
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> None:
+        if distill.alpha > 0 and teacher is None:
+            raise ValueError("alpha > 0 needs a teacher")
+        self.device = device or resolve_device()
+        self.model = model.to(self.device)
+        self.data = data
+        self.task = get_task(data.task)
+        self.optim = optim
+        self.seed = seed
+        self.distill = distill
+        self.teacher = teacher
+        self.max_grad_norm = max_grad_norm
+        self.progress = progress
+        train = data.splits["train"]
+        self.steps_per_epoch = math.ceil(len(train) / optim.batch_size)
+        self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.optimizer = make_optimizer(self.model, optim)
+        warmup = int(optim.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
+        # batch order depends on the seed alone, so configs are compared seed by seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.epoch = 0
+
+    def _loss(self, split: str, batch) -> torch.Tensor:
+        with autocast(self.device):
+            logits = self.model(**batch.model_inputs()).logits
+        s, y = self.task.select(logits, batch.labels)
+        t = None
+        if self.distill.alpha > 0:
+            assert self.teacher is not None
+            t = self.teacher.logits(split, batch).to(self.device, non_blocking=True)
+        d = self.distill
+        return kd_objective(
+            s, y, t, alpha=d.alpha, loss=d.loss, tau_t=d.tau_t, tau_s=d.student_temperature, tau2_scaling=d.tau2_scaling
+        )
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the train split (or up to ``max_steps``). Raises Diverged."""
+        self.model.train()
+        split = self.data.splits["train"]
+        order = train_order(split.lengths, self.optim.batch_size, self.generator)
+        check_every = 1 if self.device.type == "cpu" else 25  # .item() syncs a GPU
+        loss_sum = torch.zeros((), device=self.device)
+        steps = examples = 0
+        start = time.perf_counter()
+        n_steps = min(len(order), self.total_steps - self.step)
+        for index in order:
+            if self.step >= self.total_steps:
+                break
+            batch = make_batch(split, index).to(self.device)
+            loss = self._loss("train", batch)
+            if steps % check_every == 0 and not bool(torch.isfinite(loss)):
+                raise Diverged(f"loss is {float(loss.detach())} at step {self.step}")
+            loss.backward()
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            steps += 1
+            examples += len(index)
+            self.step += 1
+            if self.progress is not None:
+                self.progress(self.epoch + 1, steps, n_steps)
+        mean_loss = float(loss_sum) / max(1, steps)
+        if not math.isfinite(mean_loss):
+            raise Diverged(f"mean training loss is {mean_loss} in epoch {self.epoch + 1}")
+        self.epoch += 1
+        elapsed = time.perf_counter() - start
+        return {"epoch": self.epoch, "step": self.step, "train_loss": mean_loss, "train_examples_per_s": examples / elapsed}
+
+    def evaluate(self, split: str = "validation", prefix: str | None = None) -> dict[str, float]:
+        """Task metric, loss against gold labels and, with a teacher, fidelity."""
+        enc = self.data.splits[split]
+        logits = predict(self.model, self.data, enc, device=self.device)
+        gold = enc.labels if enc.labels.dim() == 1 else enc.labels[enc.labels != -100]
+        scores = self.task.scores(logits.argmax(-1), gold, enc.offsets, self.data.label_names)
+        scores["loss"] = float(F.cross_entropy(logits, gold))
+        scores["score"] = scores[self.task.primary_metric]
+        teacher_logits = self.teacher.split_logits(split) if self.teacher is not None else None
+        if teacher_logits is not None:
+            scores.update(fidelity(logits, teacher_logits))
+        p = f"{prefix or split}_"
+        return {p + k: v for k, v in scores.items()}
+
+    def run(self) -> Iterator[dict[str, float]]:
+        """Train epoch by epoch, yielding each epoch's train and validation metrics."""
+        while self.epoch < self.epochs and self.step < self.total_steps:
+            metrics = self.train_epoch()
+            metrics.update(self.evaluate("validation", "val"))
+            yield metrics
+
+
+def train_student(
+    config: TrialConfig,
+    data: PreparedData,
+    teacher: TeacherSignal | None = None,
+    device: torch.device | str | None = None,
+    on_epoch: Callable[[dict[str, float], Trainer], None] | None = None,
+    model: PreTrainedModel | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> TrialResult:
+    """Run one trial to the end and return its metrics; a NaN/inf loss gives ``diverged``.
+
+    The seed fixes the student's initialisation and the batch order, so two configs with
+    the same seed differ only in what the config changes.
+    """
+    start = time.perf_counter()
+    dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
+    torch.manual_seed(config.seed)
+    if model is None:
+        model = build_model(
+            config.student, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length
+        )
+    trainer = Trainer(model, data, config.train, config.seed, config.distill, teacher, dev, progress=progress)
+    epochs: list[dict[str, float]] = []
+    try:
+        for metrics in trainer.run():
+            metrics["elapsed_s"] = time.perf_counter() - start
+            epochs.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics, trainer)
+    except Diverged as e:
+        return TrialResult("diverged", epochs, epochs[-1] if epochs else {}, _best(epochs), {}, time.perf_counter() - start, str(e), trainer.model)
+    test = trainer.evaluate("test") if "test" in data.splits else {}
+    return TrialResult("ok", epochs, epochs[-1], _best(epochs), test, time.perf_counter() - start, None, trainer.model)
+
+
+def _best(epochs: list[dict[str, float]]) -> dict[str, float]:
+    return max(epochs, key=lambda m: m["val_score"]) if epochs else {}

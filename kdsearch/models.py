@@ -1,0 +1,133 @@
+"""Model size presets and loading of teachers and students (Hugging Face transformers).
+
+Presets are BERT-style encoders built from a config (random initialisation):
+
+| preset | layers | hidden | heads | FFN  | non-embedding params | meant for              |
+|--------|--------|--------|-------|------|----------------------|------------------------|
+| xs     | 2      | 128    | 2     | 512  | 0.4 M                | student (BERT-tiny)    |
+| s      | 4      | 256    | 4     | 1024 | 3.2 M                | student (BERT-mini)    |
+| m      | 4      | 512    | 8     | 2048 | 12.6 M               | student (BERT-small)   |
+| l      | 6      | 512    | 8     | 2048 | 18.9 M               | teacher (CPU-sized)    |
+| base   | 12     | 768    | 12    | 3072 | 85 M                 | teacher (BERT-base)    |
+
+Anything else is a local ``save_pretrained`` folder or a Hugging Face hub name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from transformers import BertConfig, PreTrainedModel
+
+from kdsearch.errors import ModelError
+from kdsearch.tasks import get_task
+
+
+@dataclass(frozen=True)
+class Preset:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+
+
+PRESETS: dict[str, Preset] = {
+    "xs": Preset(2, 128, 2, 512),
+    "s": Preset(4, 256, 4, 1024),
+    "m": Preset(4, 512, 8, 2048),
+    "l": Preset(6, 512, 8, 2048),
+    "base": Preset(12, 768, 12, 3072),
+}
+
+
+def _head_class(task: str) -> type:
+    return getattr(transformers, get_task(task).head)
+
+
+def is_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists()
+
+
+def check_model_name(name: str) -> str | None:
+    """Why ``name`` names no model (None if it does): a preset, a folder or ``org/name``."""
+    if name in PRESETS:
+        return None
+    if is_local(name):
+        return None if Path(name).expanduser().is_dir() else f"model folder {name!r} does not exist"
+    if "/" not in name:
+        return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, or a hub name like org/model"
+    return None
+
+
+def build_model(
+    name: str,
+    task: str,
+    label_names: list[str],
+    vocab_size: int,
+    pad_token_id: int,
+    max_length: int,
+) -> PreTrainedModel:
+    """A model for ``task``: a preset built from config, or a checkpoint loaded by name."""
+    id2label = dict(enumerate(label_names))
+    label2id = {v: k for k, v in id2label.items()}
+    cls = _head_class(task)
+    if name in PRESETS:
+        p = PRESETS[name]
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=p.hidden,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            intermediate_size=p.ffn,
+            max_position_embeddings=max(64, max_length),
+            pad_token_id=pad_token_id,
+            id2label=id2label,
+            label2id=label2id,
+        )
+        return cls.from_config(config, attn_implementation="sdpa")
+    problem = check_model_name(name)
+    if problem:
+        raise ModelError(problem)
+    model = load_model(name, task, label_names)
+    if model.config.vocab_size < vocab_size:
+        raise ModelError(
+            f"model {name!r} has a vocabulary of {model.config.vocab_size} but the data's tokenizer has "
+            f"{vocab_size}: use the model's tokenizer (data.tokenizer: {{kind: pretrained, name: {name}}})"
+        )
+    return model
+
+
+def load_model(name: str, task: str, label_names: list[str]) -> PreTrainedModel:
+    """Load a checkpoint; a head trained on other labels is refused, a missing one is added."""
+    cls = _head_class(task)
+    try:
+        config = transformers.AutoConfig.from_pretrained(name)
+    except Exception as e:  # OSError for missing folders, hub errors when offline
+        raise ModelError(
+            f"model {name!r} is not a preset ({', '.join(PRESETS)}) and cannot be loaded: {str(e).splitlines()[0]}"
+        ) from None
+    saved = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    has_head = any(a.endswith(("ForSequenceClassification", "ForTokenClassification")) for a in (config.architectures or []))
+    if has_head and saved != list(label_names):
+        raise ModelError(
+            f"model {name!r} was trained on labels {saved}, but the data has labels {list(label_names)}"
+        )
+    id2label = dict(enumerate(label_names))
+    try:
+        return cls.from_pretrained(
+            name,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            attn_implementation="sdpa",
+        )
+    except Exception as e:
+        raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def count_parameters(model: PreTrainedModel) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    return {"total": total, "embedding": emb, "non_embedding": total - emb}

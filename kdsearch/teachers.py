@@ -1,0 +1,182 @@
+"""The teacher pool: train or register checkpoints, select one, cache its outputs.
+
+Sultan et al. (2024) select a teacher among checkpoints by the highest validation score
+(``t_hs``) or the lowest validation loss (``t_ll``). Training keeps one checkpoint per
+epoch and seed, because the best-scoring and the lowest-loss epochs often differ (a
+teacher that memorises the train split keeps its score while its loss climbs).
+
+Each teacher's logits on every split are computed once and cached (safetensors) under a
+key of data + checkpoint content; trials read the cache and never run the teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from kdsearch import atomic
+from kdsearch.data.prepare import PreparedData
+from kdsearch.distill.teacher_signal import CachedTeacher, predict
+from kdsearch.distill.trainer import Trainer, TrialConfig, resolve_device, train_student
+from kdsearch.errors import KDSearchError, ModelError
+from kdsearch.models import load_model
+from kdsearch.spec import DistillSpec, TeacherSpec
+
+SELECTORS: dict[str, Callable[[list[TeacherRecord]], TeacherRecord]] = {
+    # ties break toward the other criterion, then the earlier checkpoint
+    "t_hs": lambda pool: max(pool, key=lambda r: (r.val_score, -r.val_loss)),
+    "t_ll": lambda pool: min(pool, key=lambda r: (r.val_loss, -r.val_score)),
+}
+
+
+@dataclass
+class TeacherRecord:
+    name: str
+    path: str
+    val_score: float
+    val_loss: float
+    source: str  # "trained" or "registered"
+    seed: int | None = None
+    epoch: int | None = None
+
+
+def _hash(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def checkpoint_hash(folder: Path) -> str:
+    """Content hash of a checkpoint's weights: the output cache follows the weights."""
+    h = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise ModelError(f"teacher folder {str(folder)!r} has no weights (*.safetensors or *.bin)")
+    for f in files:
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class TeacherPool:
+    """The checkpoints available as teachers for one prepared dataset."""
+
+    def __init__(self, workdir: str | Path, data: PreparedData, device: str = "auto") -> None:
+        self.workdir = Path(workdir)
+        self.data = data
+        self.device = resolve_device(device)
+        self.root = self.workdir / "teachers" / data.key
+        self.index = self.root / "pool.json"
+        self.records: list[TeacherRecord] = []
+        if self.index.is_file():
+            self.records = [TeacherRecord(**r) for r in json.loads(self.index.read_text())]
+        self.forward_passes = 0  # teacher passes over a split, for tests and reports
+
+    def _save(self) -> None:
+        atomic.write_text(self.index, json.dumps([dataclasses.asdict(r) for r in self.records], indent=1))
+
+    def _add(self, record: TeacherRecord) -> None:
+        self.records = [r for r in self.records if r.name != record.name] + [record]
+        self._save()
+
+    def get(self, name: str) -> TeacherRecord:
+        for r in self.records:
+            if r.name == name:
+                return r
+        raise KDSearchError(f"no teacher {name!r} in the pool (have: {', '.join(r.name for r in self.records) or 'none'})")
+
+    def train(
+        self,
+        spec: TeacherSpec,
+        log: Callable[[str], None] = print,
+        progress: Callable[[str], Callable[[int, int, int], None]] | None = None,
+    ) -> list[TeacherRecord]:
+        """Train each seed, keeping a checkpoint per epoch; seeds already trained are kept."""
+        run_key = _hash([spec.model, dataclasses.asdict(spec.train)])
+        new = []
+        for seed in spec.seeds:
+            prefix = f"{Path(spec.model).name}-{run_key[:6]}-seed{seed}"
+            done = [r for r in self.records if r.name.startswith(prefix + "-")]
+            if len(done) >= spec.train.epochs:
+                log(f"teacher {prefix}: {len(done)} checkpoints already in the pool, skipped")
+                continue
+
+            def save_epoch(metrics: dict[str, float], trainer: Trainer, prefix: str = prefix, seed: int = seed) -> None:
+                epoch = int(metrics["epoch"])
+                name = f"{prefix}-epoch{epoch}"
+                folder = self.root / name
+                if folder.exists():
+                    shutil.rmtree(folder)
+                with atomic.new_dir(folder) as tmp:
+                    trainer.model.save_pretrained(tmp)
+                    for f in self.data.tokenizer_dir.iterdir():
+                        shutil.copy(f, tmp / f.name)
+                rec = TeacherRecord(name, str(folder), metrics["val_score"], metrics["val_loss"], "trained", seed, epoch)
+                self._add(rec)
+                new.append(rec)
+                log(
+                    f"teacher {name}: val {metrics['val_score']:.4f} loss {metrics['val_loss']:.4f} "
+                    f"train loss {metrics['train_loss']:.4f} ({metrics['train_examples_per_s']:.0f} ex/s)"
+                )
+
+            config = TrialConfig(spec.model, spec.train, DistillSpec(alpha=0.0), seed)
+            bar = progress(f"teacher {prefix}") if progress else None
+            result = train_student(config, self.data, None, self.device, on_epoch=save_epoch, progress=bar)
+            if result.status != "ok":
+                raise KDSearchError(f"teacher {prefix} diverged: {result.error}; lower teachers.train.learning_rate")
+        return new
+
+    def register(self, folder: str | Path, name: str | None = None) -> TeacherRecord:
+        """Add an existing ``save_pretrained`` folder, evaluated on validation now."""
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise ModelError(f"teacher folder {str(folder)!r} does not exist")
+        model = load_model(str(path), self.data.task, self.data.label_names)
+        config = TrialConfig(str(path), distill=DistillSpec(alpha=0.0))
+        trainer = Trainer(model, self.data, config.train, 0, device=self.device)
+        metrics = trainer.evaluate("validation", "val")
+        self.forward_passes += 1
+        rec = TeacherRecord(name or f"registered-{path.name}", str(path), metrics["val_score"], metrics["val_loss"], "registered")
+        self._add(rec)
+        return rec
+
+    def select(self, strategy: str) -> TeacherRecord:
+        """``t_hs``, ``t_ll``, or a checkpoint's name."""
+        if not self.records:
+            raise KDSearchError(f"the teacher pool for {self.data.source!r} is empty: run `kdsearch teachers train` first")
+        if strategy in SELECTORS:
+            return SELECTORS[strategy](self.records)
+        return self.get(strategy)
+
+    def outputs(self, record: TeacherRecord) -> CachedTeacher:
+        """The teacher's logits on every split, computed on first use and cached on disk."""
+        folder = self.workdir / "cache" / "teacher_outputs" / f"{self.data.key}-{checkpoint_hash(Path(record.path))}"
+        if not folder.is_dir():
+            model = load_model(record.path, self.data.task, self.data.label_names).to(self.device)
+            with atomic.new_dir(folder) as tmp:
+                for split, enc in self.data.splits.items():
+                    logits = predict(model, self.data, enc, device=self.device)
+                    self.forward_passes += 1
+                    save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, tmp / f"{split}.safetensors")
+            del model
+        return CachedTeacher.load(folder, record.name)
+
+    def table(self) -> list[dict[str, object]]:
+        picks = {s: SELECTORS[s](self.records).name for s in SELECTORS} if self.records else {}
+        return [
+            {
+                "name": r.name,
+                "seed": r.seed,
+                "epoch": r.epoch,
+                "val_score": round(r.val_score, 4),
+                "val_loss": round(r.val_loss, 4),
+                "selected_by": ",".join(s for s, n in picks.items() if n == r.name),
+            }
+            for r in self.records
+        ]

@@ -1,0 +1,54 @@
+"""Shared fixtures: small slices of the real built-in data, tiny real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdsearch.data.prepare import PreparedData, prepare_data
+from kdsearch.spec import DataSpec, OptimSpec, TeacherSpec, TokenizerSpec
+from kdsearch.teachers import TeacherPool
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def small_data_spec(dataset: str = "rotten_tomatoes", **kw) -> DataSpec:
+    base = dict(
+        dataset=dataset,
+        max_length=32,
+        tokenizer=TokenizerSpec(vocab_size=1000),
+        max_train_examples=384,
+        max_eval_examples=128,
+    )
+    base.update(kw)
+    return DataSpec(**base)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("kdsearch")
+
+
+@pytest.fixture(scope="session")
+def rt_data(workdir: Path) -> PreparedData:
+    return prepare_data(small_data_spec(), workdir)
+
+
+@pytest.fixture(scope="session")
+def ner_data(workdir: Path) -> PreparedData:
+    return prepare_data(small_data_spec("wnut16", max_length=48), workdir)
+
+
+@pytest.fixture(scope="session")
+def rt_pool(workdir: Path, rt_data: PreparedData) -> TeacherPool:
+    """A real pool: an `s` teacher trained 3 epochs, one checkpoint per epoch."""
+    pool = TeacherPool(workdir, rt_data, "cpu")
+    pool.train(
+        TeacherSpec(model="s", seeds=[0], train=OptimSpec(epochs=3, batch_size=32, learning_rate=2e-3)),
+        log=lambda s: None,
+    )
+    return pool

@@ -1,0 +1,96 @@
+"""The command line on bad input: one line naming the problem, non-zero exit, no traceback."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kdsearch(*args: str, cwd: Path, workdir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KDSEARCH_WORKDIR": str(workdir), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "kdsearch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def spec_file(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return p
+
+
+SMALL = """
+data: {dataset: DATASET, max_length: 32, max_train_examples: 64, max_eval_examples: 32, tokenizer: {vocab_size: 500}}
+teachers: {model: TEACHER, seeds: [0], train: {epochs: 1}}
+student: {model: STUDENT, train: {epochs: 1}}
+distill: {teacher: t_ll, loss: LOSS, alpha: 0.5}
+"""
+
+
+def small(dataset: str = "rotten_tomatoes", teacher: str = "xs", student: str = "xs", loss: str = "ce") -> str:
+    return SMALL.replace("DATASET", dataset).replace("TEACHER", teacher).replace("STUDENT", student).replace("LOSS", loss)
+
+
+def bad_folder(tmp_path: Path, change: str) -> str:
+    import pandas as pd
+
+    rt = pd.read_parquet(ROOT / "kdsearch/data/builtin/rotten_tomatoes/train.parquet").iloc[:60]
+    frames = {"train": rt.iloc[:40], "validation": rt.iloc[40:60]}
+    if change == "missing column":
+        frames = {k: v.rename(columns={"label": "y"}) for k, v in frames.items()}
+    elif change == "unknown label":
+        frames["validation"] = frames["validation"].assign(label="meh")
+    elif change == "empty split":
+        frames["validation"] = frames["validation"].iloc[:0]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for k, v in frames.items():
+        v.to_parquet(folder / f"{k}.parquet")
+    return str(folder)
+
+
+CASES = {
+    "missing column": (lambda t: small(bad_folder(t, "missing column")), ["teachers", "train"], "no column 'label'"),
+    "unknown label": (lambda t: small(bad_folder(t, "unknown label")), ["teachers", "train"], "has label 'meh', not among train's labels"),
+    "empty split": (lambda t: small(bad_folder(t, "empty split")), ["teachers", "train"], "validation split .* is empty"),
+    "unknown loss": (lambda t: small(loss="hinge"), ["distill"], "distill.loss: unknown loss 'hinge'"),
+    "unknown preset": (lambda t: small(student="xxl"), ["distill"], "student.model: unknown model .xxl.: not a preset"),
+    "max length 0": (lambda t: small().replace("max_length: 32", "max_length: 0"), ["distill"], "data.max_length: must be > 0"),
+    "missing teacher folder": (lambda t: small(), ["teachers", "register"], "teacher folder .* does not exist"),
+    "malformed yaml": (lambda t: "data: [oops", ["distill"], "not valid YAML"),
+    "unknown dataset folder": (lambda t: small("./no/such/folder"), ["teachers", "train"], "dataset folder .* does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_line_error(tmp_path: Path, case: str) -> None:
+    make, command, pattern = CASES[case]
+    spec = spec_file(tmp_path, make(tmp_path))
+    args = [*command, str(spec)]
+    if case == "missing teacher folder":
+        args.append(str(tmp_path / "no-teacher"))
+    r = kdsearch(*args, cwd=tmp_path, workdir=tmp_path / "wd")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    err = [line for line in r.stderr.splitlines() if line.startswith("kdsearch: error:")]
+    assert len(err) == 1, r.stderr
+    if pattern:
+        import re
+
+        assert re.search(pattern, err[0]), err[0]
+
+
+def test_teachers_train_then_distill_end_to_end(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, small(teacher="xs"))
+    wd = tmp_path / "wd"
+    r = kdsearch("teachers", "train", str(spec), cwd=tmp_path, workdir=wd)
+    assert r.returncode == 0, r.stderr
+    assert "t_hs" in r.stdout and "t_ll" in r.stdout
+    r = kdsearch("distill", str(spec), "--json", "--set", "distill.teacher=t_hs", cwd=tmp_path, workdir=wd)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout[r.stdout.index("{") :])
+    assert metrics["status"] == "ok"
+    assert {"val_accuracy", "val_agreement", "val_kl", "test_accuracy"} <= set(metrics)

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from kdsearch.errors import SpecError
+from kdsearch.spec import load_spec
+
+GOOD = """
+data: {dataset: rotten_tomatoes, max_length: 32}
+student: {model: xs, train: {epochs: 1, learning_rate: 1e-3}}
+distill: {teacher: t_ll, loss: ce, alpha: 0.5, tau_t: 2, tau_s: same}
+workdir: wd
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_spec_loads_with_types_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KDSEARCH_WORKDIR", raising=False)
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.student.train.learning_rate == pytest.approx(1e-3)  # "1e-3" is a YAML string
+    assert spec.distill.student_temperature == 2.0
+    assert Path(spec.workdir) == tmp_path / "wd"
+
+
+def test_overrides_apply_before_validation(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD), ["distill.alpha=1.0", "student.model=s"])
+    assert spec.distill.alpha == 1.0 and spec.student.model == "s"
+    with pytest.raises(SpecError, match="distill.alpha"):
+        load_spec(write(tmp_path, GOOD), ["distill.alpha=2"])
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ("distill: {loss: hinge}", "distill.loss"),
+        ("distill: {alpha: -0.1}", "distill.alpha"),
+        ("distill: {tau_t: 0}", "distill.tau_t"),
+        ("distill: {tau_s: hot}", "distill.tau_s"),
+        ("data: {max_length: 0}", "data.max_length"),
+        ("data: {task: qa}", "data.task"),
+        ("data: {columns: {txt: a}}", "data.columns"),
+        ("student: {train: {epochs: 0}}", "student.train.epochs"),
+        ("student: {train: {batch_size: two}}", "student.train.batch_size"),
+        ("teachers: {seeds: [], register: []}", "teachers"),
+        ("studnet: {model: xs}", "studnet"),
+        ("device: tpu", "device"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, patch: str, field: str) -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec(write(tmp_path, patch))
+    assert str(e.value).startswith(field)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_spec(write(tmp_path, "data: {dataset: [unclosed"))
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(write(tmp_path, "- a\n- b\n"))
+
+
+def test_unknown_model_preset_and_missing_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"^student.model: unknown model 'xxl': not a preset"):
+        load_spec(write(tmp_path, "student: {model: xxl}"))
+    with pytest.raises(SpecError, match=r"^teachers.model: model folder .* does not exist"):
+        load_spec(write(tmp_path, "teachers: {model: ./my-teacher}"))
+    assert load_spec(write(tmp_path, "teachers: {model: google-bert/bert-base-uncased}")).teachers.model.startswith("google-bert")

@@ -1,0 +1,70 @@
+"""The teacher pool: training, selection, registration and the output cache."""
+
+from pathlib import Path
+
+import pytest
+
+from kdsearch.errors import KDSearchError, ModelError
+from kdsearch.teachers import TeacherPool, TeacherRecord
+
+
+def test_pool_has_a_checkpoint_per_epoch_with_metrics(rt_pool) -> None:
+    trained = [r for r in rt_pool.records if r.source == "trained"]
+    assert sorted(r.epoch for r in trained) == [1, 2, 3]
+    for r in trained:
+        assert (Path(r.path) / "config.json").is_file() and (Path(r.path) / "tokenizer.json").is_file()
+        assert 0 < r.val_score <= 1 and r.val_loss > 0
+
+
+def test_selection_on_the_real_pool(rt_pool) -> None:
+    trained = [r for r in rt_pool.records if r.source == "trained"]
+    assert rt_pool.select("t_hs").val_score == max(r.val_score for r in trained)
+    assert rt_pool.select("t_ll").val_loss == min(r.val_loss for r in trained)
+
+
+def test_t_hs_and_t_ll_differ_when_best_score_and_lowest_loss_differ(workdir, rt_data) -> None:
+    pool = TeacherPool(workdir / "synthetic", rt_data, "cpu")
+    pool.records = [
+        TeacherRecord("e1", "-", val_score=0.70, val_loss=0.55, source="trained", epoch=1),
+        TeacherRecord("e2", "-", val_score=0.74, val_loss=0.52, source="trained", epoch=2),
+        TeacherRecord("e3", "-", val_score=0.76, val_loss=0.61, source="trained", epoch=3),  # overfit
+        TeacherRecord("e4", "-", val_score=0.76, val_loss=0.70, source="trained", epoch=4),
+    ]
+    assert pool.select("t_hs").name == "e3"  # tie on score -> lower loss
+    assert pool.select("t_ll").name == "e2"
+    assert pool.select("e4").name == "e4"
+    with pytest.raises(KDSearchError, match="no teacher 'e9'"):
+        pool.select("e9")
+
+
+def test_retraining_skips_seeds_already_in_the_pool(rt_pool) -> None:
+    from kdsearch.spec import OptimSpec, TeacherSpec
+
+    logs: list[str] = []
+    new = rt_pool.train(TeacherSpec(model="s", seeds=[0], train=OptimSpec(epochs=3, batch_size=32, learning_rate=2e-3)), log=logs.append)
+    assert new == [] and "skipped" in logs[0]
+
+
+def test_register_existing_checkpoint_and_missing_folder(workdir, rt_data, rt_pool) -> None:
+    pool = TeacherPool(workdir / "registered", rt_data, "cpu")
+    src = rt_pool.select("t_ll")
+    rec = pool.register(src.path, name="mine")
+    assert rec.source == "registered" and rec.val_loss == pytest.approx(src.val_loss, rel=1e-4)
+    with pytest.raises(ModelError, match="teacher folder .* does not exist"):
+        pool.register(workdir / "no-such-teacher")
+
+
+def test_outputs_computed_once_then_read(workdir, rt_data, rt_pool) -> None:
+    pool = TeacherPool(workdir, rt_data, "cpu")  # a fresh process would start like this
+    rec = pool.select("t_hs")
+    pool.outputs(rec)
+    first = pool.forward_passes
+    pool.outputs(rec)
+    assert pool.forward_passes == first
+    assert first in (0, len(rt_data.splits))  # 0 when another test cached it already
+
+
+def test_empty_pool_selection_is_a_clear_error(workdir, rt_data) -> None:
+    pool = TeacherPool(workdir / "empty", rt_data, "cpu")
+    with pytest.raises(KDSearchError, match="teacher pool .* is empty"):
+        pool.select("t_ll")
