@@ -20,11 +20,11 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     """A plain-text table; floats printed with 4 decimals."""
     if not rows:
         return "(no rows)"
-    cols = list(columns or rows[0].keys())
+    cols = list(columns or dict.fromkeys(k for r in rows for k in r))
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4f}"
+            return "" if v != v else f"{v:.4f}"
         return "" if v is None else str(v)
 
     cells = [[cell(r.get(c)) for c in cols] for r in rows]
@@ -107,51 +107,55 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 3
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a teacher pool and distil one student, beside the same student without KD."""
-    import dataclasses
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdsearch.search.runner import run_search
 
-    from kdsearch import atomic
-    from kdsearch.distill.trainer import TrialConfig, train_student
-
-    spec = _load(args)
-    print(f"== kdsearch demo: spec {args.spec}, workdir {spec.workdir}")
-    data = _prepare(spec)
-    pool = _pool(spec, data)
-    print(f"== 1/3 teacher pool: {spec.teachers.model} x seeds {spec.teachers.seeds}, one checkpoint per epoch")
-    pool.train(spec.teachers, progress=StepProgress)
-    print(format_table(pool.table()))
-    rec, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
-    kd = TrialConfig.from_spec(spec)
-    base = dataclasses.replace(kd, distill=dataclasses.replace(kd.distill, alpha=0.0))
-    rows = []
-    for step, (label, config) in enumerate((("no KD (alpha=0)", base), (f"KD ({_kd_label(kd)})", kd)), start=2):
-        print(f"== {step}/3 student {config.student}, {label}, seed {config.seed}")
-        r = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))
-        rows.append(
-            {
-                "student": f"{config.student} {label}",
-                "status": r.status,
-                "val_acc": r.final.get("val_accuracy"),
-                "val_f1": r.final.get("val_macro_f1", r.final.get("val_f1")),
-                "test_acc": r.test.get("test_accuracy"),
-                "agreement": r.final.get("val_agreement"),
-                "kl": r.final.get("val_kl"),
-                "wall_s": round(r.wall_s, 1),
-            }
-        )
-    rows.insert(0, {"student": f"teacher {rec.name}", "status": "ok", "val_acc": rec.val_score})
-    print("== result (validation; fidelity = agreement with the teacher and KL(teacher || student))")
-    print(format_table(rows))
-    out = Path(spec.workdir) / "demo.json"
-    atomic.write_text(out, json.dumps(rows, indent=1))
-    print(f"written: {out}")
+    overrides = list(args.set)
+    if args.method:
+        overrides.append(f"search.method={args.method}")
+    spec = _load_with(args.spec, overrides)
+    run_search(spec, address=args.address, resume=args.resume)
     return 0
 
 
-def _kd_label(config) -> str:
-    d = config.distill
-    return f"{d.teacher}, {d.loss}, alpha={d.alpha}, tau_t={d.tau_t}, tau_s={d.tau_s}"
+def _load_with(path: str, overrides: list[str]):
+    from kdsearch.spec import load_spec
+
+    return load_spec(path, overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A greedy search on built-in Rotten Tomatoes with an embedded local Ray."""
+    from kdsearch.search.runner import run_search
+
+    print(f"== kdsearch demo: greedy KD search, spec {args.spec}")
+    run_search(_load(args))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    import yaml
+
+    from kdsearch.results.store import open_store
+    from kdsearch.results.summary import best_per_cell, config_table
+    from kdsearch.search.space import KNOBS
+
+    store = open_store(args.folder)
+    spec_file = store.folder / "spec.yaml"
+    search = yaml.safe_load(spec_file.read_text()).get("search", {}) if spec_file.is_file() else {}
+    metric, mode = search.get("metric", "val_score"), search.get("mode", "max")
+    trials = store.trials()
+    if args.trials:
+        cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
+        print(format_table(trials[cols].to_dict("records")))
+    table = config_table(trials, metric)
+    if not table.empty:
+        cols = [c for c in ("cell", "stage", *KNOBS, "mean", "std", "seeds", "failed", "val_agreement", "val_kl", "test_score") if c in table.columns]
+        print(f"configs (mean {metric} over seeds):")
+        print(format_table(table[cols].to_dict("records")))
+    for cell, b in best_per_cell(trials, metric, mode).items():
+        print(f"best {cell}: {json.dumps(b)}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -159,6 +163,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.target == "kd-loop":
         kd_loop.main(args)
+    else:
+        from kdsearch.bench import search
+
+        search.main(args)
     return 0
 
 
@@ -187,18 +195,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print metrics as JSON")
     d.set_defaults(func=cmd_distill)
 
-    demo = sub.add_parser("demo", help="teacher pool + one distilled student on built-in Rotten Tomatoes")
+    demo = sub.add_parser("demo", help="a greedy KD search on built-in Rotten Tomatoes, Ray embedded")
     spec_args(demo, str(REPO_SPACES / "quick.yaml"))
     demo.set_defaults(func=cmd_demo)
 
+    r = sub.add_parser("run", help="run a search on Ray Tune (embedded, or a cluster with --address)")
+    spec_args(r)
+    r.add_argument("--method", choices=["greedy", "grid", "optuna", "random"], help="override search.method")
+    r.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
+    r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
+    r.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("results", help="the trials of a search and the best config per cell")
+    res.add_argument("folder", help="a search's result folder")
+    res.add_argument("--trials", action="store_true", help="also print every trial")
+    res.set_defaults(func=cmd_results)
+
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop"])
-    b.add_argument("--out", default="results/bench/kd_loop.json")
+    b.add_argument("target", choices=["kd-loop", "search"])
+    b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
-    b.add_argument("--examples", type=int, default=2048, help="train examples per timed variant")
+    b.add_argument("--examples", type=int, default=2048, help="train examples (kd-loop: per timed variant)")
     b.add_argument("--batch-size", type=int, default=64)
     b.add_argument("--max-length", type=int, default=64)
+    b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml)")
+    b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config")
+    b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
+    b.add_argument("--storage", default="results/bench/search-runs", help="search: where the two searches go")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="search: a spec override")
     b.set_defaults(func=cmd_bench)
     return p
 

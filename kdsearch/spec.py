@@ -176,6 +176,112 @@ def _check_model(name: str, where: str) -> None:
         raise SpecError(f"{where}: {problem}")
 
 
+METHODS = ("greedy", "grid", "optuna", "random")
+
+
+@dataclass
+class RangeSpec:
+    """A numeric range for Optuna and random search (greedy and grid need choices)."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def check(self, where: str) -> None:
+        if not self.low < self.high:
+            raise SpecError(f"{where}: low must be < high, got {self.low} and {self.high}")
+        if self.log and self.low <= 0:
+            raise SpecError(f"{where}: a log range needs low > 0, got {self.low}")
+
+
+@dataclass
+class ResourcesSpec:
+    """What one trial asks Ray for; fractions of a GPU let small students share one."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def check(self, where: str) -> None:
+        if not self.cpu > 0:
+            raise SpecError(f"{where}.cpu: must be > 0, got {self.cpu}")
+        if self.gpu < 0:
+            raise SpecError(f"{where}.gpu: must be >= 0, got {self.gpu}")
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise SpecError(f"{where}.gpu: more than one GPU must be a whole number, got {self.gpu}")
+
+
+@dataclass
+class AshaSpec:
+    """ASHA early stopping on epochs (Optuna and random only)."""
+
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+    def check(self, where: str) -> None:
+        if self.grace_period < 1:
+            raise SpecError(f"{where}.grace_period: must be >= 1, got {self.grace_period}")
+        if not self.reduction_factor > 1:
+            raise SpecError(f"{where}.reduction_factor: must be > 1, got {self.reduction_factor}")
+
+
+@dataclass
+class SearchSpec:
+    """A search: which cells, which knobs, which method, how much, where results go.
+
+    A cell is one (dataset, student size) pair, searched on its own. ``datasets`` entries
+    are a dataset name or a mapping of ``data`` fields that override the top-level
+    ``data`` section; empty means ``[data]``. ``students`` empty means
+    ``[student.model]``. ``space`` maps each knob, in greedy order, to its choices (or,
+    for Optuna and random, a range). ``budget`` is configs per cell for Optuna and
+    random (default: as many as greedy needs), a cap for greedy and grid.
+    """
+
+    method: Literal["greedy", "grid", "optuna", "random"] = "greedy"
+    datasets: list[DataSpec] = field(default_factory=list)
+    students: list[str] = field(default_factory=list)
+    space: dict[str, Union[list[Union[float, str, bool]], RangeSpec]] = field(default_factory=dict)
+    baseline: bool = True
+    metric: str = "val_score"
+    mode: Literal["max", "min"] = "max"
+    budget: int | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    storage: str = "results/searches"
+    asha: AshaSpec | None = None
+    search_seed: int = 0
+
+    def check(self, where: str) -> None:
+        from kdsearch.search.space import check_space
+
+        for i, d in enumerate(self.datasets):
+            d.check(f"{where}.datasets[{i}]")
+        for i, m in enumerate(self.students):
+            _check_model(m, f"{where}.students[{i}]")
+        check_space(self.space, f"{where}.space", self.method)
+        if self.metric != "val_score" and not self.metric.startswith("val_"):
+            raise SpecError(f"{where}.metric: must be a validation metric (val_...), got {self.metric!r}")
+        if self.budget is not None and self.budget < 1:
+            raise SpecError(f"{where}.budget: must be >= 1 config per cell, got {self.budget}")
+        if not self.seeds:
+            raise SpecError(f"{where}.seeds: needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise SpecError(f"{where}.seeds: seeds repeat: {self.seeds}")
+        self.resources.check(f"{where}.resources")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise SpecError(f"{where}.max_concurrent: must be >= 1, got {self.max_concurrent}")
+        if self.max_failures < 0:
+            raise SpecError(f"{where}.max_failures: must be >= 0, got {self.max_failures}")
+        if self.asha is not None:
+            if self.method not in ("optuna", "random"):
+                raise SpecError(f"{where}.asha: early stopping works with optuna or random, not {self.method}")
+            self.asha.check(f"{where}.asha")
+        if not self.storage:
+            raise SpecError(f"{where}.storage: must be a path")
+
+
 @dataclass
 class Spec:
     """A whole spec. ``workdir`` holds caches, the teacher pool and outputs."""
@@ -187,6 +293,15 @@ class Spec:
     distill: DistillSpec = field(default_factory=DistillSpec)
     workdir: str = ".kdsearch"
     device: str = "auto"
+    search: SearchSpec = field(default_factory=SearchSpec)
+
+    @property
+    def data_specs(self) -> list[DataSpec]:
+        return self.search.datasets or [self.data]
+
+    @property
+    def student_models(self) -> list[str]:
+        return self.search.students or [self.student.model]
 
     def check(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -195,6 +310,7 @@ class Spec:
         self.teachers.check("teachers")
         self.student.check("student")
         self.distill.check("distill")
+        self.search.check("search")
 
 
 def _type_name(tp: Any) -> str:
@@ -300,10 +416,34 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
         raise SpecError(f"{p}: the spec must be a YAML mapping, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
+    _merge_datasets(raw)
     spec = from_dict(Spec, raw)
     resolve_paths(spec, p.parent.resolve(), Path.cwd())
     spec.check()
     return spec
+
+
+def _merge_datasets(raw: dict[str, Any]) -> None:
+    """Each ``search.datasets`` entry (a name or a partial ``data`` mapping) over ``data``."""
+    search = raw.get("search")
+    if not isinstance(search, dict) or search.get("datasets") is None:
+        return
+    items = search["datasets"]
+    if not isinstance(items, list):
+        raise SpecError(f"search.datasets: expected a list, got {items!r}")
+    base = raw.get("data") or {}
+    if not isinstance(base, dict):
+        raise SpecError(f"data: expected a mapping, got {base!r}")
+    merged = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"dataset": item}
+        if not isinstance(item, dict):
+            raise SpecError(f"search.datasets[{i}]: expected a dataset name or a mapping, got {item!r}")
+        entry = {k: v for k, v in base.items() if k not in ("dataset", "files", "columns", "task", "hub_config")}
+        entry.update(item)
+        merged.append(entry)
+    search["datasets"] = merged
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -335,15 +475,20 @@ def resolve_paths(spec: Spec, base: Path, cwd: Path) -> None:
         return str(q if q.is_absolute() else (against / q).resolve())
 
     spec.workdir = fix(os.environ.get("KDSEARCH_WORKDIR", spec.workdir), cwd)
-    if _looks_local(spec.data.dataset):
-        spec.data.dataset = fix(spec.data.dataset)
-    if spec.data.files:
-        spec.data.files = {k: fix(v) for k, v in spec.data.files.items()}
-    if spec.data.tokenizer.name and _looks_local(spec.data.tokenizer.name):
-        spec.data.tokenizer.name = fix(spec.data.tokenizer.name)
+    for data in [spec.data, *spec.search.datasets]:
+        if _looks_local(data.dataset):
+            data.dataset = fix(data.dataset)
+        if data.files:
+            data.files = {k: fix(v) for k, v in data.files.items()}
+        if data.tokenizer.name and _looks_local(data.tokenizer.name):
+            data.tokenizer.name = fix(data.tokenizer.name)
     for m in (spec.teachers, spec.student):
         if _looks_local(m.model):
             m.model = fix(m.model)
+    spec.search.students = [fix(m) if _looks_local(m) else m for m in spec.search.students]
+    # storage is where every node writes: always absolute, against where the user runs
+    if "://" not in spec.search.storage:
+        spec.search.storage = fix(os.environ.get("KDSEARCH_STORAGE", spec.search.storage), cwd)
     spec.teachers.register = [fix(r) for r in spec.teachers.register]
 
 

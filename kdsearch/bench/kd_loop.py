@@ -211,7 +211,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{result['speedup_vs_online_teacher']:.2f}x; (a) at {result['achieved_gflops']:.1f} GFLOP/s = "
         f"{100 * result['peak_fraction']:.1f}% of the {result['peak_gflops']:.1f} GFLOP/s matmul peak (target >= 30%)"
     )
-    out = Path(args.out)
+    out = Path(args.out or "results/bench/kd_loop.json")
     atomic.write_text(out, json.dumps(result, indent=1) + "\n")
     print(f"written: {out}")
     return result

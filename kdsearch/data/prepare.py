@@ -22,7 +22,7 @@ from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
 
 IGNORE_INDEX = -100
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass

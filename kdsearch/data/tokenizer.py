@@ -22,7 +22,7 @@ def tokenizer_key(spec: TokenizerSpec, raw: RawData) -> str:
     if spec.kind == "pretrained":
         ident = ["pretrained", spec.name]
     else:
-        ident = ["wordpiece", spec.vocab_size, spec.lowercase, raw.fingerprint]
+        ident = ["wordpiece", 2, spec.vocab_size, spec.lowercase, raw.fingerprint]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -47,6 +47,13 @@ def train_wordpiece(raw: RawData, vocab_size: int, lowercase: bool) -> PreTraine
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tok.train_from_iterator(_train_texts(raw), trainer=trainer)
+    # the trainer numbers tokens of equal frequency differently from run to run (a Rust
+    # HashMap), and may even keep different ones at the vocabulary's cutoff: renumber
+    # them in a fixed order. The trained tokenizer is cached per data key, so every
+    # teacher and trial of a workdir shares one.
+    vocab = tok.get_vocab()
+    ordered = SPECIAL_TOKENS + sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    tok.model = models.WordPiece({t: i for i, t in enumerate(ordered)}, unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

@@ -195,9 +195,33 @@ class Trainer:
         p = f"{prefix or split}_"
         return {p + k: v for k, v in scores.items()}
 
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.epochs or self.step >= self.total_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stopped."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+
     def run(self) -> Iterator[dict[str, float]]:
         """Train epoch by epoch, yielding each epoch's train and validation metrics."""
-        while self.epoch < self.epochs and self.step < self.total_steps:
+        while not self.finished:
             metrics = self.train_epoch()
             metrics.update(self.evaluate("validation", "val"))
             yield metrics

@@ -69,3 +69,4 @@ def test_batch_mask_matches_lengths(rt_data) -> None:
     b = make_batch(split, index)
     assert b.attention_mask.sum(1).tolist() == split.lengths[index].tolist()
     assert b.input_ids.shape[1] == int(split.lengths[index].max())
+

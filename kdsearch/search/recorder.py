@@ -1,0 +1,168 @@
+"""Tune callbacks that run in the driver: Parquet rows as trials report, and progress.
+
+Kept free of trial state: a driver restored after a crash rebuilds what it needs from
+the trial list Tune passes in and from the Parquet tables.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
+from kdsearch.search.space import KNOBS, effective, key
+from kdsearch.search.trial import trial_point
+
+INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "pid")
+
+
+def _error_text(trial: Trial) -> str:
+    """The last line of the trial's traceback: the exception and its message."""
+    text = ""
+    try:
+        # the driver's own copy is written before this callback; storage syncs later
+        local = trial.error_file
+        if local and Path(local).is_file():
+            text = Path(local).read_text()
+        else:
+            text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - storage may be gone; the status still says failed
+        pass
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln[:1000]
+    return (lines[-1] if lines else "trial failed")[:1000]
+
+
+class ResultRecorder(Callback):
+    """Writes ``epochs.parquet`` on every report and ``trials.parquet`` as trials end.
+
+    Args:
+        folder: the search's result folder.
+        search_id: written in every row.
+        method: greedy, grid, optuna or random.
+        defaults: cell -> every knob's value when the config leaves it out.
+        cell_info: cell -> columns every row of that cell carries (dataset, student).
+    """
+
+    def __init__(
+        self,
+        folder: str,
+        search_id: str,
+        method: str,
+        defaults: dict[str, dict[str, Any]],
+        cell_info: dict[str, dict[str, Any]],
+    ) -> None:
+        self.folder = folder
+        self.search_id = search_id
+        self.method = method
+        self.defaults = defaults
+        self.cell_info = cell_info
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(self.folder)
+
+    def _config_columns(self, trial: Trial) -> dict[str, Any]:
+        point = trial_point(trial.config)
+        cell = point["cell"]
+        knobs = {**self.defaults[cell], **{k: v for k, v in point.items() if k in KNOBS}}
+        eff = effective(knobs)
+        row: dict[str, Any] = {
+            "search_id": self.search_id,
+            "trial_id": trial.trial_id,
+            "cell": cell,
+            **self.cell_info[cell],
+            "method": self.method,
+            "stage": point.get("stage"),
+            **{k: (str(v) if k == "tau_s" else v) for k, v in knobs.items()},
+            "tau_s_value": float(eff.get("tau_s", math.nan)),
+            "seed": int(point["seed"]),
+            "config_key": key(knobs),
+        }
+        return row
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+        if "epoch" not in result or result.get("status") == "diverged":
+            return
+        row = self._config_columns(trial)
+        row.update({k: v for k, v in result.items() if _is_metric(k) or k in INFO or k in ("epoch", "step", "status", "report_ts")})
+        self.store.append(EPOCHS, [row])
+
+    def _trial_row(self, trial: Trial, status: str, error: str | None) -> dict[str, Any]:
+        row = self._config_columns(trial)
+        last = trial.last_result or {}
+        row.update({k: last.get(k) for k in INFO if k in last})
+        row["status"] = status
+        row["error"] = error
+        row["failures"] = int(trial.num_failures)  # attempts that raised: retries = failures - (status == failed)
+        final = {k: v for k, v in last.items() if k.startswith(("val_", "test_"))} if status == "ok" else {}
+        row.update(final)
+        row["epochs_run"] = last.get("epoch")
+        epochs = self.store.epochs()
+        if status == "ok" and not epochs.empty:
+            mine = epochs[epochs["trial_id"] == trial.trial_id]
+            if len(mine) and "val_score" in mine:
+                best = mine.loc[mine["val_score"].astype(float).idxmax()]
+                row.update({f"best_{k}": best[k] for k in mine.columns if k.startswith("val_")})
+                row["best_epoch"] = int(best["epoch"])
+        start = last.get("trial_start_ts")
+        row["wall_s"] = (last.get("report_ts") or time.time()) - start if start else last.get("time_total_s")
+        return row
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        last = trial.last_result or {}
+        status = last.get("status", "ok")
+        self.store.append(TRIALS, [self._trial_row(trial, status, last.get("error"))])
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.store.append(TRIALS, [self._trial_row(trial, "failed", _error_text(trial))])
+
+
+def _is_metric(k: str) -> bool:
+    return k.startswith(("val_", "test_", "train_")) or k in ("elapsed_s", "first_step_ts", "trial_start_ts")
+
+
+class ProgressPrinter(Callback):
+    """One line per finished trial: counts, the trial's score, the best so far per cell."""
+
+    def __init__(self, metric: str, mode: str, print_fn: Any = print) -> None:
+        self.metric = metric
+        self.mode = mode
+        self.print_fn = print_fn
+        self.best: dict[str, tuple[float, str]] = {}
+
+    def _counts(self, trials: list[Trial]) -> str:
+        st = [t.status for t in trials]
+        done = st.count(Trial.TERMINATED)
+        return f"[{done} done, {st.count(Trial.RUNNING)} running, {st.count(Trial.PENDING)} pending, {st.count(Trial.ERROR)} failed]"
+
+    def _describe(self, trial: Trial) -> str:
+        point = trial_point(trial.config)
+        knobs = " ".join(f"{k}={v}" for k, v in point.items() if k in KNOBS)
+        stage = point.get("stage")
+        return f"{point['cell']} seed {point['seed']}" + (f" stage {stage}" if stage is not None else "") + f": {knobs}"
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        last = trial.last_result or {}
+        cell = trial_point(trial.config)["cell"]
+        value = last.get(self.metric)
+        if last.get("status") == "diverged" or value is None:
+            outcome = f"diverged ({last.get('error', 'no metric')})"
+        else:
+            outcome = f"{self.metric} {value:.4f}"
+            prev = self.best.get(cell)
+            better = prev is None or (value > prev[0] if self.mode == "max" else value < prev[0])
+            if better:
+                self.best[cell] = (float(value), self._describe(trial))
+        best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
+        self.print_fn(f"{self._counts(trials)} {self._describe(trial)} -> {outcome} | {best}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.print_fn(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}", flush=True)

@@ -1,0 +1,152 @@
+"""Whole searches on a real local Ray: greedy, grid, Optuna; faults; resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from kdsearch.search.runner import run_search
+from kdsearch.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIAL_COLUMNS = {
+    "search_id", "trial_id", "cell", "dataset", "student", "method", "stage", "teacher", "loss", "alpha", "tau_t",
+    "tau_s", "seed", "status", "error", "val_score", "val_accuracy", "val_loss", "val_agreement", "val_kl",
+    "best_val_score", "test_score", "test_accuracy", "wall_s", "node", "teacher_name", "config_key",
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def means(trials: pd.DataFrame) -> pd.Series:
+    return trials[trials.status == "ok"].groupby("config_key")["val_score"].mean()
+
+
+def test_greedy_search_end_to_end(local_ray, tiny_spec) -> None:
+    folder = run_search(load_spec(tiny_spec()), log=lambda *a, **k: None)
+    # readable by pyarrow and by pandas, same rows
+    table = pq.read_table(folder / "trials.parquet")
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert table.num_rows == len(trials)
+    assert TRIAL_COLUMNS <= set(trials.columns)
+    assert trials["val_score"].dtype == "float64" and trials["seed"].dtype == "int64"
+    assert (trials.status == "ok").all() and trials.method.eq("greedy").all()
+    # one row per (config, seed): 2 baselines, stage 0 (t_hs, t_ll), 1 (mse), 2 (same)
+    assert not trials.duplicated(["config_key", "seed"]).any()
+    assert trials.groupby("stage").size().to_dict() == {"baseline": 2, "0": 4, "1": 2, "2": 2}
+    assert all(sorted(g) == [0, 1] for _, g in trials.groupby("config_key").seed)
+    m = means(trials)
+    s0 = trials[trials.stage == "0"]
+    assert set(s0.teacher) == {"t_hs", "t_ll"} and set(s0.loss) == {"ce"} and set(s0.tau_s) == {"1.0"}
+    # the stage-1 teacher is stage 0's winner by mean over seeds (ties to the default t_ll)
+    by_teacher = {t: m[g.config_key.iloc[0]] for t, g in s0.groupby("teacher")}
+    winner = "t_hs" if by_teacher["t_hs"] > by_teacher["t_ll"] else "t_ll"
+    s1 = trials[trials.stage == "1"]
+    assert set(s1.teacher) == {winner} and set(s1.loss) == {"mse"}
+    # fidelity is measured for every trial, baselines included
+    assert trials.val_agreement.between(0, 1).all() and (trials.val_kl >= 0).all()
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(epochs) == len(trials) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    best = yaml.safe_load((folder / "best.yaml").read_text())["rotten_tomatoes/xs"]
+    kd = trials[trials.stage != "baseline"]
+    assert best["val_score"] == pytest.approx(means(kd).max(), abs=1e-4)
+    assert best["baseline_no_kd"] == pytest.approx(means(trials[trials.stage == "baseline"]).iloc[0], abs=1e-4)
+    # finished trials keep no checkpoint: disk stays bounded
+    assert not list((folder / "tune").glob("*/checkpoint_*/trainer.pt"))
+
+
+def test_full_grid(local_ray, tiny_spec) -> None:
+    folder = run_search(load_spec(tiny_spec(method="grid", seeds="[0]")), log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    # 2 teachers x 2 losses x 2 student temperatures (tau_t = 2: same != 1) + the baseline
+    assert len(trials) == 9 and trials.config_key.nunique() == 9
+    assert (trials.status == "ok").all() and trials.method.eq("grid").all()
+
+
+def test_optuna_study_is_readable(local_ray, tiny_spec) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    folder = run_search(load_spec(tiny_spec(method="optuna", seeds="[0]", budget=3)), log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 1 + 3 and trials[trials.stage != "baseline"].config_key.nunique() == 3
+    search_id = json.loads((folder / "search.json").read_text())["search_id"]
+    study = optuna.load_study(
+        study_name=f"{search_id}/rotten_tomatoes/xs", storage=JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    )
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) >= 3
+    # the study's values are the Parquet rows' metric (one seed: the mean is the value)
+    scores = set(trials.val_score.round(6))
+    assert all(round(t.value, 6) in scores for t in done)
+
+
+def kdsearch(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdsearch", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def test_a_raising_trial_is_retried_then_recorded_as_failed(tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(name="faulty", seeds="[0]")
+    p = kdsearch("run", str(spec), env={"KDSEARCH_FAULT": "raise:loss=mse"})
+    out, _ = p.communicate(timeout=400)
+    assert p.returncode == 0, out
+    (folder,) = (tmp_path / "searches").glob("faulty-*")
+    trials = pd.read_parquet(folder / "trials.parquet")
+    failed = trials[trials.status == "failed"]
+    assert len(failed) == 1 and failed.loss.iloc[0] == "mse"
+    # the first attempt and its one retry (max_failures: 1) both raised
+    assert "injected fault" in failed.error.iloc[0] and failed.failures.iloc[0] == 2
+    ok = trials[trials.status == "ok"]
+    assert len(ok) == len(trials) - 1 and ok.val_score.notna().all()
+    # the failed config counted as worst: the last stage went on with ce
+    assert set(trials[trials.stage == "2"].loss) == {"ce"}
+    assert "FAILED" in out and "injected fault" in out
+
+
+def test_resume_after_kill_9(tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(name="killed", train=1024, epochs=2)
+    p = kdsearch("run", str(spec), start_new_session=True)
+    deadline = time.time() + 300
+    rows = 0
+    while time.time() < deadline and p.poll() is None:
+        found = list((tmp_path / "searches").glob("killed-*/trials.parquet"))
+        rows = len(pd.read_parquet(found[0])) if found else 0
+        if rows >= 3:
+            break
+        time.sleep(0.5)
+    assert p.poll() is None, "the search ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    (folder,) = (tmp_path / "searches").glob("killed-*")
+    before = pd.read_parquet(folder / "trials.parquet")
+    assert 3 <= len(before) < 10
+    r = kdsearch("run", str(spec), "--resume")
+    out, _ = r.communicate(timeout=400)
+    assert r.returncode == 0, out
+    after = pd.read_parquet(folder / "trials.parquet")
+    ok = after[after.status == "ok"]
+    # exactly one finished row per (config, seed), nothing lost
+    assert len(ok) == 10 and not ok.duplicated(["config_key", "seed"]).any()
+    assert set(before.trial_id) <= set(after.trial_id)
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert len(epochs) == 2 * 10 and not epochs.duplicated(["trial_id", "epoch"]).any()
