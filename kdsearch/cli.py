@@ -158,6 +158,37 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from kdsearch import jobs
+
+    spec = _load(args)
+    job_id = jobs.submit(spec, args.address, resume=args.resume)
+    where = args.address or jobs.DEFAULT_ADDRESS
+    print(f"submitted {job_id} to {where}; results under {spec.search.storage}/{spec.name}-<time>/")
+    print(f"follow it: kdsearch jobs logs {job_id} --follow --address {where}")
+    if args.wait:
+        final = jobs.wait(job_id, args.address, timeout_s=args.wait)
+        print(f"{job_id}: {final}")
+        return 0 if final == "SUCCEEDED" else 1
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from kdsearch import jobs
+
+    if args.action == "list":
+        print(format_table(jobs.jobs(args.address)))
+    elif args.action == "status":
+        info = jobs.status(args.id, args.address)
+        print(f"{info['job_id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+    elif args.action == "logs":
+        for chunk in jobs.logs(args.id, args.address, follow=args.follow):
+            print(chunk, end="", flush=True)
+    elif args.action == "stop":
+        print(f"{args.id}: {'stop requested' if jobs.stop(args.id, args.address) else 'already ended'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from kdsearch.bench import kd_loop
 
@@ -206,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
     r.set_defaults(func=cmd_run)
 
+    sm = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job (returns at once)")
+    spec_args(sm)
+    sm.add_argument("--address", help="the cluster's job server (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
+    sm.add_argument("--resume", metavar="DIR", help="finish the search in DIR (its driver died) instead of starting one")
+    sm.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the job to end")
+    sm.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list, inspect, follow or stop submitted searches")
+    jb.add_argument("action", choices=["list", "status", "logs", "stop"])
+    jb.add_argument("id", nargs="?", help="a job id (status, logs, stop)")
+    jb.add_argument("--address", help="the cluster's job server (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
+    jb.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
+    jb.set_defaults(func=cmd_jobs)
+
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")
     res.add_argument("folder", help="a search's result folder")
     res.add_argument("--trials", action="store_true", help="also print every trial")
@@ -230,10 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Ray reads its auth mode once, when imported: token auth (Ray 2.60's default for
+    # clusters) must be set before anything imports ray, for the Jobs SDK above all
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars, once per checkpoint
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "jobs" and args.action != "list" and not args.id:
+        parser.error(f"jobs {args.action} needs a job id")
     try:
         return int(args.func(args) or 0)
     except KDSearchError as e:

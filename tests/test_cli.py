@@ -1,4 +1,8 @@
-"""The command line on bad input: one line naming the problem, non-zero exit, no traceback."""
+"""The command line on bad input: one line naming the problem, non-zero exit, no traceback.
+
+Bad input runs `main()` in process (fast); the end-to-end case runs the real console
+entry point in a subprocess.
+"""
 
 import json
 import os
@@ -66,17 +70,20 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_line_error(tmp_path: Path, case: str) -> None:
+def test_bad_input_gives_one_line_error(tmp_path: Path, case: str, capsys, monkeypatch) -> None:
+    from kdsearch.cli import main
+
     make, command, pattern = CASES[case]
     spec = spec_file(tmp_path, make(tmp_path))
     args = [*command, str(spec)]
     if case == "missing teacher folder":
         args.append(str(tmp_path / "no-teacher"))
-    r = kdsearch(*args, cwd=tmp_path, workdir=tmp_path / "wd")
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr
-    err = [line for line in r.stderr.splitlines() if line.startswith("kdsearch: error:")]
-    assert len(err) == 1, r.stderr
+    monkeypatch.setenv("KDSEARCH_WORKDIR", str(tmp_path / "wd"))
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2  # in process: a traceback would fail the test itself
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("kdsearch: error:")]
+    assert len(err) == 1 and len(stderr.strip().splitlines()) == 1, stderr
     if pattern:
         import re
 

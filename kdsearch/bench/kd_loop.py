@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdsearch import atomic
+from kdsearch.bench import write_result
 from kdsearch.cli import format_table
 from kdsearch.data.batching import make_batch, train_order
 from kdsearch.data.prepare import PreparedData, prepare_data
@@ -211,7 +209,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{result['speedup_vs_online_teacher']:.2f}x; (a) at {result['achieved_gflops']:.1f} GFLOP/s = "
         f"{100 * result['peak_fraction']:.1f}% of the {result['peak_gflops']:.1f} GFLOP/s matmul peak (target >= 30%)"
     )
-    out = Path(args.out or "results/bench/kd_loop.json")
-    atomic.write_text(out, json.dumps(result, indent=1) + "\n")
-    print(f"written: {out}")
+    write_result(args.out or "results/bench/kd_loop.json", result)
     return result

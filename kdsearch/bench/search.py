@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch import atomic
+from kdsearch.bench import write_result
 from kdsearch.cli import REPO_SPACES, format_table
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from kdsearch.spec import load_spec
 
     overrides = [
-        f"name=bench-search",
+        "name=bench-search",
         f"search.seeds={json.dumps(list(range(args.seeds)))}",
         f"search.storage={args.storage}",
         *(["data.max_train_examples=%d" % args.examples] if args.examples else []),
@@ -119,7 +119,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{result['gap_points']:+.2f} points from the grid's best (target within 0.5); "
         f"per-trial overhead median {result['overhead_s']:.2f} s, mean {result['overhead_mean_s']:.2f} s (target <= 1 s)"
     )
-    out = Path(args.out or "results/bench/search.json")
-    atomic.write_text(out, json.dumps(result, indent=1) + "\n")
-    print(f"written: {out}")
+    write_result(args.out or "results/bench/search.json", result)
     return result

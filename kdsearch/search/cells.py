@@ -12,11 +12,12 @@ known result at once.
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.search import Searcher
+
+from kdsearch.search._state import PicklingSearcher
 
 from kdsearch.search.space import key
 
@@ -44,7 +45,7 @@ class Group:
         return sum(vals) / len(vals)  # type: ignore[arg-type]
 
 
-class CellSearcher(Searcher):
+class CellSearcher(PicklingSearcher):
     """Routes suggestions between per-cell searchers, one trial per (config, seed).
 
     Args:
@@ -169,17 +170,3 @@ class CellSearcher(Searcher):
         if group.done:
             for inner_id in group.inner_ids:
                 self._tell(group.cell, inner_id, group)
-
-    def get_state(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))

@@ -10,15 +10,16 @@ run in an earlier stage is reused, not run again; a failed config counts as the 
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Any
 
 from ray.tune.search import Searcher
 
+from kdsearch.search._state import PicklingSearcher
+
 from kdsearch.search.space import Config, Space, key
 
 
-class GreedySearcher(Searcher):
+class GreedySearcher(PicklingSearcher):
     """One cell's greedy search over ``space``; a suggestion is a config dict plus ``stage``.
 
     Args:
@@ -132,17 +133,3 @@ class GreedySearcher(Searcher):
         self.results[k] = score
         if not self.queue and not self.pending and not self.finished:
             self._open_next_stage()  # the stage is complete: fix its winner now
-
-    def get_state(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))

@@ -18,7 +18,7 @@ from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
 from kdsearch.search.space import KNOBS, effective, key
 from kdsearch.search.trial import trial_point
 
-INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "pid")
+INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device")
 
 
 def _error_text(trial: Trial) -> str:

@@ -356,4 +356,8 @@ def finish(folder: Path, spec: Spec, log: Callable[..., None] = print) -> dict[s
         fid = f"; agreement {b['val_agreement']:.4f}" if not math.isnan(b.get("val_agreement", math.nan)) else ""
         log(f"   best {cell}: {knobs} -> {metric} {b[metric]:.4f} ± {b['std']:.4f} over {b['seeds']} seed(s){base}{fid}")
     log(f"results: {folder}/trials.parquet, epochs.parquet, best.yaml")
+    if not (trials["status"] == "ok").any():
+        first = trials["error"].dropna()
+        why = f" (first error: {first.iloc[0]})" if len(first) else ""
+        raise KDSearchError(f"every one of the {len(trials)} trials failed or diverged{why}; rows are in {folder}")
     return best

@@ -148,8 +148,10 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
         "teacher_name": payload.teacher_names[plan.data_key][distill.teacher],
         "node": socket.gethostname(),
         "node_ip": _node_ip(),
+        "node_id": _node_id(),
         "pid": os.getpid(),
         "resumed": bool(resumed),
+        "device": device.type,
         "trial_start_ts": started,
     }
     try:
@@ -165,6 +167,15 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     except Diverged as e:
         tune.report({**info, "epoch": trainer.epoch, "status": "diverged", "error": str(e), "report_ts": time.time()})
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - informative only
+        return ""
 
 
 def _node_ip() -> str:

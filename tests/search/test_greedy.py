@@ -128,3 +128,18 @@ def test_max_configs_caps_the_search() -> None:
     s = searcher(max_configs=3)
     stages = run(s, lambda c: 0.5)
     assert sum(len(st) for st in stages) == 3
+
+
+def test_quick_yaml_stages() -> None:
+    """The demo's own spec: its space, its defaults, greedy's order of configs."""
+    from kdsearch.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "search_spaces" / "quick.yaml")
+    s = GreedySearcher(Space(spec.search.space, spec.distill, spec.student.train))
+    assert s.names == ["teacher", "loss", "alpha", "tau_t", "tau_s"]
+    stages = run(s, lambda c: 0.5 + 0.01 * (c["tau_t"] == 4.0))
+    first = stages[0]
+    assert [c["teacher"] for c in first] == ["t_hs", "t_ll"]
+    assert all(c["loss"] == "ce" and c["alpha"] == 0.5 and c["tau_t"] == 1.0 and c["tau_s"] == 1.0 for c in first)
+    assert [[str(c[k]) for c in st] for st, k in zip(stages[1:], s.names[1:])] == [["mse"], ["1.0"], ["2.0", "4.0"], ["same"]]
+    assert s.best["tau_t"] == 4.0 and len(s.results) == 7
