@@ -93,9 +93,12 @@ def plan(spec: Spec, log: Callable[[str], None] = print) -> Plan:
         pool.train(spec.teachers, log=log, progress=StepProgress)
         data_by_key[data.key] = data
         teachers[data.key], names[data.key] = {}, {}
+        loaded: dict[str, Any] = {}  # t_hs and t_ll often pick the same checkpoint: ship it once
         for sel in selections:
             rec = pool.select(sel)
-            teachers[data.key][sel] = pool.outputs(rec)
+            if rec.name not in loaded:
+                loaded[rec.name] = pool.outputs(rec)
+            teachers[data.key][sel] = loaded[rec.name]
             names[data.key][sel] = rec.name
             log(f"  teacher {sel}: {rec.name} (val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
         for student in spec.student_models:

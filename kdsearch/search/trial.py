@@ -14,7 +14,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Payload:
     teacher_names: dict[str, dict[str, str]]  # data key -> selection -> checkpoint
     threads: int = 1
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def trial_point(config: dict[str, Any]) -> dict[str, Any]:
