@@ -110,18 +110,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from kdsearch.search.runner import run_search
 
-    overrides = list(args.set)
     if args.method:
-        overrides.append(f"search.method={args.method}")
-    spec = _load_with(args.spec, overrides)
-    run_search(spec, address=args.address, resume=args.resume)
+        args.set.append(f"search.method={args.method}")
+    run_search(_load(args), address=args.address, resume=args.resume)
     return 0
-
-
-def _load_with(path: str, overrides: list[str]):
-    from kdsearch.spec import load_spec
-
-    return load_spec(path, overrides)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
