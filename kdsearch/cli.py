@@ -150,6 +150,21 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kdsearch.reports.compare import compare
+
+    out = args.out or str(Path(args.folders[0]).resolve().parent / "comparison")
+    compare(args.folders, out, metric=args.metric, mode=args.mode)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdsearch.export import export
+
+    export(args.folder, args.cell, args.out)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from kdsearch import jobs
 
@@ -214,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_teachers)
 
     d = sub.add_parser("distill", help="distil one student with the spec's config and print its metrics")
-    spec_args(d)
+    d.add_argument("spec", nargs="?", help="spec YAML")
+    d.add_argument("--config", help="a spec YAML, e.g. an export's kdsearch.yaml (same as SPEC)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field")
     d.add_argument("--json", action="store_true", help="print metrics as JSON")
     d.set_defaults(func=cmd_distill)
 
@@ -242,6 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("--address", help="the cluster's job server (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
     jb.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jb.set_defaults(func=cmd_jobs)
+
+    cp = sub.add_parser("compare", help="compare searches of the same cells: Markdown report with tables and plots")
+    cp.add_argument("folders", nargs="+", help="search result folders")
+    cp.add_argument("--out", help="report folder (default: a 'comparison' folder beside the first search)")
+    cp.add_argument("--metric", default="val_score")
+    cp.add_argument("--mode", choices=["max", "min"], default="max")
+    cp.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("export", help="the best config of a cell and its retrained student, Hugging Face format")
+    ex.add_argument("folder", help="a search's result folder")
+    ex.add_argument("--cell", required=True, help="e.g. rotten_tomatoes/xs")
+    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.set_defaults(func=cmd_export)
 
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")
     res.add_argument("folder", help="a search's result folder")
@@ -275,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Writing model shards" bars, once per checkpoint
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "command", None) == "distill":
+        if bool(args.spec) == bool(args.config):
+            parser.error("distill needs a spec: SPEC or --config SPEC")
+        args.spec = args.spec or args.config
     if getattr(args, "command", None) == "jobs" and args.action != "list" and not args.id:
         parser.error(f"jobs {args.action} needs a job id")
     try:

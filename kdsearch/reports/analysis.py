@@ -1,0 +1,137 @@
+"""Answers read from trial rows alone: anytime curves, knob costs, paired differences.
+
+Every function takes the ``trials.parquet`` rows of one or more searches and returns a
+DataFrame, so a report is rebuilt from Parquet without rerunning anything. Configs are
+compared seed by seed (the search pairs seeds), with a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdsearch.results.store import open_store
+from kdsearch.search.space import KNOBS
+
+RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
+
+
+def load(folders: Sequence[str | Path]) -> pd.DataFrame:
+    """The trial rows of several searches, in the order each search finished them."""
+    frames = []
+    for f in folders:
+        t = open_store(f).trials()
+        t["search_dir"] = str(f)
+        t["order"] = np.arange(len(t))
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _sign(mode: str) -> float:
+    return 1.0 if mode == "max" else -1.0
+
+
+def anytime(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """Best-so-far config mean (over its finished seeds) after each trial, per search and cell.
+
+    A config counts once all of its seeds have finished; the no-KD baseline is left out.
+    """
+    rows = []
+    for (search, cell), g in trials[trials["stage"] != "baseline"].groupby(["search_id", "cell"], sort=False):
+        g = g.sort_values("order")
+        seeds = g.groupby("config_key")["seed"].nunique().max()
+        done: dict[str, list[float]] = {}
+        best, compute = math.nan, 0.0
+        for i, (_, r) in enumerate(g.iterrows(), start=1):
+            compute += float(r.get("wall_s") or 0.0)
+            done.setdefault(r["config_key"], []).append(float(r[metric]) if r["status"] == "ok" else math.nan)
+            vals = done[r["config_key"]]
+            if len(vals) == seeds and not any(math.isnan(v) for v in vals):
+                mean = float(np.mean(vals))
+                if math.isnan(best) or _sign(mode) * mean > _sign(mode) * best:
+                    best = mean
+            rows.append({"search_id": search, "method": r["method"], "cell": cell, "trials": i, "compute_s": compute, "best": best})
+    return pd.DataFrame(rows)
+
+
+def final_best(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per search and cell: trials used and the best config mean reached."""
+    last = curves.sort_values("trials").groupby(["search_id", "cell"]).tail(1)
+    return last[["search_id", "method", "cell", "trials", "compute_s", "best"]].reset_index(drop=True)
+
+
+def regret(curves: pd.DataFrame, mode: str = "max") -> pd.DataFrame:
+    """Each search's final best against the best full grid of its cell (points of metric)."""
+    fb = final_best(curves)
+    grid = fb[fb["method"] == "grid"].groupby("cell")["best"].agg("max" if mode == "max" else "min")
+    fb["grid_best"] = fb["cell"].map(grid)
+    fb["regret_points"] = 100 * _sign(mode) * (fb["grid_best"] - fb["best"])
+    return fb
+
+
+def config_means(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    ok = trials[(trials["status"] == "ok") & (trials["stage"] != "baseline")]
+    knobs = [k for k in KNOBS if k in ok.columns]
+    g = ok.groupby(["cell", "config_key"], sort=False)
+    out = g[knobs].first()
+    out["mean"] = g[metric].mean()
+    out["std"] = g[metric].std(ddof=1).fillna(0.0)
+    out["seeds"] = g["seed"].nunique()
+    for extra in ("val_agreement", "val_kl"):
+        if extra in ok.columns:
+            out[extra] = g[extra].mean()
+    return out.reset_index()
+
+
+def knob_costs(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """For each cell and knob: the metric lost by its worst choice against its best, the
+    other knobs at the cell's best config (only choices that were run that way count)."""
+    means = config_means(trials, metric)
+    rows = []
+    for cell, g in means.groupby("cell"):
+        best = g.loc[g["mean"].idxmax() if mode == "max" else g["mean"].idxmin()]
+        knobs = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1]
+        for k in knobs:
+            others = [o for o in knobs if o != k]
+            same = g[(g[others] == best[others]).all(axis=1)] if others else g
+            if same[k].nunique() < 2:
+                continue
+            by = same.set_index(k)["mean"]
+            hi, lo = (by.idxmax(), by.idxmin()) if mode == "max" else (by.idxmin(), by.idxmax())
+            rows.append({"cell": cell, "knob": k, "best_choice": hi, "worst_choice": lo, "cost_points": 100 * abs(by[hi] - by[lo]), "choices": int(len(by))})
+    return pd.DataFrame(rows)
+
+
+def recommended_rank(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """Rank of the paper's recommendation (t_ll, ce, tau_s = 1) in each cell, and its gap."""
+    means = config_means(trials, metric)
+    rows = []
+    for cell, g in means.groupby("cell"):
+        g = g.sort_values("mean", ascending=mode != "max").reset_index(drop=True)
+        match = pd.Series(True, index=g.index)
+        for k, v in RECOMMENDED.items():
+            if k in g.columns:
+                match &= g[k].astype(str) == v
+        if not match.any():
+            continue
+        best_rec = g[match].index[0]
+        rows.append({"cell": cell, "rank": int(best_rec) + 1, "configs": int(len(g)), "gap_points": 100 * abs(g["mean"].iloc[0] - g["mean"].iloc[best_rec])})
+    return pd.DataFrame(rows)
+
+
+def paired_difference(trials: pd.DataFrame, cell: str, key_a: str, key_b: str, metric: str, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over shared seeds, with a 95% bootstrap interval over seeds."""
+    t = trials[(trials["cell"] == cell) & (trials["status"] == "ok")]
+    a = t[t["config_key"] == key_a].set_index("seed")[metric]
+    b = t[t["config_key"] == key_b].set_index("seed")[metric]
+    d = (a - b).dropna().to_numpy(dtype=float)
+    if len(d) == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "within_noise": True}
+    rng = np.random.default_rng(seed)
+    boots = rng.choice(d, size=(n_boot, len(d)), replace=True).mean(axis=1)
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "seeds": int(len(d)), "within_noise": bool(low <= 0 <= high)}

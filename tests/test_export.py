@@ -1,0 +1,73 @@
+"""Export: a real search's best config -> retrained student -> transformers.pipeline reproduces it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdsearch.cli import main
+from kdsearch.search.runner import run_search
+from kdsearch.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, workdir):
+    import ray
+
+    from tests.conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("export")
+    spec = tmp / "tiny.yaml"
+    spec.write_text(TINY.format(name="exp", train=384, epochs=1, method="grid", seeds="[0, 1]", budget=2,
+                                workdir=workdir, storage=tmp / "searches"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        folder = run_search(load_spec(spec), log=lambda *a, **k: None)
+    finally:
+        ray.shutdown()
+    return folder
+
+
+def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path) -> None:
+    from transformers import pipeline
+
+    out = tmp_path / "student"
+    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "kdsearch.yaml", "README.md"):
+        assert (out / f).is_file(), f
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["fresh", "rotten"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the retrained student is the search's best-seed trial again (same seed, same numbers)
+    assert metrics["retrained"]["val_score"] == pytest.approx(metrics["search_row"]["val_score"], abs=1e-6)
+    # the exported spec is the best config, rerunnable as is
+    exported = yaml.safe_load((out / "kdsearch.yaml").read_text())
+    trials = pd.read_parquet(searched / "trials.parquet")
+    assert exported["distill"]["loss"] in set(trials.loss) and exported["student"]["seed"] in (0, 1)
+    # a plain transformers pipeline on the validation split gives the reported accuracy
+    val = pd.read_parquet(Path(__file__).resolve().parents[1] / "kdsearch/data/builtin/rotten_tomatoes/validation.parquet").iloc[:128]
+    clf = pipeline("text-classification", model=str(out), device=-1)
+    preds = [p["label"] for p in clf(val.text.tolist(), truncation=True, batch_size=32)]
+    acc = sum(p == y for p, y in zip(preds, val.label)) / len(val)
+    assert abs(acc - metrics["retrained"]["val_accuracy"]) <= 0.005
+    assert "kdsearch distill --config kdsearch.yaml" in (out / "README.md").read_text()
+
+
+def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "student"
+    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    reported = json.loads((out / "metrics.json").read_text())["retrained"]["val_score"]
+    capsys.readouterr()
+    assert main(["distill", "--config", str(out / "kdsearch.yaml"), "--json"]) == 0
+    printed = capsys.readouterr().out
+    rerun = json.loads(printed[printed.index("{") :])
+    assert rerun["val_score"] == pytest.approx(reported, abs=1e-6)
+
+
+def test_export_unknown_cell(searched: Path, tmp_path: Path, capsys) -> None:
+    assert main(["export", str(searched), "--cell", "imdb/xs", "--out", str(tmp_path / "x")]) == 2
+    assert "no cell 'imdb/xs'" in capsys.readouterr().err and not (tmp_path / "x").exists()
