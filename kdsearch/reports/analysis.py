@@ -76,14 +76,17 @@ def regret(curves: pd.DataFrame, mode: str = "max") -> pd.DataFrame:
 def config_means(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     ok = trials[(trials["status"] == "ok") & (trials["stage"] != "baseline")]
     knobs = [k for k in KNOBS if k in ok.columns]
+    extras = [c for c in ("val_agreement", "val_kl") if c in ok.columns]
+    # one value per (config, seed) even when several searches ran it
+    per_seed = ok.groupby(["cell", "config_key", "seed"], sort=False)
+    ok = per_seed[[metric, *extras]].mean().join(per_seed[knobs].first()).reset_index()
     g = ok.groupby(["cell", "config_key"], sort=False)
     out = g[knobs].first()
     out["mean"] = g[metric].mean()
     out["std"] = g[metric].std(ddof=1).fillna(0.0)
     out["seeds"] = g["seed"].nunique()
-    for extra in ("val_agreement", "val_kl"):
-        if extra in ok.columns:
-            out[extra] = g[extra].mean()
+    for extra in extras:
+        out[extra] = g[extra].mean()
     return out.reset_index()
 
 
@@ -123,15 +126,24 @@ def recommended_rank(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd
     return pd.DataFrame(rows)
 
 
+MIN_SEEDS = 3  # a bootstrap over fewer paired seeds cannot see the spread
+
+
 def paired_difference(trials: pd.DataFrame, cell: str, key_a: str, key_b: str, metric: str, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over shared seeds, with a 95% bootstrap interval over seeds."""
+    """Mean of a - b over shared seeds, with a 95% bootstrap interval over seeds.
+
+    ``within_noise`` is true when the interval holds 0, and always below ``MIN_SEEDS``
+    paired seeds (two seeds give an interval, not a trustworthy one).
+    """
     t = trials[(trials["cell"] == cell) & (trials["status"] == "ok")]
-    a = t[t["config_key"] == key_a].set_index("seed")[metric]
-    b = t[t["config_key"] == key_b].set_index("seed")[metric]
+    # the same (config, seed) in several searches (greedy and grid share configs) counts once
+    a = t[t["config_key"] == key_a].groupby("seed")[metric].mean()
+    b = t[t["config_key"] == key_b].groupby("seed")[metric].mean()
     d = (a - b).dropna().to_numpy(dtype=float)
     if len(d) == 0:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "within_noise": True}
     rng = np.random.default_rng(seed)
     boots = rng.choice(d, size=(n_boot, len(d)), replace=True).mean(axis=1)
     low, high = np.percentile(boots, [2.5, 97.5])
-    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "seeds": int(len(d)), "within_noise": bool(low <= 0 <= high)}
+    within = bool(low <= 0 <= high) or len(d) < MIN_SEEDS
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "seeds": int(len(d)), "within_noise": within}

@@ -21,6 +21,12 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _verdict(d: dict) -> str:
+    if d["seeds"] < analysis.MIN_SEEDS:
+        return f"too few paired seeds ({d['seeds']}) to call"
+    return "inside the noise" if d["within_noise"] else "a real difference"
+
+
 def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metric: str, out: Path) -> list[str]:
     import matplotlib
 
@@ -91,7 +97,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
         if len(g) >= 2:
             d = analysis.paired_difference(trials, cell, g["config_key"].iloc[0], g["config_key"].iloc[1], metric)
             pairs.append({"cell": cell, "best - runner-up (points)": 100 * d["mean"], "95% CI low": 100 * d["low"],
-                          "95% CI high": 100 * d["high"], "seeds": d["seeds"], "verdict": "inside the noise" if d["within_noise"] else "a real difference"})
+                          "95% CI high": 100 * d["high"], "seeds": d["seeds"], "verdict": _verdict(d)})
     plots = _plots(trials, curves, costs, metric, out)
     text = "# kdsearch comparison\n\n"
     text += f"Searches: {', '.join(Path(f).name for f in folders)}. Metric: {metric} ({mode}), mean over paired seeds.\n\n"
