@@ -18,7 +18,7 @@ from kdsearch import atomic
 from kdsearch.errors import KDSearchError
 from kdsearch.results.store import open_store
 from kdsearch.results.summary import config_table
-from kdsearch.search.space import KNOBS, apply
+from kdsearch.search.space import BASELINE_STAGE, KNOBS, apply
 from kdsearch.spec import Spec, dump_spec, load_spec
 
 SPEC_NAME = "kdsearch.yaml"
@@ -33,7 +33,7 @@ def best_trial(folder: Path, cell: str) -> tuple[Spec, dict[str, Any], dict[str,
     if cell not in cells:
         raise KDSearchError(f"no cell {cell!r} in {folder} (cells: {', '.join(cells)})")
     table = config_table(trials, spec.search.metric)
-    table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & (table["stage"] != "baseline")]
+    table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & (table["stage"] != BASELINE_STAGE)]
     if table.empty:
         raise KDSearchError(f"cell {cell!r} has no finished distillation config to export")
     best = table.loc[table["mean"].idxmax() if spec.search.mode == "max" else table["mean"].idxmin()]

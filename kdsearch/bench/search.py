@@ -22,6 +22,7 @@ from kdsearch.bench import write_result
 from kdsearch.cli import REPO_SPACES, format_table
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell
+from kdsearch.search.space import BASELINE_STAGE
 
 
 def trial_overheads(epochs: pd.DataFrame) -> list[float]:
@@ -36,7 +37,7 @@ def trial_overheads(epochs: pd.DataFrame) -> list[float]:
 def _summary(folder: Path, metric: str) -> dict[str, Any]:
     store = ResultStore(folder)
     trials = store.trials()
-    search = trials[trials["stage"] != "baseline"]
+    search = trials[trials["stage"] != BASELINE_STAGE]
     (cell, best), = best_per_cell(trials, metric).items()
     return {
         "folder": str(folder),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kdsearch.results.store import open_store
-from kdsearch.search.space import KNOBS
+from kdsearch.search.space import BASELINE_STAGE, KNOBS
 
 RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
 
@@ -41,7 +41,7 @@ def anytime(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFram
     A config counts once all of its seeds have finished; the no-KD baseline is left out.
     """
     rows = []
-    for (search, cell), g in trials[trials["stage"] != "baseline"].groupby(["search_id", "cell"], sort=False):
+    for (search, cell), g in trials[trials["stage"] != BASELINE_STAGE].groupby(["search_id", "cell"], sort=False):
         g = g.sort_values("order")
         seeds = g.groupby("config_key")["seed"].nunique().max()
         done: dict[str, list[float]] = {}
@@ -74,7 +74,7 @@ def regret(curves: pd.DataFrame, mode: str = "max") -> pd.DataFrame:
 
 
 def config_means(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
-    ok = trials[(trials["status"] == "ok") & (trials["stage"] != "baseline")]
+    ok = trials[(trials["status"] == "ok") & (trials["stage"] != BASELINE_STAGE)]
     knobs = [k for k in KNOBS if k in ok.columns]
     extras = [c for c in ("val_agreement", "val_kl") if c in ok.columns]
     # one value per (config, seed) even when several searches ran it

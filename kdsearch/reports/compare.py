@@ -9,6 +9,7 @@ import pandas as pd
 
 from kdsearch import atomic
 from kdsearch.reports import analysis
+from kdsearch.search.space import BASELINE_STAGE
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -54,7 +55,7 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
     if "val_agreement" in ok.columns and len(ok):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, fid in zip(axes, ("val_agreement", "val_kl")):
-            for stage_is_base, s in ok.groupby(ok["stage"] == "baseline"):
+            for stage_is_base, s in ok.groupby(ok["stage"] == BASELINE_STAGE):
                 ax.scatter(s[fid], s[metric], s=14, label="no KD" if stage_is_base else "KD")
             ax.set_xlabel(fid)
             ax.set_ylabel(metric)

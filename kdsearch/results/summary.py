@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kdsearch.search.space import KNOBS
+from kdsearch.search.space import BASELINE_STAGE, KNOBS
 
 
 def knob_columns(df: pd.DataFrame) -> list[str]:
@@ -56,7 +56,7 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[
     knobs = knob_columns(trials)
     for cell, g in table.groupby("cell", sort=False):
         complete = g[(g["failed"] == 0) & (g["seeds"] > 0)]
-        kd = complete[complete["stage"] != "baseline"]
+        kd = complete[complete["stage"] != BASELINE_STAGE]
         pick_from = kd if len(kd) else complete
         if pick_from.empty:
             out[str(cell)] = {"status": "no finished config"}
@@ -67,12 +67,12 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[
             metric: round(float(best["mean"]), 4),
             "std": round(float(best["std"]), 4),
             "seeds": int(best["seeds"]),
-            "configs_tried": int(len(g[g["stage"] != "baseline"])),
+            "configs_tried": int(len(g[g["stage"] != BASELINE_STAGE])),
         }
         for extra in ("val_agreement", "val_kl", "test_score"):
             if extra in best:
                 entry[extra] = round(float(best[extra]), 4)
-        base = complete[complete["stage"] == "baseline"]
+        base = complete[complete["stage"] == BASELINE_STAGE]
         if len(base):
             entry["baseline_no_kd"] = round(float(base.iloc[0]["mean"]), 4)
             entry["gain_over_baseline"] = round(float(best["mean"] - base.iloc[0]["mean"]), 4)

@@ -19,9 +19,7 @@ from ray.tune.search import Searcher
 
 from kdsearch.search._state import PicklingSearcher
 
-from kdsearch.search.space import key
-
-BASELINE_STAGE = "baseline"
+from kdsearch.search.space import BASELINE_STAGE, key
 
 
 @dataclass

@@ -26,7 +26,7 @@ from kdsearch.results.summary import best_per_cell, best_yaml
 from kdsearch.search.cells import CellSearcher
 from kdsearch.search.greedy import GreedySearcher
 from kdsearch.search.recorder import ProgressPrinter, ResultRecorder
-from kdsearch.search.space import KNOBS, Space
+from kdsearch.search.space import BASELINE, BASELINE_STAGE, KNOBS, Space
 from kdsearch.search.trial import STATE_FILE, CellPlan, Payload, run_trial
 from kdsearch.spec import DataSpec, Spec, dump_spec, load_spec
 
@@ -121,7 +121,9 @@ def greedy_size(space: Space) -> int:
 def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str) -> CellSearcher:
     s = spec.search
     inner: dict[str, Any] = {}
-    budget = s.budget
+    # every cell searches the spec's one space: by default, as many configs as greedy needs
+    any_space = next(iter(p.spaces.values()))
+    budget = s.budget or (10 if any_space.ranges else greedy_size(any_space))
     for cid, space in p.spaces.items():
         if s.method == "greedy":
             inner[cid] = GreedySearcher(space, metric="score", mode="max", max_configs=s.budget)
@@ -130,10 +132,6 @@ def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str) -> CellSearcher
         from optuna.storages.journal import JournalFileBackend, JournalStorage
         from ray.tune.search.optuna import OptunaSearch
 
-        if space.ranges:
-            budget = budget or 10
-        else:
-            budget = budget or greedy_size(space)
         sampler = (
             optuna.samplers.TPESampler(seed=s.search_seed, constant_liar=True)
             if s.method == "optuna"
@@ -149,7 +147,7 @@ def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str) -> CellSearcher
             storage=storage,
             points_to_evaluate=[dict(space.defaults)] if s.method == "optuna" and not space.ranges else None,
         )
-    baseline = {"alpha": 0.0} if s.baseline else None
+    baseline = BASELINE if s.baseline else None
     return CellSearcher(
         inner,
         s.seeds,
@@ -166,7 +164,7 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
     for cid, space in p.spaces.items():
         if spec.search.baseline:
-            points += [{"alpha": 0.0, "stage": "baseline", "cell": cid, "seed": seed} for seed in spec.search.seeds]
+            points += [{**BASELINE, "stage": BASELINE_STAGE, "cell": cid, "seed": seed} for seed in spec.search.seeds]
         configs = list(space.grid())[: spec.search.budget]
         for config in configs:
             points += [{**config, "cell": cid, "seed": seed} for seed in spec.search.seeds]

@@ -22,6 +22,9 @@ from kdsearch.spec import DistillSpec, OptimSpec, RangeSpec
 Value = float | str | bool
 Config = dict[str, Value]
 
+BASELINE_STAGE = "baseline"  # the stage of the no-distillation trial of every cell
+BASELINE: Config = {"alpha": 0.0}
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -153,9 +156,6 @@ class Space:
             if k not in seen:
                 seen.add(k)
                 yield config
-
-    def size(self) -> int:
-        return sum(1 for _ in self.grid())
 
     def optuna_distributions(self) -> dict[str, Any]:
         import optuna
