@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdsearch-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench reproduce clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,27 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/kdsearch bench kd-loop
+
+# results/reproduction/ and results/distiller/ from scratch: about 70 minutes on 2 CPU cores
+REPRO := search_spaces/reproduction.yaml
+# WNUT-16 only in the greedy run: there every student scored entity F1 0 with every config
+NO_WNUT := --set 'search.datasets=[{dataset: rotten_tomatoes, max_train_examples: 3000}, bbc_news]'
+reproduce: $(STAMP)
+	rm -rf results/reproduction/reproduction-* results/distiller/distiller-*
+	$(BIN)/kdsearch run $(REPRO) --method greedy
+	$(BIN)/kdsearch run $(REPRO) --method grid --set 'search.students=[xxxs]' $(NO_WNUT)
+	$(BIN)/kdsearch run $(REPRO) --method optuna --set 'search.students=[xxxs]' $(NO_WNUT)
+	$(BIN)/kdsearch run search_spaces/distiller.yaml --method grid --set search.storage=results/distiller \
+	  --set 'search.space={inter_map: [none, skip], augment: [none, mask]}'
+	$(BIN)/kdsearch run search_spaces/distiller.yaml --method grid --set search.storage=results/distiller \
+	  --set 'search.space={inter_map: [skip], inter_loss: [cosine, mi_alpha]}' --set search.baseline=false
+	$(BIN)/kdsearch run search_spaces/distiller.yaml --method grid --set search.storage=results/distiller \
+	  --set 'search.space={inter_map: [none, skip], inter_loss: [mse, mi_alpha]}' --set search.baseline=false \
+	  --set distill.teacher=t_hs --set distill.inter_weight=0.1
+	$(BIN)/kdsearch run $(REPRO) --method optuna --set 'search.students=[xxs, xs]' $(NO_WNUT)
+	$(BIN)/kdsearch compare results/reproduction/reproduction-* --out results/reproduction
+	$(BIN)/kdsearch compare results/distiller/distiller-* --out results/distiller
+	$(BIN)/kdsearch recommend --loo --store results/reproduction
 
 clean:
 	rm -rf .kdsearch .pytest_cache

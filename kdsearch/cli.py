@@ -14,6 +14,8 @@ from kdsearch.errors import KDSearchError
 from kdsearch.progress import StepProgress
 
 REPO_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+# the committed reproduction: past searches on the built-in datasets
+DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "reproduction"
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -73,7 +75,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 def _teacher_signal(spec, data, pool, teacher: str):
     rec = pool.select(teacher)
     print(f"teacher: {rec.name} (by {teacher}; val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
-    return rec, pool.outputs(rec)
+    return rec, pool.outputs(rec, features=spec.distill.intermediate, with_model=spec.distill.augmenting)
 
 
 def _print_epoch(label: str):
@@ -97,7 +99,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config = TrialConfig.from_spec(spec)
     _, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
     d = spec.distill
-    print(f"student {config.student}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s} seed {config.seed}")
+    extra = f" inter {d.inter_map}/{d.inter_loss} x{d.inter_weight}" if d.intermediate else ""
+    extra += f" augment {d.augment} p {d.augment_p}" if d.augmenting else ""
+    print(f"student {config.student}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s}{extra} seed {config.seed}")
     result = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))
     out = {"status": result.status, "error": result.error, **result.final, **result.test, "wall_s": result.wall_s}
     if args.json:
@@ -112,7 +116,56 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.method:
         args.set.append(f"search.method={args.method}")
-    run_search(_load(args), address=args.address, resume=args.resume)
+    spec = _load(args)
+    prefer = None
+    if args.seed_from_recommendation:
+        from kdsearch.recommend import describe, load_past, recommend
+
+        past = load_past(args.store or [DEFAULT_STORE], spec.search.metric)
+        prefer = {}
+        for dspec in spec.data_specs:
+            rec = recommend(describe(dspec, spec.workdir), past)
+            prefer[rec.dataset] = rec.config
+            print(f"recommended start for {rec.dataset} ({rec.confidence} confidence): {_config_text(rec.config)}")
+    run_search(spec, address=args.address, resume=args.resume, prefer=prefer)
+    return 0
+
+
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kdsearch.recommend import describe, leave_one_out, load_past, recommend
+    from kdsearch.spec import DataSpec
+
+    past = load_past(args.store or [DEFAULT_STORE], args.metric)
+    print(f"past datasets ({len(past.features)}), from {len(set(past.trials['search_id']))} search(es):")
+    print(format_table([f.to_dict() for f in past.features.values()]))
+    if args.loo:
+        table = leave_one_out(past, args.student)
+        print("\nleave one dataset out (points of the metric; gap = the dataset's best config minus the recommended one):")
+        print(format_table(table.to_dict("records")))
+        return 0
+    if args.spec:
+        spec = _load(args)
+        data, workdir = dataclasses.replace(spec.data, dataset=args.data), spec.workdir
+    else:
+        data, workdir = DataSpec(dataset=args.data), args.workdir
+    target = describe(data, workdir)
+    rec = recommend(target, past, args.student)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(rec), indent=1, default=str))
+        return 0
+    print(f"\n{target.name}: {target.to_dict()}")
+    print(f"recommended config ({rec.confidence} confidence): {_config_text(rec.config)}")
+    print(f"  why: {rec.why}")
+    print("  evidence (nearest first):")
+    for e in rec.evidence:
+        here = "not run there" if e.regret is None else f"{e.regret:.2f} points below that dataset's best"
+        print(f"    {e.dataset}: distance {e.distance:.2f}, weight {e.weight:.2f}; this config {here}; its best {e.best_score:.4f} with {_config_text(e.best_config)}")
     return 0
 
 
@@ -244,7 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--method", choices=["greedy", "grid", "optuna", "random"], help="override search.method")
     r.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
+    r.add_argument(
+        "--seed-from-recommendation",
+        action="store_true",
+        help="start each dataset's search from `kdsearch recommend`'s config (greedy's defaults, Optuna's first trial)",
+    )
+    r.add_argument("--store", action="append", metavar="DIR", help="past searches to recommend from (default: results/reproduction)")
     r.set_defaults(func=cmd_run)
+
+    rc = sub.add_parser("recommend", help="recommend a KD config for a dataset from past searches (nearest datasets)")
+    rc.add_argument("--data", help="a built-in dataset, a local folder or a hub name")
+    rc.add_argument("--store", action="append", metavar="DIR", help="past searches (default: results/reproduction); repeatable")
+    rc.add_argument("--spec", help="read data settings (max length, tokenizer, workdir) from this spec")
+    rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of --spec")
+    rc.add_argument("--workdir", default=".kdsearch", help="where teacher pools live (for the teacher score)")
+    rc.add_argument("--student", help="use only past cells of this student size")
+    rc.add_argument("--metric", default="val_score")
+    rc.add_argument("--loo", action="store_true", help="leave-one-dataset-out evaluation over the store's datasets")
+    rc.add_argument("--json", action="store_true")
+    rc.set_defaults(func=cmd_recommend)
 
     sm = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job (returns at once)")
     spec_args(sm)
@@ -309,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.spec) == bool(args.config):
             parser.error("distill needs a spec: SPEC or --config SPEC")
         args.spec = args.spec or args.config
+    if getattr(args, "command", None) == "recommend" and not args.data and not args.loo:
+        parser.error("recommend needs --data DATASET (or --loo)")
     if getattr(args, "command", None) == "jobs" and args.action != "list" and not args.id:
         parser.error(f"jobs {args.action} needs a job id")
     try:

@@ -4,6 +4,8 @@ Presets are BERT-style encoders built from a config (random initialisation):
 
 | preset | layers | hidden | heads | FFN  | non-embedding params | meant for              |
 |--------|--------|--------|-------|------|----------------------|------------------------|
+| xxxs   | 1      | 64     | 2     | 256  | 0.05 M               | student (CPU-sized)    |
+| xxs    | 2      | 64     | 2     | 256  | 0.1 M                | student (CPU-sized)    |
 | xs     | 2      | 128    | 2     | 512  | 0.4 M                | student (BERT-tiny)    |
 | s      | 4      | 256    | 4     | 1024 | 3.2 M                | student (BERT-mini)    |
 | m      | 4      | 512    | 8     | 2048 | 12.6 M               | student (BERT-small)   |
@@ -34,6 +36,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
+    "xxxs": Preset(1, 64, 2, 256),
+    "xxs": Preset(2, 64, 2, 256),
     "xs": Preset(2, 128, 2, 512),
     "s": Preset(4, 256, 4, 1024),
     "m": Preset(4, 512, 8, 2048),

@@ -126,6 +126,12 @@ class DistillSpec:
     ``tau_s`` may be the string ``same`` (equal to ``tau_t``). ``tau2_scaling`` multiplies D
     by ``tau_s**2`` (Hinton et al.'s ``tau**2`` when ``tau_s == tau_t``), on by default so
     that the distillation gradient keeps its size as the temperature grows.
+
+    Distiller's knobs (He et al. 2021) add ``inter_weight * I``, an intermediate term over
+    the hidden states of student layers mapped to teacher layers (``inter_map``: none, skip,
+    last; ``inter_loss``: mse, cosine, mi_alpha with its ``mi_alpha``), and augmentation of
+    the distillation batches (``augment``: none, swap, delete, mask, mixup; each example is
+    augmented with probability ``augment_p``).
     """
 
     teacher: str = "t_ll"
@@ -134,9 +140,30 @@ class DistillSpec:
     tau_t: float = 1.0
     tau_s: float | str = 1.0
     tau2_scaling: bool = True
+    inter_map: str = "none"
+    inter_loss: str = "mse"
+    inter_weight: float = 1.0
+    mi_alpha: float = 0.5
+    augment: str = "none"
+    augment_p: float = 0.5
 
     def check(self, where: str) -> None:
+        from kdsearch.distill.augment import AUGMENTATIONS
+        from kdsearch.distill.intermediate import FEATURE_LOSSES, LAYER_MAPS
         from kdsearch.distill.losses import LOSSES
+
+        if self.inter_map not in LAYER_MAPS:
+            raise SpecError(f"{where}.inter_map: unknown layer mapping {self.inter_map!r} (known: {', '.join(LAYER_MAPS)})")
+        if self.inter_loss not in FEATURE_LOSSES:
+            raise SpecError(f"{where}.inter_loss: unknown objective {self.inter_loss!r} (known: {', '.join(FEATURE_LOSSES)})")
+        if not self.inter_weight >= 0:
+            raise SpecError(f"{where}.inter_weight: must be >= 0, got {self.inter_weight}")
+        if not 0.0 <= self.mi_alpha <= 1.0:
+            raise SpecError(f"{where}.mi_alpha: must be in [0, 1], got {self.mi_alpha}")
+        if self.augment not in AUGMENTATIONS:
+            raise SpecError(f"{where}.augment: unknown augmentation {self.augment!r} (known: {', '.join(AUGMENTATIONS)})")
+        if not 0.0 <= self.augment_p <= 1.0:
+            raise SpecError(f"{where}.augment_p: must be in [0, 1], got {self.augment_p}")
 
         if not 0.0 <= self.alpha <= 1.0:
             raise SpecError(f"{where}.alpha: must be in [0, 1], got {self.alpha}")
@@ -153,6 +180,15 @@ class DistillSpec:
     @property
     def student_temperature(self) -> float:
         return float(self.tau_t if self.tau_s == "same" else self.tau_s)
+
+    @property
+    def intermediate(self) -> bool:
+        """Whether an intermediate-representation term is in the objective."""
+        return self.inter_map != "none" and self.inter_weight > 0
+
+    @property
+    def augmenting(self) -> bool:
+        return self.augment != "none" and self.augment_p > 0
 
 
 @dataclass

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
+from safetensors.torch import save, save_file
 
 from kdsearch import atomic
 from kdsearch.data.prepare import PreparedData
-from kdsearch.distill.teacher_signal import CachedTeacher, predict
+from kdsearch.distill.teacher_signal import FEATURES_SUFFIX, CachedTeacher, predict
 from kdsearch.distill.trainer import Trainer, TrialConfig, resolve_device, train_student
 from kdsearch.errors import KDSearchError, ModelError
 from kdsearch.models import load_model
@@ -154,18 +155,37 @@ class TeacherPool:
             return SELECTORS[strategy](self.records)
         return self.get(strategy)
 
-    def outputs(self, record: TeacherRecord) -> CachedTeacher:
-        """The teacher's logits on every split, computed on first use and cached on disk."""
+    def outputs(self, record: TeacherRecord, features: bool = False, with_model: bool = False) -> CachedTeacher:
+        """The teacher's logits on every split, computed on first use and cached on disk.
+
+        ``features`` adds its pooled hidden states (cached beside the logits, computed the
+        first time they are asked for); ``with_model`` ships the model itself, which
+        augmentation needs to run the teacher on augmented batches.
+        """
         folder = self.workdir / "cache" / "teacher_outputs" / f"{self.data.key}-{checkpoint_hash(Path(record.path))}"
-        if not folder.is_dir():
+        missing_features = features and (
+            not folder.is_dir() or any(not (folder / f"{s}{FEATURES_SUFFIX}").is_file() for s in self.data.splits)
+        )
+        model = None
+        if not folder.is_dir() or missing_features or with_model:
             model = load_model(record.path, self.data.task, self.data.label_names).to(self.device)
+        if not folder.is_dir():
             with atomic.new_dir(folder) as tmp:
                 for split, enc in self.data.splits.items():
-                    logits = predict(model, self.data, enc, device=self.device)
+                    feats: dict[str, torch.Tensor] | None = {} if features else None
+                    logits = predict(model, self.data, enc, device=self.device, features=feats)
                     self.forward_passes += 1
                     save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, tmp / f"{split}.safetensors")
-            del model
-        return CachedTeacher.load(folder, record.name)
+                    if feats:
+                        save_file({"features": feats["features"].contiguous()}, tmp / f"{split}{FEATURES_SUFFIX}")
+        elif missing_features:
+            for split, enc in self.data.splits.items():
+                feats = {}
+                predict(model, self.data, enc, device=self.device, features=feats)
+                self.forward_passes += 1
+                atomic.write_bytes(folder / f"{split}{FEATURES_SUFFIX}", save({"features": feats["features"].contiguous()}))
+        teacher = CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
+        return teacher
 
     def table(self) -> list[dict[str, object]]:
         picks = {s: SELECTORS[s](self.records).name for s in SELECTORS} if self.records else {}

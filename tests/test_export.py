@@ -49,7 +49,10 @@ def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Pa
     trials = pd.read_parquet(searched / "trials.parquet")
     assert exported["distill"]["loss"] in set(trials.loss) and exported["student"]["seed"] in (0, 1)
     # a plain transformers pipeline on the validation split gives the reported accuracy
-    val = pd.read_parquet(Path(__file__).resolve().parents[1] / "kdsearch/data/builtin/rotten_tomatoes/validation.parquet").iloc[:128]
+    from kdsearch.data.sources import load_raw
+
+    val = load_raw(load_spec(out / "kdsearch.yaml").data).splits["validation"]  # the slice the search scored
+    assert len(val) == 128
     clf = pipeline("text-classification", model=str(out), device=-1)
     preds = [p["label"] for p in clf(val.text.tolist(), truncation=True, batch_size=32)]
     acc = sum(p == y for p, y in zip(preds, val.label)) / len(val)

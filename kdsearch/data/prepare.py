@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
 
 IGNORE_INDEX = -100
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -70,6 +70,8 @@ class PreparedData:
     pad_token_id: int
     vocab_size: int
     max_length: int
+    mask_token_id: int | None = None
+    special_ids: list[int] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -93,6 +95,8 @@ class PreparedData:
             pad_token_id=meta["pad_token_id"],
             vocab_size=meta["vocab_size"],
             max_length=meta["max_length"],
+            mask_token_id=meta["mask_token_id"],
+            special_ids=meta["special_ids"],
         )
 
 
@@ -160,6 +164,13 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
     return EncodedSplit(input_ids, lengths, labels, type_ids)
 
 
+def data_key(spec: DataSpec, raw: RawData, names: list[str] | None = None) -> str:
+    """The cache key of ``spec``'s prepared data (and of its teacher pool)."""
+    names = names if names is not None else label_names(raw)
+    ident = [FORMAT_VERSION, raw.fingerprint, tokenizer_key(spec.tokenizer, raw), spec.max_length, names]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
 def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
     """Load, tokenize and cache the splits of ``spec``; reuse the cache when it matches."""
     raw = load_raw(spec)
@@ -167,9 +178,7 @@ def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
     names = label_names(raw)
     if len(names) < 2:
         raise DataError(f"train split of {raw.source!r} has {len(names)} label(s); need at least 2")
-    key = hashlib.sha256(
-        json.dumps([FORMAT_VERSION, raw.fingerprint, tokenizer_key(spec.tokenizer, raw), spec.max_length, names]).encode()
-    ).hexdigest()[:16]
+    key = data_key(spec, raw, names)
     folder = cache_root / "data" / key
     if (folder / "meta.json").is_file():
         return PreparedData.load(folder)
@@ -188,6 +197,8 @@ def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             "vocab_size": len(tokenizer),
             "max_length": spec.max_length,
+            "mask_token_id": tokenizer.mask_token_id,
+            "special_ids": sorted(set(tokenizer.all_special_ids)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return PreparedData.load(folder)

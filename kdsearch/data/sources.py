@@ -122,6 +122,14 @@ def _load_hub(spec: DataSpec) -> tuple[dict[str, pd.DataFrame], str]:
     return splits, f"hub:{spec.dataset}:{spec.hub_config}:{dd['train']._fingerprint if 'train' in dd else ''}"
 
 
+def _subsample(df: pd.DataFrame, n: int) -> pd.DataFrame:
+    """A fixed random ``n`` rows in file order: files are often sorted by label, so the
+    first ``n`` rows may hold one class."""
+    if len(df) <= n:
+        return df
+    return df.sample(n=n, random_state=0).sort_index().reset_index(drop=True)
+
+
 def load_raw(spec: DataSpec) -> RawData:
     """Load the splits named by ``spec`` and check their columns against the task."""
     is_local = spec.files or spec.dataset in BUILTIN or Path(spec.dataset).exists()
@@ -163,13 +171,13 @@ def load_raw(spec: DataSpec) -> RawData:
         keep = [columns[r] for r in roles]
         splits[split] = df[keep].reset_index(drop=True)
     if spec.max_train_examples:
-        splits["train"] = splits["train"].iloc[: spec.max_train_examples]
+        splits["train"] = _subsample(splits["train"], spec.max_train_examples)
     if spec.max_eval_examples:
         for s in ("validation", "test"):
             if s in splits:
-                splits[s] = splits[s].iloc[: spec.max_eval_examples]
+                splits[s] = _subsample(splits[s], spec.max_eval_examples)
     key = json.dumps(
-        [fingerprint, task, columns, spec.max_train_examples, spec.max_eval_examples], sort_keys=True
+        [fingerprint, task, columns, spec.max_train_examples, spec.max_eval_examples, "random-subsample"], sort_keys=True
     )
     return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], source)
 

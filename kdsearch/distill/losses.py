@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from kdsearch.registry import registrar
+
 
 @dataclass
 class StudentLogits:
@@ -31,16 +33,8 @@ Distance = Callable[[StudentLogits, torch.Tensor, float, float], torch.Tensor]
 LOSSES: dict[str, Distance] = {}
 
 
-def register_loss(name: str) -> Callable[[Distance], Distance]:
-    """Register ``D(student, teacher_logits, tau_t, tau_s) -> scalar`` under ``name``."""
-
-    def deco(fn: Distance) -> Distance:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        LOSSES[name] = fn
-        return fn
-
-    return deco
+register_loss = registrar(LOSSES, "loss")
+"""``@register_loss(name)`` adds ``D(student, teacher_logits, tau_t, tau_s) -> scalar``."""
 
 
 @register_loss("ce")
@@ -73,17 +67,28 @@ def kd_objective(
     tau_t: float = 1.0,
     tau_s: float = 1.0,
     tau2_scaling: bool = True,
+    soft_labels: torch.Tensor | None = None,
+    gold_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(1-alpha)*CE(y, p_s) + alpha*D`` on flat ``[positions, classes]`` rows.
 
     alpha = 0 is plain fine-tuning (no teacher needed); alpha = 1 uses no human labels.
     With ``tau2_scaling`` D is multiplied by ``tau_s**2``, which keeps the gradient's size
     as the student temperature grows (Hinton et al.'s tau^2 when tau_s == tau_t).
+    Augmented batches may give ``soft_labels`` (mixup's mixed targets) and a 0/1
+    ``gold_weight`` per position: CE then averages over the positions whose label holds.
     """
     student = StudentLogits(student_logits)
     total = student_logits.new_zeros((), dtype=torch.float32)
     if alpha < 1.0:
-        total = total + (1.0 - alpha) * F.nll_loss(student.log_probs(1.0), labels)
+        if soft_labels is None and gold_weight is None:
+            ce = F.nll_loss(student.log_probs(1.0), labels)
+        else:
+            logp = student.log_probs(1.0)
+            rows = -(soft_labels * logp).sum(-1) if soft_labels is not None else -logp.gather(1, labels[:, None]).squeeze(1)
+            w = torch.ones_like(rows) if gold_weight is None else gold_weight.to(rows.dtype)
+            ce = (rows * w).sum() / w.sum().clamp(min=1.0)
+        total = total + (1.0 - alpha) * ce
     if alpha > 0.0:
         if teacher_logits is None:
             raise ValueError("alpha > 0 needs teacher logits")

@@ -1,4 +1,4 @@
-"""Where a trial gets teacher logits from: a cache on disk (the norm) or a live model.
+"""Where a trial gets teacher outputs from: a cache on disk (the norm) or a live model.
 
 Both give flat ``[positions, classes]`` rows for a batch, in the order ``Task.select``
 gives the student's rows, so the loss never knows which one it has.
@@ -15,7 +15,10 @@ from transformers import PreTrainedModel
 
 from kdsearch.data.batching import Batch, eval_order, make_batch
 from kdsearch.data.prepare import EncodedSplit, PreparedData
+from kdsearch.distill.intermediate import pool_hidden
 from kdsearch.tasks import get_task
+
+FEATURES_SUFFIX = ".features.safetensors"
 
 
 def positions_index(offsets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -32,21 +35,68 @@ class TeacherSignal(Protocol):
     def split_logits(self, split: str) -> torch.Tensor | None: ...
 
 
-class CachedTeacher:
-    """Teacher logits read from the output cache: the teacher never runs in the trial."""
+def run_model(
+    model: PreTrainedModel, inputs: dict[str, torch.Tensor], labels: torch.Tensor, task: str, features: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flat per-position logits (and pooled hidden states) of ``model`` on ``inputs``."""
+    out = model(**inputs, output_hidden_states=features)
+    logits = get_task(task).select(out.logits, labels)[0]
+    pooled = pool_hidden(out.hidden_states, inputs["attention_mask"]) if features else None
+    return logits, pooled
 
-    def __init__(self, logits: dict[str, torch.Tensor], offsets: dict[str, torch.Tensor], name: str = "") -> None:
+
+class CachedTeacher:
+    """Teacher outputs read from the cache: the teacher never runs in the trial.
+
+    ``features`` (pooled hidden states) are there when intermediate distillation needs
+    them; ``model`` is there when augmentation makes the teacher run on new inputs.
+    """
+
+    def __init__(
+        self,
+        logits: dict[str, torch.Tensor],
+        offsets: dict[str, torch.Tensor],
+        name: str = "",
+        features: dict[str, torch.Tensor] | None = None,
+        model: PreTrainedModel | None = None,
+    ) -> None:
         self._logits = logits
         self._offsets = offsets
         self.name = name
+        self._features = features or {}
+        self._model = model.eval() if model is not None else None
+        self._model_blob: tuple[type, type, dict, dict] | None = None
+
+    def __getstate__(self) -> dict:
+        # a live transformers model does not pickle (it holds a ContextVar): ship classes,
+        # config and weights, and rebuild on first use in the trial
+        state = self.__dict__.copy()
+        model = state.pop("_model", None)
+        state["_model"] = None
+        if model is not None:
+            state["_model_blob"] = (type(model), type(model.config), model.config.to_dict(), model.state_dict())
+        return state
+
+    @property
+    def model(self) -> PreTrainedModel | None:
+        if self._model is None and self._model_blob is not None:
+            model_cls, config_cls, config, weights = self._model_blob
+            model = model_cls(config_cls.from_dict(config))
+            model.load_state_dict(weights)
+            self._model = model.eval()
+        return self._model
 
     @classmethod
-    def load(cls, folder: Path, name: str = "") -> CachedTeacher:
-        logits, offsets = {}, {}
+    def load(cls, folder: Path, name: str = "", features: bool = False, model: PreTrainedModel | None = None) -> CachedTeacher:
+        logits, offsets, feats = {}, {}, {}
         for f in sorted(folder.glob("*.safetensors")):
+            if f.name.endswith(FEATURES_SUFFIX):
+                if features:
+                    feats[f.name[: -len(FEATURES_SUFFIX)]] = load_file(f)["features"]
+                continue
             t = load_file(f)
             logits[f.stem], offsets[f.stem] = t["logits"], t["offsets"]
-        return cls(logits, offsets, name)
+        return cls(logits, offsets, name, feats, model)
 
     def logits(self, split: str, batch: Batch) -> torch.Tensor:
         return self._logits[split][positions_index(self._offsets[split], batch.index)]
@@ -54,22 +104,47 @@ class CachedTeacher:
     def split_logits(self, split: str) -> torch.Tensor | None:
         return self._logits.get(split)
 
+    def features(self, split: str, batch: Batch) -> torch.Tensor:
+        """Pooled hidden states ``[batch, layers + 1, width]`` of the batch's examples."""
+        if split not in self._features:
+            raise ValueError(f"teacher {self.name!r} has no cached features for {split!r}")
+        return self._features[split][batch.index]
+
+    def feature_shape(self) -> tuple[int, int] | None:
+        """(layers, width) of the cached features, or of the model; None if neither is here."""
+        for f in self._features.values():
+            return f.shape[1] - 1, f.shape[2]
+        if self.model is not None:
+            return self.model.config.num_hidden_layers, self.model.config.hidden_size
+        return None
+
+    def run(
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, task: str, features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The live teacher on new (augmented) inputs, under ``inference_mode``."""
+        if self.model is None:
+            raise ValueError(f"teacher {self.name!r} was shipped without its model; augmentation needs it")
+        with torch.inference_mode():
+            logits, pooled = run_model(self.model, inputs, labels, task, features)
+        return logits.clone(), None if pooled is None else pooled.clone()
+
 
 class OnlineTeacher:
     """A live teacher, run under ``inference_mode`` for every batch; counts its calls."""
 
     def __init__(self, model: PreTrainedModel, task: str, name: str = "") -> None:
         self.model = model.eval()
-        self.task = get_task(task)
+        self.task = task
         self.calls = 0
         self.name = name
 
     def logits(self, split: str, batch: Batch) -> torch.Tensor:
         self.calls += 1
         device = next(self.model.parameters()).device
+        batch = batch.to(device)
         with torch.inference_mode():
-            out = self.model(**batch.to(device).model_inputs()).logits
-        return self.task.select(out, batch.labels.to(device))[0].clone()
+            logits, _ = run_model(self.model, batch.model_inputs(), batch.labels, self.task)
+        return logits.clone()
 
     def split_logits(self, split: str) -> torch.Tensor | None:
         return None
@@ -81,23 +156,34 @@ def predict(
     split: EncodedSplit,
     batch_size: int = 128,
     device: torch.device | None = None,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Flat per-position logits for a whole split, in example order (float32, on CPU)."""
-    task = get_task(data.task)
+    """Flat per-position logits for a whole split, in example order (float32, on CPU).
+
+    With a ``features`` dict, also puts the pooled hidden states ``[examples, layers + 1,
+    width]`` under ``features["features"]``.
+    """
     device = device or next(model.parameters()).device
     offsets = split.offsets
     out: torch.Tensor | None = None
+    pooled_all: torch.Tensor | None = None
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(device):
         for index in eval_order(split.lengths, batch_size):
             batch = make_batch(split, index).to(device)
-            logits, _ = task.select(model(**batch.model_inputs()).logits, batch.labels)
+            logits, pooled = run_model(model, batch.model_inputs(), batch.labels, data.task, features is not None)
             if out is None:
                 out = torch.empty(int(offsets[-1]), logits.shape[-1])
             out[positions_index(offsets, index)] = logits.float().cpu()
+            if pooled is not None:
+                if pooled_all is None:
+                    pooled_all = torch.empty(len(split), *pooled.shape[1:])
+                pooled_all[index] = pooled.float().cpu()
     model.train(was_training)
     assert out is not None
+    if features is not None and pooled_all is not None:
+        features["features"] = pooled_all
     return out
 
 

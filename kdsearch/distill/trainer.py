@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from kdsearch.data.batching import make_batch, train_order
-from kdsearch.data.prepare import PreparedData
+from kdsearch.data.batching import Batch, make_batch, train_order
+from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
+from kdsearch.distill.augment import AugmentContext, augment
+from kdsearch.distill.intermediate import FeatureProjector, layer_map, pool_hidden
 from kdsearch.distill.losses import kd_objective
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
@@ -108,8 +110,8 @@ class Trainer:
         max_grad_norm: float = 1.0,
         progress: Callable[[int, int, int], None] | None = None,
     ) -> None:
-        if distill.alpha > 0 and teacher is None:
-            raise ValueError("alpha > 0 needs a teacher")
+        if (distill.alpha > 0 or distill.intermediate) and teacher is None:
+            raise ValueError("distillation (alpha > 0 or an intermediate term) needs a teacher")
         self.device = device or resolve_device()
         self.model = model.to(self.device)
         self.data = data
@@ -124,7 +126,22 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / optim.batch_size)
         self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.optimizer = make_optimizer(self.model, optim)
+        self.projector = self._projector() if distill.intermediate else None
+        trained = self.model if self.projector is None else torch.nn.ModuleList([self.model, self.projector])
+        self.optimizer = make_optimizer(trained, optim)
+        self.params = [p for p in trained.parameters() if p.requires_grad]
+        self.augmenter: AugmentContext | None = None
+        if distill.augmenting:
+            if getattr(teacher, "model", None) is not None:
+                teacher.model.to(self.device)  # type: ignore[union-attr]
+            self.augmenter = AugmentContext(
+                torch.tensor(data.special_ids, dtype=torch.long),
+                data.mask_token_id,
+                data.pad_token_id,
+                # its own stream, seeded like the batch order: paired across configs
+                torch.Generator().manual_seed(seed + 1_000_003),
+                data.task == "token_classification",
+            )
         warmup = int(optim.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
         # batch order depends on the seed alone, so configs are compared seed by seed
@@ -132,18 +149,51 @@ class Trainer:
         self.step = 0
         self.epoch = 0
 
-    def _loss(self, split: str, batch) -> torch.Tensor:
-        with autocast(self.device):
-            logits = self.model(**batch.model_inputs()).logits
-        s, y = self.task.select(logits, batch.labels)
-        t = None
-        if self.distill.alpha > 0:
-            assert self.teacher is not None
-            t = self.teacher.logits(split, batch).to(self.device, non_blocking=True)
+    def _projector(self) -> FeatureProjector:
+        """Maps student layers to teacher layers; sized from the teacher's cached features."""
+        shape = self.teacher.feature_shape() if self.teacher is not None else None  # type: ignore[union-attr]
+        if shape is None:
+            raise ValueError("an intermediate term needs the teacher's hidden states (cached features)")
+        t_layers, t_width = shape
+        cfg = self.model.config
+        pairs = layer_map(self.distill.inter_map, cfg.num_hidden_layers, t_layers)
+        return FeatureProjector(pairs, cfg.hidden_size, t_width).to(self.device)
+
+    def _loss(self, split: str, batch: Batch) -> torch.Tensor:
         d = self.distill
-        return kd_objective(
-            s, y, t, alpha=d.alpha, loss=d.loss, tau_t=d.tau_t, tau_s=d.student_temperature, tau2_scaling=d.tau2_scaling
+        aug = None
+        if self.augmenter is not None and split == "train":
+            aug = augment(d.augment, batch, d.augment_p, self.augmenter)
+            batch = aug.batch.to(self.device)
+        inputs = aug.model_inputs(self.model) if aug is not None else batch.model_inputs()
+        features = self.projector is not None
+        with autocast(self.device):
+            out = self.model(**inputs, output_hidden_states=features)
+        s, y = self.task.select(out.logits, batch.labels)
+        t = t_features = None
+        if aug is not None and bool(aug.rows.any()) and (d.alpha > 0 or features):
+            assert self.teacher is not None
+            t, t_features = self.teacher.run(aug.model_inputs(self.teacher.model), batch.labels, self.data.task, features)  # type: ignore[union-attr]
+        else:
+            if d.alpha > 0:
+                assert self.teacher is not None
+                t = self.teacher.logits(split, batch).to(self.device, non_blocking=True)
+            if features:
+                t_features = self.teacher.features(split, batch).to(self.device, non_blocking=True)  # type: ignore[union-attr]
+        soft = weight = None
+        if aug is not None:
+            soft = aug.soft_labels(self.data.num_labels)
+            if not bool(aug.label_ok.all()):
+                ok = aug.label_ok.to(self.device)
+                weight = ok if batch.labels.dim() == 1 else ok[:, None].expand_as(batch.labels)[batch.labels != IGNORE_INDEX]
+        loss = kd_objective(
+            s, y, t, alpha=d.alpha, loss=d.loss, tau_t=d.tau_t, tau_s=d.student_temperature,
+            tau2_scaling=d.tau2_scaling, soft_labels=soft, gold_weight=weight,
         )
+        if self.projector is not None:
+            pooled = pool_hidden(out.hidden_states, inputs["attention_mask"])
+            loss = loss + d.inter_weight * self.projector(pooled, t_features, d.inter_loss, d.mi_alpha)
+        return loss
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the train split (or up to ``max_steps``). Raises Diverged."""
@@ -164,7 +214,7 @@ class Trainer:
                 raise Diverged(f"loss is {float(loss.detach())} at step {self.step}")
             loss.backward()
             if self.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -209,6 +259,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "epoch": self.epoch,
+            "projector": None if self.projector is None else self.projector.state_dict(),
+            "augment_generator": None if self.augmenter is None else self.augmenter.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -218,6 +270,10 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        if self.projector is not None and state.get("projector") is not None:
+            self.projector.load_state_dict(state["projector"])
+        if self.augmenter is not None and state.get("augment_generator") is not None:
+            self.augmenter.generator.set_state(state["augment_generator"])
 
     def run(self) -> Iterator[dict[str, float]]:
         """Train epoch by epoch, yielding each epoch's train and validation metrics."""

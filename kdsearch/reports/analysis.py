@@ -105,7 +105,10 @@ def knob_costs(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataF
                 continue
             by = same.set_index(k)["mean"]
             hi, lo = (by.idxmax(), by.idxmin()) if mode == "max" else (by.idxmin(), by.idxmax())
-            rows.append({"cell": cell, "knob": k, "best_choice": hi, "worst_choice": lo, "cost_points": 100 * abs(by[hi] - by[lo]), "choices": int(len(by))})
+            cost = 100 * abs(by[hi] - by[lo])
+            if cost == 0:
+                hi = lo = "(all tie)"
+            rows.append({"cell": cell, "knob": k, "best_choice": hi, "worst_choice": lo, "cost_points": cost, "choices": int(len(by))})
     return pd.DataFrame(rows)
 
 
@@ -123,6 +126,36 @@ def recommended_rank(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd
             continue
         best_rec = g[match].index[0]
         rows.append({"cell": cell, "rank": int(best_rec) + 1, "configs": int(len(g)), "gap_points": 100 * abs(g["mean"].iloc[0] - g["mean"].iloc[best_rec])})
+    return pd.DataFrame(rows)
+
+
+def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """Per cell: the no-KD baseline against the best KD config, seed by seed, with fidelity."""
+    ok = trials[trials["status"] == "ok"]
+    base = ok[ok["stage"] == BASELINE_STAGE]
+    means = config_means(trials, metric)
+    rows = []
+    for cell, g in means.groupby("cell", sort=False):
+        b = base[base["cell"] == cell]
+        if b.empty:
+            continue
+        best = g.loc[g["mean"].idxmax() if mode == "max" else g["mean"].idxmin()]
+        per_seed = b.groupby("seed")[[metric, "val_agreement", "val_kl"]].mean()
+        d = paired_difference(trials, cell, str(best["config_key"]), str(b["config_key"].iloc[0]), metric)
+        varying = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1]
+        rows.append(
+            {
+                "cell": cell,
+                "no KD": f"{per_seed[metric].mean():.4f} ± {per_seed[metric].std(ddof=1):.4f}",
+                "best KD": f"{best['mean']:.4f} ± {best['std']:.4f}",
+                "best config": ", ".join(f"{k}={best[k]}" for k in varying),
+                "gain (points)": 100 * d["mean"],
+                "95% CI": f"[{100 * d['low']:.2f}, {100 * d['high']:.2f}]",
+                "verdict": "too few seeds" if d["seeds"] < MIN_SEEDS else ("inside the noise" if d["within_noise"] else "a real gain" if d["mean"] > 0 else "a real loss"),
+                "agreement no KD -> KD": f"{per_seed['val_agreement'].mean():.3f} -> {best.get('val_agreement', math.nan):.3f}",
+                "KL no KD -> KD": f"{per_seed['val_kl'].mean():.3f} -> {best.get('val_kl', math.nan):.3f}",
+            }
+        )
     return pd.DataFrame(rows)
 
 

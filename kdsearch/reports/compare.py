@@ -36,16 +36,23 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
 
     names = []
     for cell, g in curves.groupby("cell"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method, m in g.groupby("method"):
+        fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for i, (method, m) in enumerate(g.groupby("method")):
+            color = f"C{i}"
             # mean and spread over repeated searches of the same method
             stats = m.groupby("trials")["best"].agg(["mean", "min", "max"])
-            ax.plot(stats.index, stats["mean"], label=method)
-            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+            ax.plot(stats.index, stats["mean"], label=method, color=color)
+            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2, color=color)
+            # against compute, each search its own step line (their time axes differ)
+            for j, (_, run) in enumerate(m.groupby("search_id")):
+                ax_t.step(run["compute_s"] / 60, run["best"], where="post", color=color, label=method if j == 0 else None)
         ax.set_xlabel("trials run")
         ax.set_ylabel(f"best config so far ({metric}, mean over seeds)")
         ax.set_title(f"anytime: {cell}")
         ax.legend()
+        ax_t.set_xlabel("trial compute (minutes, summed over trials)")
+        ax_t.set_title("against compute")
+        ax_t.legend()
         name = f"anytime_{cell.replace('/', '_')}.png"
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
@@ -103,6 +110,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     text = "# kdsearch comparison\n\n"
     text += f"Searches: {', '.join(Path(f).name for f in folders)}. Metric: {metric} ({mode}), mean over paired seeds.\n\n"
     text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
+    text += "\n## KD against no KD, seed by seed (best config of each cell)\n\n" + _md(analysis.kd_gain(trials, metric, mode))
     text += "\n## Best against runner-up, seed by seed\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)

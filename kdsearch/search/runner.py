@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Plan:
     spaces: dict[str, Space]
     cell_info: dict[str, dict[str, Any]]
     defaults: dict[str, dict[str, Any]]
+    teachers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dataset -> selection -> record
 
 
 def check_resources(spec: Spec, address: str | None) -> None:
@@ -71,8 +72,11 @@ def check_resources(spec: Spec, address: str | None) -> None:
         raise SpecError(f"search.resources.gpu: {gpu} GPU per trial asked, but the cluster has {have:g}")
 
 
-def plan(spec: Spec, log: Callable[[str], None] = print) -> Plan:
-    """Prepare every dataset, train or reuse its teacher pool, cache the teachers' outputs."""
+def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """Prepare every dataset, train or reuse its teacher pool, cache the teachers' outputs.
+
+    ``prefer`` (dataset -> config) sets the starting point of that dataset's cells.
+    """
     from kdsearch.data.prepare import prepare_data
     from kdsearch.progress import StepProgress
     from kdsearch.teachers import TeacherPool
@@ -83,6 +87,8 @@ def plan(spec: Spec, log: Callable[[str], None] = print) -> Plan:
     cell_info: dict[str, dict[str, Any]] = {}
     defaults: dict[str, dict[str, Any]] = {}
     selections = list(dict.fromkeys([spec.distill.teacher, *[str(t) for t in spec.search.space.get("teacher", [])]]))
+    features, with_model = teacher_needs(spec)
+    picked: dict[str, dict[str, dict[str, Any]]] = {}
     for dspec in spec.data_specs:
         data = prepare_data(dspec, spec.workdir)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
@@ -97,20 +103,34 @@ def plan(spec: Spec, log: Callable[[str], None] = print) -> Plan:
         for sel in selections:
             rec = pool.select(sel)
             if rec.name not in loaded:
-                loaded[rec.name] = pool.outputs(rec)
+                loaded[rec.name] = pool.outputs(rec, features=features, with_model=with_model)
             teachers[data.key][sel] = loaded[rec.name]
             names[data.key][sel] = rec.name
             log(f"  teacher {sel}: {rec.name} (val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
+            picked.setdefault(data.source, {})[sel] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss}
         for student in spec.student_models:
             cid = cell_id(dspec, student)
             if cid in cells:
                 raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
             cells[cid] = CellPlan(cid, data.source, data.key, student, spec.distill, spec.student.train)
-            spaces[cid] = Space(spec.search.space, spec.distill, spec.student.train)
+            spaces[cid] = Space(spec.search.space, spec.distill, spec.student.train, (prefer or {}).get(data.source))
             cell_info[cid] = {"dataset": data.source, "student": student, "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items() if KNOBS[k].section == "distill" or k in spec.search.space}
     payload = Payload(cells, data_by_key, teachers, names, threads=max(1, int(spec.search.resources.cpu)), device=spec.device)
-    return Plan(payload, spaces, cell_info, defaults)
+    return Plan(payload, spaces, cell_info, defaults, picked)
+
+
+def teacher_needs(spec: Spec) -> tuple[bool, bool]:
+    """Whether any trial may need the teachers' hidden states, or the teachers themselves.
+
+    Only then are they shipped: features cost N x layers x width floats per split, a
+    model its weights, and most searches need neither.
+    """
+
+    def may(knob: str, current: str) -> bool:  # str knobs take lists only, never ranges
+        return any(v != "none" for v in [current, *spec.search.space.get(knob, [])])
+
+    return may("inter_map", spec.distill.inter_map), may("augment", spec.distill.augment)
 
 
 def greedy_size(space: Space) -> int:
@@ -235,14 +255,19 @@ def run_search(
     address: str | None = None,
     resume: str | bool | None = None,
     log: Callable[..., None] = print,
+    prefer: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Run (or resume) the spec's search and return its result folder."""
+    """Run (or resume) the spec's search and return its result folder.
+
+    ``prefer`` maps a dataset to a config (a recommendation) that the search starts from.
+    """
     from ray import tune
 
     if resume:
         folder = resolve_resume(spec, resume)
         spec = load_spec(folder / SPEC_FILE)  # the search goes on exactly as it began
-        search_id = json.loads((folder / META_FILE).read_text())["search_id"]
+        meta = json.loads((folder / META_FILE).read_text())
+        search_id, prefer = meta["search_id"], meta.get("prefer")
     else:
         search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         folder = Path(spec.search.storage) / search_id
@@ -251,7 +276,7 @@ def run_search(
         check_resources(spec, None)
     log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_models)} student(s), seeds {s.seeds}")
     log(f"   results: {folder}")
-    p = plan(spec, log)
+    p = plan(spec, log, prefer)
     started_ray = _init_ray(address, spec)
     try:
         if address is not None:
@@ -263,7 +288,8 @@ def run_search(
         if not resume:
             folder.mkdir(parents=True, exist_ok=False)
             atomic.write_text(folder / SPEC_FILE, dump_spec(spec))
-            meta = {"search_id": search_id, "method": s.method, "cells": list(p.spaces), "started": time.time()}
+            meta = {"search_id": search_id, "method": s.method, "cells": list(p.spaces), "started": time.time(), "prefer": prefer,
+                    "teachers": p.teachers}
             atomic.write_text(folder / META_FILE, json.dumps(meta, indent=1))
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         trainable = tune.with_resources(

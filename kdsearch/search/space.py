@@ -23,7 +23,7 @@ Value = float | str | bool
 Config = dict[str, Value]
 
 BASELINE_STAGE = "baseline"  # the stage of the no-distillation trial of every cell
-BASELINE: Config = {"alpha": 0.0}
+BASELINE: Config = {"alpha": 0.0, "inter_map": "none", "augment": "none"}  # plain fine-tuning
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ KNOBS: dict[str, Knob] = {
         Knob("tau_t", "distill", float, "teacher temperature, > 0"),
         Knob("tau_s", "distill", float, "student temperature, > 0, or 'same' (= tau_t)"),
         Knob("tau2_scaling", "distill", bool, "multiply D by tau_s**2"),
+        Knob("inter_map", "distill", str, "student-to-teacher layer mapping: none, skip, last"),
+        Knob("inter_loss", "distill", str, "intermediate objective: mse, cosine, mi_alpha"),
+        Knob("inter_weight", "distill", float, "weight of the intermediate term, >= 0"),
+        Knob("mi_alpha", "distill", float, "alpha of the mi_alpha bound, in [0, 1] (1: InfoNCE, 0: TUBA)"),
+        Knob("augment", "distill", str, "augmentation of the distillation batches: none, swap, delete, mask, mixup"),
+        Knob("augment_p", "distill", float, "probability that an example is augmented, in [0, 1]"),
         Knob("learning_rate", "train", float, "student learning rate, > 0"),
         Knob("epochs", "train", int, "student epochs, >= 1"),
         Knob("batch_size", "train", int, "student batch size, >= 1"),
@@ -55,7 +61,11 @@ KNOBS: dict[str, Knob] = {
 
 def _check_value(name: str, value: Value, where: str) -> Value:
     """Check one choice of knob ``name``; return it in its canonical type."""
+    from kdsearch.distill.augment import AUGMENTATIONS
+    from kdsearch.distill.intermediate import FEATURE_LOSSES, LAYER_MAPS
     from kdsearch.distill.losses import LOSSES
+
+    registries = {"loss": LOSSES, "inter_map": LAYER_MAPS, "inter_loss": FEATURE_LOSSES, "augment": AUGMENTATIONS}
 
     knob = KNOBS[name]
     if name == "tau_s" and value == "same":
@@ -67,20 +77,21 @@ def _check_value(name: str, value: Value, where: str) -> Value:
     if knob.kind is str:
         if not isinstance(value, str):
             raise SpecError(f"{where}: expected a name, got {value!r}")
-        if name == "loss" and value not in LOSSES:
-            raise SpecError(f"{where}: unknown loss {value!r} (known: {', '.join(LOSSES)})")
+        known = registries.get(name)
+        if known is not None and value not in known:
+            raise SpecError(f"{where}: unknown {name} {value!r} (known: {', '.join(known)})")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{where}: expected a number, got {value!r}")
     v = float(value)
     if not math.isfinite(v):
         raise SpecError(f"{where}: must be finite, got {value!r}")
-    if name == "alpha" and not 0.0 <= v <= 1.0:
-        raise SpecError(f"{where}: alpha must be in [0, 1], got {value}")
+    if name in ("alpha", "mi_alpha", "augment_p") and not 0.0 <= v <= 1.0:
+        raise SpecError(f"{where}: {name} must be in [0, 1], got {value}")
     if name in ("tau_t", "tau_s", "learning_rate") and not v > 0:
         raise SpecError(f"{where}: {name} must be > 0, got {value}")
-    if name == "weight_decay" and v < 0:
-        raise SpecError(f"{where}: weight_decay must be >= 0, got {value}")
+    if name in ("weight_decay", "inter_weight") and v < 0:
+        raise SpecError(f"{where}: {name} must be >= 0, got {value}")
     if knob.kind is int:
         if v != int(v) or v < 1:
             raise SpecError(f"{where}: {name} must be a whole number >= 1, got {value}")
@@ -118,10 +129,17 @@ class Space:
     """An ordered set of knobs with their choices and defaults.
 
     The default of a knob is the spec's own value when it is among the choices, else the
-    first choice: greedy holds later knobs at their defaults.
+    first choice (or the ``prefer``-red value, a recommendation): greedy holds later knobs
+    at their defaults and Optuna tries them first.
     """
 
-    def __init__(self, space: Mapping[str, list[Value] | RangeSpec], distill: DistillSpec, train: OptimSpec) -> None:
+    def __init__(
+        self,
+        space: Mapping[str, list[Value] | RangeSpec],
+        distill: DistillSpec,
+        train: OptimSpec,
+        prefer: Mapping[str, Value] | None = None,
+    ) -> None:
         self.ranges: dict[str, RangeSpec] = {}
         self.choices: dict[str, list[Value]] = {}
         for name, c in space.items():
@@ -140,6 +158,13 @@ class Space:
                 self.defaults[name] = spec_value if spec_value in choices else choices[0]
             else:
                 self.defaults[name] = spec_value
+        # a recommendation moves the starting point (greedy's held values, Optuna's first
+        # trial) to its values, where the space allows them
+        for name, value in (prefer or {}).items():
+            if name in self.choices and value in self.choices[name]:
+                self.defaults[name] = value
+            elif name in self.ranges and self.ranges[name].low <= value <= self.ranges[name].high:  # type: ignore[operator]
+                self.defaults[name] = value
 
     def key(self, config: Mapping[str, Value]) -> str:
         """The config's :func:`key`, knobs it leaves out at their spec values."""
@@ -182,10 +207,22 @@ def effective(config: Mapping[str, Value]) -> dict[str, Value]:
         out[name] = _check_value(name, v, name)
     if out.get("tau_s") == "same":
         out["tau_s"] = float(out.get("tau_t", 1.0))
-    if out.get("alpha") == 0.0:
-        # without distillation the KD knobs change nothing
-        for name in ("teacher", "loss", "tau_t", "tau_s", "tau2_scaling"):
+    # knobs that change nothing where they do not apply (conditional knobs) drop out
+    output_kd = out.get("alpha") != 0.0
+    inter = out.get("inter_map", "none") != "none" and out.get("inter_weight", 1.0) != 0.0
+    if not output_kd:
+        for name in ("loss", "tau_t", "tau_s", "tau2_scaling"):
             out.pop(name, None)
+    if not output_kd and not inter:
+        out.pop("teacher", None)
+    if not inter:
+        for name in ("inter_map", "inter_loss", "inter_weight", "mi_alpha"):
+            out.pop(name, None)
+    elif out.get("inter_loss", "mse") != "mi_alpha":
+        out.pop("mi_alpha", None)
+    if out.get("augment", "none") == "none" or out.get("augment_p", 0.5) == 0.0:
+        out.pop("augment", None)
+        out.pop("augment_p", None)
     return out
 
 

@@ -78,3 +78,18 @@ def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Pa
     assert main(["compare", *map(str, searches), "--out", str(out)]) == 0
     assert (out / "report.md").read_text() == first  # Parquet in, the same report out
     assert "greedy" in capsys.readouterr().out
+
+
+def test_kd_gain_is_best_config_against_the_baseline_seed_by_seed(searches: list[Path]) -> None:
+    trials = analysis.load(searches[1:])
+    table = analysis.kd_gain(trials, "val_score")
+    assert list(table.cell) == ["rotten_tomatoes/xs"]
+    ok = trials[trials.status == "ok"]
+    base = ok[ok.stage == "baseline"].groupby("seed").val_score.mean()
+    means = analysis.config_means(trials, "val_score")
+    best = means.loc[means["mean"].idxmax()]
+    kd = ok[ok.config_key == best.config_key].groupby("seed").val_score.mean()
+    row = table.iloc[0]
+    assert row["gain (points)"] == pytest.approx(100 * (kd - base).mean())
+    assert row["no KD"].startswith(f"{base.mean():.4f}")
+    assert row["verdict"] == "too few seeds"  # the fixture has two seeds

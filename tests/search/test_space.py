@@ -57,3 +57,51 @@ def test_apply_sets_distill_and_train_knobs() -> None:
 def test_bad_spaces_name_the_knob(space: dict, method: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         check_space(space, "search.space", method)
+
+
+def test_conditional_knobs_drop_out_where_they_do_not_apply() -> None:
+    # no intermediate term: its objective, weight and MI alpha change nothing
+    assert key({"inter_map": "none", "inter_loss": "mi_alpha", "mi_alpha": 0.1}) == key({"inter_map": "none", "inter_weight": 2.0})
+    assert key({"inter_map": "skip", "inter_weight": 0.0}) == key({"inter_map": "none"})
+    # mi_alpha matters only for the mi_alpha objective
+    assert key({"inter_map": "skip", "inter_loss": "mse", "mi_alpha": 0.1}) == key({"inter_map": "skip", "inter_loss": "mse", "mi_alpha": 0.9})
+    assert key({"inter_map": "skip", "inter_loss": "mi_alpha", "mi_alpha": 0.1}) != key({"inter_map": "skip", "inter_loss": "mi_alpha", "mi_alpha": 0.9})
+    # augment_p only with an augmentation
+    assert key({"augment": "none", "augment_p": 0.1}) == key({"augment": "none", "augment_p": 0.9})
+    assert key({"augment": "mask", "augment_p": 0.1}) != key({"augment": "mask", "augment_p": 0.9})
+    # an intermediate term uses the teacher even at alpha = 0; plain fine-tuning does not
+    assert key({"alpha": 0.0, "inter_map": "skip", "teacher": "t_hs"}) != key({"alpha": 0.0, "inter_map": "skip", "teacher": "t_ll"})
+    assert key({"alpha": 0.0, "teacher": "t_hs"}) == key({"alpha": 0.0, "teacher": "t_ll"})
+
+
+def test_distiller_grid_counts_each_behaviour_once() -> None:
+    space = Space(
+        {"inter_map": ["none", "skip"], "inter_loss": ["mse", "mi_alpha"], "mi_alpha": [0.1, 0.9], "augment": ["none", "mask"], "augment_p": [0.25, 0.5]},
+        DistillSpec(),
+        OptimSpec(),
+    )
+    # inter: none (1) + skip x (mse (1) + mi_alpha x 2) = 4; augment: none (1) + mask x 2 = 3
+    assert len(list(space.grid())) == 4 * 3
+
+
+def test_the_baseline_is_plain_fine_tuning_whatever_the_spec_defaults() -> None:
+    from kdsearch.search.space import BASELINE
+
+    d, _ = apply(BASELINE, DistillSpec(inter_map="skip", augment="mixup"), OptimSpec())
+    assert d.alpha == 0.0 and not d.intermediate and not d.augmenting
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"inter_map": ["skip", "diagonal"]}, "unknown inter_map 'diagonal'"),
+        ({"inter_loss": ["mse", "l1"]}, "unknown inter_loss 'l1'"),
+        ({"mi_alpha": [1.5]}, "mi_alpha must be in [0, 1]"),
+        ({"augment": ["backtranslate"]}, "unknown augment 'backtranslate'"),
+        ({"augment_p": [-0.1]}, "augment_p must be in [0, 1]"),
+        ({"inter_weight": [-1.0]}, "inter_weight must be >= 0"),
+    ],
+)
+def test_bad_distiller_knobs_name_the_problem(space: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_space(space, "search.space", "greedy")

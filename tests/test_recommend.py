@@ -1,0 +1,154 @@
+"""The recommender on Parquet from a real grid search over the three built-in datasets."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdsearch.cli import main
+from kdsearch.errors import KDSearchError
+from kdsearch.recommend import describe, leave_one_out, load_past, recommend, regrets
+from kdsearch.reports.analysis import config_means
+from kdsearch.search.space import Space
+from kdsearch.spec import DistillSpec, OptimSpec
+
+PAST = """
+name: past
+data: {{max_length: 32, max_train_examples: 160, max_eval_examples: 64, tokenizer: {{vocab_size: 1000}}}}
+teachers:
+  model: xs
+  seeds: [0]
+  train: {{epochs: 2, batch_size: 32, learning_rate: 2.0e-3}}
+student:
+  model: xs
+  train: {{epochs: 1, batch_size: 32, learning_rate: 2.0e-3}}
+distill: {{teacher: t_ll, loss: ce, alpha: 0.5}}
+workdir: {workdir}
+search:
+  method: grid
+  datasets: [rotten_tomatoes, bbc_news, {{dataset: wnut16, max_length: 48}}]
+  space:
+    loss: [ce, mse]
+  seeds: [0]
+  storage: {storage}
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Path:
+    import ray
+
+    from kdsearch.search.runner import run_search
+    from kdsearch.spec import load_spec
+
+    root = tmp_path_factory.mktemp("store")
+    spec_file = root / "past.yaml"
+    spec_file.write_text(PAST.format(workdir=workdir, storage=root / "searches"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_search(load_spec(spec_file), log=lambda *a, **k: None)
+    finally:
+        ray.shutdown()
+    return root / "searches"
+
+
+def test_features_of_the_built_in_datasets(store: Path, workdir: Path) -> None:
+    past = load_past([store])
+    f = past.features
+    assert set(f) == {"rotten_tomatoes", "bbc_news", "wnut16"}
+    assert f["rotten_tomatoes"].labels == 2 and f["bbc_news"].labels == 5 and f["wnut16"].labels == 21
+    assert f["rotten_tomatoes"].train_size == 160 and f["wnut16"].task == "token_classification"
+    assert f["bbc_news"].mean_length > 5 * f["rotten_tomatoes"].mean_length  # long documents
+    assert 0.9 < f["rotten_tomatoes"].label_entropy <= 1.0 and f["wnut16"].label_entropy < 0.5  # mostly O
+    assert all(x.teacher_score is not None for x in f.values())  # the pools are in the workdir
+    # and the search recorded the teachers it used, so a store alone gives the same features
+    meta = json.loads(next(store.glob("past-*/search.json")).read_text())
+    assert max(t["val_score"] for t in meta["teachers"]["bbc_news"].values()) == f["bbc_news"].teacher_score
+    assert describe(past_spec_data("rotten_tomatoes")).teacher_score is None  # no workdir, no pool
+
+
+def past_spec_data(name: str):
+    from kdsearch.spec import DataSpec, TokenizerSpec
+
+    return DataSpec(dataset=name, max_length=32, max_train_examples=160, max_eval_examples=64, tokenizer=TokenizerSpec(vocab_size=1000))
+
+
+def test_recommendation_is_the_lowest_weighted_regret(store: Path) -> None:
+    past = load_past([store])
+    target = past.features["rotten_tomatoes"]
+    rec = recommend(target, past, exclude_self=True)
+    assert {e.dataset for e in rec.evidence} == {"bbc_news", "wnut16"}
+    # recompute from the Parquet alone
+    means = config_means(past.trials, "val_score")
+    means["dataset"] = means["cell"].str.split("/").str[0]
+    means["regret"] = (means.groupby("cell")["mean"].transform("max") - means["mean"]) * 100
+    dmin = min(e.distance for e in rec.evidence)
+    w = {e.dataset: math.exp(-(e.distance**2 - dmin**2) / 2) for e in rec.evidence}
+    per = means[means.dataset.isin(w)].groupby(["config_key", "dataset"])["regret"].mean().unstack()
+    score = sum(per[d] * w[d] for d in w) / sum(w.values())
+    assert rec.key == score.idxmin()
+    assert rec.regret == pytest.approx(score.min(), abs=1e-9)
+    assert rec.config == json.loads(rec.key) and rec.confidence in {"high", "medium", "low"}
+    # its own dataset, when allowed, is the nearest (distance 0)
+    own = recommend(target, past)
+    assert own.evidence[0].dataset == "rotten_tomatoes" and own.evidence[0].distance == pytest.approx(0.0)
+
+
+def test_leave_one_out_gaps_match_the_parquet(store: Path) -> None:
+    past = load_past([store])
+    loo = leave_one_out(past)
+    assert set(loo.dataset) == {"rotten_tomatoes", "bbc_news", "wnut16"}
+    table = regrets(past)
+    for row in loo.itertuples():
+        rec = recommend(past.features[row.dataset], past, exclude_self=True)
+        assert row.recommended == f"loss={rec.config['loss']}"  # only the knobs the store varied
+        here = table[(table.dataset == row.dataset) & (table.config_key == rec.key)]
+        assert row.gap == pytest.approx(here.regret.mean()) and row.gap >= 0
+        assert row.cells == row.cells_with_it == 1  # the grid ran every config in every cell
+        assert not pd.isna(row.no_kd_gap)
+
+
+def test_cli_recommend_and_loo(store: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "recommended config" in out and "evidence" in out and "bbc_news" in out
+    assert main(["recommend", "--loo", "--store", str(store)]) == 0
+    assert "leave one dataset out" in capsys.readouterr().out
+    assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_a_recommendation_becomes_the_searchs_starting_point() -> None:
+    space = {"loss": ["ce", "mse"], "alpha": [1.0, 0.5], "tau_t": [1.0, 4.0]}
+    plain = Space(space, DistillSpec(), OptimSpec())
+    seeded = Space(space, DistillSpec(), OptimSpec(), prefer={"loss": "mse", "alpha": 1.0, "tau_t": 3.0, "teacher": "t_hs"})
+    assert plain.defaults == {"loss": "ce", "alpha": 0.5, "tau_t": 1.0}
+    # values outside the space are ignored; knobs outside the space are not searched
+    assert seeded.defaults == {"loss": "mse", "alpha": 1.0, "tau_t": 1.0}
+
+
+def test_run_seeded_from_a_recommendation_records_it(store: Path, tiny_spec, capsys) -> None:
+    import yaml
+
+    spec = tiny_spec(name="seeded", seeds="[0]", method="greedy")
+    assert main(["run", str(spec), "--seed-from-recommendation", "--store", str(store), "--set", "search.space={loss: [ce, mse], alpha: [1.0, 0.5]}"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended start for rotten_tomatoes" in out
+    storage = Path(yaml.safe_load(spec.read_text())["search"]["storage"])
+    folder = next(storage.glob("seeded-*"))
+    meta = json.loads((folder / "search.json").read_text())
+    prefer = meta["prefer"]["rotten_tomatoes"]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    first = trials[trials.stage == "0"]
+    # stage 0 varies loss; alpha is held at the recommended value
+    assert set(first.alpha) == {prefer.get("alpha", 0.5)}
+
+
+def test_no_past_searches_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KDSearchError, match="no searches"):
+        load_past([tmp_path])
