@@ -6,8 +6,10 @@ the trial list Tune passes in and from the Parquet tables.
 
 from __future__ import annotations
 
+import builtins
 import math
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +134,15 @@ def _is_metric(k: str) -> bool:
 class ProgressPrinter(Callback):
     """One line per finished trial: counts, the trial's score, the best so far per cell."""
 
-    def __init__(self, metric: str, mode: str, print_fn: Any = print) -> None:
+    def __init__(self, metric: str, mode: str, print_fn: Any = None) -> None:
         self.metric = metric
         self.mode = mode
-        self.print_fn = print_fn
+        # Tune pickles callbacks, and a builtin pickles by name: once Ray's tqdm_ray has
+        # swapped builtins.print, the original print no longer does. Look it up per call.
+        self.print_fn = None if print_fn is None or isinstance(print_fn, types.BuiltinFunctionType) else print_fn
+
+    def _print(self, text: str) -> None:
+        (self.print_fn or builtins.print)(text, flush=True)
         self.best: dict[str, tuple[float, str]] = {}
 
     def _counts(self, trials: list[Trial]) -> str:
@@ -162,7 +169,7 @@ class ProgressPrinter(Callback):
             if better:
                 self.best[cell] = (float(value), self._describe(trial))
         best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
-        self.print_fn(f"{self._counts(trials)} {self._describe(trial)} -> {outcome} | {best}", flush=True)
+        self._print(f"{self._counts(trials)} {self._describe(trial)} -> {outcome} | {best}")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.print_fn(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}", flush=True)
+        self._print(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}")
