@@ -9,7 +9,6 @@ from __future__ import annotations
 import builtins
 import math
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +138,12 @@ class ProgressPrinter(Callback):
         self.mode = mode
         # Tune pickles callbacks, and a builtin pickles by name: once Ray's tqdm_ray has
         # swapped builtins.print, the original print no longer does. Look it up per call.
-        self.print_fn = None if print_fn is None or isinstance(print_fn, types.BuiltinFunctionType) else print_fn
+        builtin_print = getattr(print_fn, "__self__", None) is builtins and getattr(print_fn, "__name__", "") == "print"
+        self.print_fn = None if builtin_print else print_fn
+        self.best: dict[str, tuple[float, str]] = {}
 
     def _print(self, text: str) -> None:
         (self.print_fn or builtins.print)(text, flush=True)
-        self.best: dict[str, tuple[float, str]] = {}
 
     def _counts(self, trials: list[Trial]) -> str:
         st = [t.status for t in trials]
