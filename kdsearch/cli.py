@@ -75,7 +75,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
 def _teacher_signal(spec, data, pool, teacher: str):
     rec = pool.select(teacher)
     print(f"teacher: {rec.name} (by {teacher}; val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
-    return rec, pool.outputs(rec, features=spec.distill.intermediate, with_model=spec.distill.augmenting)
+    return rec, pool.outputs(rec, features=spec.distill.hidden_term, with_model=spec.distill.live_teacher)
 
 
 def _print_epoch(label: str):
@@ -99,7 +99,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config = TrialConfig.from_spec(spec)
     _, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
     d = spec.distill
-    extra = f" inter {d.inter_map}/{d.inter_loss} x{d.inter_weight}" if d.intermediate else ""
+    extra = f" inter {d.describe_intermediate()}" if d.intermediate else ""
     extra += f" augment {d.augment} p {d.augment_p}" if d.augmenting else ""
     print(f"student {config.student}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s}{extra} seed {config.seed}")
     result = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))

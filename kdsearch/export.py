@@ -70,7 +70,7 @@ def export(folder: str | Path, cell: str, out: str | Path, log: Any = print) -> 
     data = prepare_data(exported.data, exported.workdir)
     pool = TeacherPool(exported.workdir, data, exported.device)
     record = pool.select(exported.distill.teacher)
-    teacher = pool.outputs(record, features=exported.distill.intermediate, with_model=exported.distill.augmenting)
+    teacher = pool.outputs(record, features=exported.distill.hidden_term, with_model=exported.distill.live_teacher)
     result = train_student(TrialConfig.from_spec(exported), data, teacher, exported.device)
     if result.status != "ok":
         raise KDSearchError(f"retraining the best config diverged: {result.error}")
@@ -108,7 +108,7 @@ tags: [knowledge-distillation, kdsearch]
 - **Student:** `{spec.student.model}`, {spec.student.train.epochs} epoch(s), lr {spec.student.train.learning_rate}, batch {spec.student.train.batch_size}, seed {spec.student.seed}.
 - **Teacher:** `{teacher}` (picked by `{d.teacher}`).
 - **Distillation:** L = (1-α)·CE(y, p_s) + α·{d.loss}(teacher/τt, student/τs) with α = {d.alpha}, τt = {d.tau_t}, τs = {d.tau_s}, τ² scaling {'on' if d.tau2_scaling else 'off'}.
-- **Intermediate layers:** {f"{d.inter_weight}·{d.inter_loss} on hidden states, layers mapped by `{d.inter_map}`" + (f", MI-α α = {d.mi_alpha}" if d.inter_loss == "mi_alpha" else "") if d.intermediate else "not distilled"}.
+- **Intermediate layers:** {d.describe_intermediate()}.
 - **Augmentation:** {f"`{d.augment}` on each example with probability {d.augment_p}" if d.augmenting else "none"}.
 
 | metric | this model | the search (mean ± std over {best['seeds']} seeds) |

@@ -128,8 +128,10 @@ class DistillSpec:
     that the distillation gradient keeps its size as the temperature grows.
 
     Distiller's knobs (He et al. 2021) add ``inter_weight * I``, an intermediate term over
-    the hidden states of student layers mapped to teacher layers (``inter_map``: none, skip,
-    last; ``inter_loss``: mse, cosine, mi_alpha with its ``mi_alpha``), and augmentation of
+    student layers mapped to teacher layers (``inter_map``: none, skip, last), on their
+    ``inter_features`` (hidden: pooled hidden states compared by ``inter_loss``, mse, cosine
+    or mi_alpha with its ``mi_alpha``; attention: KL between attention maps; both: the
+    sum), and augmentation of
     the distillation batches (``augment``: none, swap, delete, mask, mixup; each example is
     augmented with probability ``augment_p``).
     """
@@ -141,6 +143,7 @@ class DistillSpec:
     tau_s: float | str = 1.0
     tau2_scaling: bool = True
     inter_map: str = "none"
+    inter_features: str = "hidden"
     inter_loss: str = "mse"
     inter_weight: float = 1.0
     mi_alpha: float = 0.5
@@ -149,11 +152,15 @@ class DistillSpec:
 
     def check(self, where: str) -> None:
         from kdsearch.distill.augment import AUGMENTATIONS
-        from kdsearch.distill.intermediate import FEATURE_LOSSES, LAYER_MAPS
+        from kdsearch.distill.intermediate import FEATURE_LOSSES, INTER_FEATURES, LAYER_MAPS
         from kdsearch.distill.losses import LOSSES
 
         if self.inter_map not in LAYER_MAPS:
             raise SpecError(f"{where}.inter_map: unknown layer mapping {self.inter_map!r} (known: {', '.join(LAYER_MAPS)})")
+        if self.inter_features not in INTER_FEATURES:
+            raise SpecError(
+                f"{where}.inter_features: unknown features {self.inter_features!r} (known: {', '.join(INTER_FEATURES)})"
+            )
         if self.inter_loss not in FEATURE_LOSSES:
             raise SpecError(f"{where}.inter_loss: unknown objective {self.inter_loss!r} (known: {', '.join(FEATURE_LOSSES)})")
         if not self.inter_weight >= 0:
@@ -187,8 +194,34 @@ class DistillSpec:
         return self.inter_map != "none" and self.inter_weight > 0
 
     @property
+    def hidden_term(self) -> bool:
+        """Whether pooled hidden states are compared (and the teacher's must be cached)."""
+        return self.intermediate and self.inter_features != "attention"
+
+    @property
+    def attention_term(self) -> bool:
+        """Whether attention maps are compared (the teacher then runs in the trial)."""
+        return self.intermediate and self.inter_features != "hidden"
+
+    def describe_intermediate(self) -> str:
+        """The intermediate term in words, e.g. ``1.0 x (mse on hidden states), layers mapped by skip``."""
+        if not self.intermediate:
+            return "not distilled"
+        parts = []
+        if self.hidden_term:
+            parts.append(f"{self.inter_loss} on hidden states" + (f", MI-alpha {self.mi_alpha}" if self.inter_loss == "mi_alpha" else ""))
+        if self.attention_term:
+            parts.append("KL on attention maps")
+        return f"{self.inter_weight} x ({' + '.join(parts)}), layers mapped by {self.inter_map}"
+
+    @property
     def augmenting(self) -> bool:
         return self.augment != "none" and self.augment_p > 0
+
+    @property
+    def live_teacher(self) -> bool:
+        """Whether the teacher must run in the trial, so its model must ship with it."""
+        return self.augmenting or self.attention_term
 
 
 @dataclass

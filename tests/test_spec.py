@@ -42,6 +42,7 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
         ("distill: {alpha: -0.1}", "distill.alpha"),
         ("distill: {tau_t: 0}", "distill.tau_t"),
         ("distill: {tau_s: hot}", "distill.tau_s"),
+        ("distill: {inter_features: values}", "distill.inter_features"),
         ("data: {max_length: 0}", "data.max_length"),
         ("data: {task: qa}", "data.task"),
         ("data: {columns: {txt: a}}", "data.columns"),

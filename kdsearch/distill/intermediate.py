@@ -6,10 +6,14 @@ objective from :data:`FEATURE_LOSSES` (``mse``, ``cosine`` or ``mi_alpha``, the
 interpolated bound on mutual information of Poole et al. 2019). A learned linear
 projection takes student features to the teacher's width where the widths differ.
 
-Features are hidden states mean-pooled over each example's tokens, ``[batch, layers + 1,
-width]`` (index 0 is the embedding output). Pooled, a teacher's features cost N x layers x
+Features (``inter_features``) are ``hidden`` states, ``attention`` maps, or ``both``.
+Hidden states are mean-pooled over each example's tokens, ``[batch, layers + 1, width]``
+(index 0 is the embedding output). Pooled, a teacher's hidden states cost N x layers x
 width floats, so they are cached with its logits and the teacher never runs in a trial;
-token-level states would be ~25x larger on these datasets.
+token-level states would be ~25x larger on these datasets. Attention maps are compared as
+MiniLM/TinyBERT do, by the KL divergence between teacher and student attention
+distributions of each mapped layer; they cost N x layers x heads x length^2 floats
+(~0.8 GB for 3,000 examples of 64 tokens), so for them the teacher runs in the trial.
 """
 
 from __future__ import annotations
@@ -84,6 +88,9 @@ def _last(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(i, max(1, n_teacher - n_student + i)) for i in range(1, n_student + 1)]
 
 
+INTER_FEATURES = ("hidden", "attention", "both")
+
+
 LAYER_MAPS: dict[str, Callable[[int, int], list[tuple[int, int]]]] = {
     "none": lambda n_student, n_teacher: [],
     "skip": _skip,
@@ -103,16 +110,68 @@ def pool_hidden(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.T
     return torch.stack([(h * mask).sum(1) / denom for h in hidden_states], dim=1)
 
 
+def expose_attention(model: torch.nn.Module) -> int:
+    """Make ``model`` return the attention distributions it uses; returns the dropouts turned off.
+
+    Switches to ``eager`` attention (``sdpa`` returns no probabilities) and turns attention
+    dropout off: transformers returns the probabilities after dropout, whose zeros and
+    1/(1-p) scaling are not a distribution (KL against them is meaningless, and the term
+    drove students to one class). Hidden-state dropout stays.
+    """
+    model.set_attn_implementation("eager")  # type: ignore[operator]
+    off = 0
+    for module in model.modules():
+        if "Attention" not in type(module).__name__:
+            continue
+        for name in ("dropout", "attn_dropout"):
+            child = getattr(module, name, None)
+            if isinstance(child, torch.nn.Dropout) and child.p > 0:
+                child.p = 0.0
+                off += 1
+    if hasattr(model.config, "attention_probs_dropout_prob"):
+        model.config.attention_probs_dropout_prob = 0.0  # so a saved student says what it was trained with
+    return off
+
+
+def group_heads(attention: torch.Tensor, heads: int) -> torch.Tensor:
+    """Average ``attention [batch, H, T, T]`` over groups of consecutive heads down to ``heads``."""
+    b, h, t, _ = attention.shape
+    if h == heads:
+        return attention
+    return attention.reshape(b, heads, h // heads, t, t).mean(2)
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions, mean over heads and real query tokens.
+
+    ``student [B, Hs, T, T]``, ``teacher [B, Ht, T, T]`` are softmax outputs (rows sum to
+    1 over keys). Where the teacher's heads divide into the student's, each student head
+    is matched with the mean of a group of consecutive teacher heads; otherwise both sides
+    are averaged over all their heads (a mean of distributions is still one).
+    """
+    hs, ht = student.shape[1], teacher.shape[1]
+    if ht % hs == 0:
+        teacher = group_heads(teacher, hs)
+    else:
+        student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+    s, t = student.float(), teacher.float()
+    # padded keys carry probability 0 on both sides: xlogy gives 0 there and the clamp keeps log finite
+    kl = (torch.special.xlogy(t, t) - t * torch.log(s.clamp(min=1e-12))).sum(-1)  # [B, H, T]
+    query = attention_mask[:, None, :].to(kl.dtype).expand_as(kl)
+    return (kl * query).sum() / query.sum().clamp(min=1.0)
+
+
 class FeatureProjector(torch.nn.Module):
     """One linear map per mapped layer from the student's width to the teacher's.
 
-    Identity where the widths agree. Trained with the student and dropped after training.
+    Identity where the widths agree (or with ``project=False``, when only attention maps
+    are compared). Trained with the student and dropped after training.
     """
 
-    def __init__(self, pairs: list[tuple[int, int]], student_width: int, teacher_width: int) -> None:
+    def __init__(self, pairs: list[tuple[int, int]], student_width: int, teacher_width: int, project: bool = True) -> None:
         super().__init__()
         self.pairs = pairs
-        same = student_width == teacher_width
+        same = student_width == teacher_width or not project
         self.maps = torch.nn.ModuleList(
             torch.nn.Identity() if same else torch.nn.Linear(student_width, teacher_width) for _ in pairs
         )
@@ -121,4 +180,12 @@ class FeatureProjector(torch.nn.Module):
         """Mean over mapped pairs of the objective; ``student``/``teacher`` as from :func:`pool_hidden`."""
         fn = FEATURE_LOSSES[loss]
         terms = [fn(proj(student[:, i]), teacher[:, j].to(student.dtype), mi_alpha) for proj, (i, j) in zip(self.maps, self.pairs)]
+        return torch.stack(terms).mean()
+
+    def attention(
+        self, student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over mapped pairs of :func:`attention_kl`; ``student``/``teacher`` are the models' per-layer attentions."""
+        # attentions[k] is layer k + 1's: the pairs count hidden states, where 0 is the embeddings
+        terms = [attention_kl(student[i - 1], teacher[j - 1], attention_mask) for i, j in self.pairs]
         return torch.stack(terms).mean()

@@ -7,7 +7,7 @@ gives the student's rows, so the loss never knows which one it has.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from safetensors.torch import load_file
@@ -35,21 +35,39 @@ class TeacherSignal(Protocol):
     def split_logits(self, split: str) -> torch.Tensor | None: ...
 
 
+class ModelOutputs(NamedTuple):
+    logits: torch.Tensor
+    """flat ``[positions, classes]``"""
+    features: torch.Tensor | None = None
+    """pooled hidden states ``[batch, layers + 1, width]``"""
+    attentions: tuple[torch.Tensor, ...] | None = None
+    """one ``[batch, heads, T, T]`` per layer"""
+
+
 def run_model(
-    model: PreTrainedModel, inputs: dict[str, torch.Tensor], labels: torch.Tensor, task: str, features: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Flat per-position logits (and pooled hidden states) of ``model`` on ``inputs``."""
-    out = model(**inputs, output_hidden_states=features)
+    model: PreTrainedModel,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    task: str,
+    features: bool = False,
+    attentions: bool = False,
+) -> ModelOutputs:
+    """Flat per-position logits (and pooled hidden states, attention maps) of ``model`` on ``inputs``.
+
+    Attention maps need the model's ``eager`` attention (``sdpa`` does not return them).
+    """
+    out = model(**inputs, output_hidden_states=features, output_attentions=attentions)
     logits = get_task(task).select(out.logits, labels)[0]
     pooled = pool_hidden(out.hidden_states, inputs["attention_mask"]) if features else None
-    return logits, pooled
+    return ModelOutputs(logits, pooled, tuple(out.attentions) if attentions else None)
 
 
 class CachedTeacher:
     """Teacher outputs read from the cache: the teacher never runs in the trial.
 
     ``features`` (pooled hidden states) are there when intermediate distillation needs
-    them; ``model`` is there when augmentation makes the teacher run on new inputs.
+    them; ``model`` is there when the teacher must run in the trial: on augmented inputs,
+    or for attention maps, which are too large to cache.
     """
 
     def __init__(
@@ -119,14 +137,21 @@ class CachedTeacher:
         return None
 
     def run(
-        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, task: str, features: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The live teacher on new (augmented) inputs, under ``inference_mode``."""
+        self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, task: str, features: bool = False, attentions: bool = False
+    ) -> ModelOutputs:
+        """The live teacher on a (possibly augmented) batch, under ``inference_mode``."""
         if self.model is None:
-            raise ValueError(f"teacher {self.name!r} was shipped without its model; augmentation needs it")
+            raise ValueError(
+                f"teacher {self.name!r} was shipped without its model; augmentation and attention maps need it"
+            )
         with torch.inference_mode():
-            logits, pooled = run_model(self.model, inputs, labels, task, features)
-        return logits.clone(), None if pooled is None else pooled.clone()
+            out = run_model(self.model, inputs, labels, task, features, attentions)
+        # inference tensors cannot enter autograd: clone them into normal ones
+        return ModelOutputs(
+            out.logits.clone(),
+            None if out.features is None else out.features.clone(),
+            None if out.attentions is None else tuple(a.clone() for a in out.attentions),
+        )
 
 
 class OnlineTeacher:
@@ -143,7 +168,7 @@ class OnlineTeacher:
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         with torch.inference_mode():
-            logits, _ = run_model(self.model, batch.model_inputs(), batch.labels, self.task)
+            logits = run_model(self.model, batch.model_inputs(), batch.labels, self.task).logits
         return logits.clone()
 
     def split_logits(self, split: str) -> torch.Tensor | None:
@@ -172,7 +197,7 @@ def predict(
     with torch.inference_mode(), autocast(device):
         for index in eval_order(split.lengths, batch_size):
             batch = make_batch(split, index).to(device)
-            logits, pooled = run_model(model, batch.model_inputs(), batch.labels, data.task, features is not None)
+            logits, pooled, _ = run_model(model, batch.model_inputs(), batch.labels, data.task, features is not None)
             if out is None:
                 out = torch.empty(int(offsets[-1]), logits.shape[-1])
             out[positions_index(offsets, index)] = logits.float().cpu()

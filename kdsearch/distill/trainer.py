@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from kdsearch.data.batching import Batch, make_batch, train_order
 from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
 from kdsearch.distill.augment import AugmentContext, augment
-from kdsearch.distill.intermediate import FeatureProjector, layer_map, pool_hidden
+from kdsearch.distill.intermediate import FeatureProjector, expose_attention, layer_map, pool_hidden
 from kdsearch.distill.losses import kd_objective
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
@@ -126,14 +126,19 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train) / optim.batch_size)
         self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        if distill.live_teacher and getattr(teacher, "model", None) is not None:
+            teacher.model.to(self.device)  # type: ignore[union-attr]
+        if distill.attention_term:
+            if getattr(teacher, "model", None) is None:
+                raise ValueError("attention maps need the teacher's model in the trial (too large to cache)")
+            expose_attention(self.model)
+            expose_attention(teacher.model)  # type: ignore[union-attr]
         self.projector = self._projector() if distill.intermediate else None
         trained = self.model if self.projector is None else torch.nn.ModuleList([self.model, self.projector])
         self.optimizer = make_optimizer(trained, optim)
         self.params = [p for p in trained.parameters() if p.requires_grad]
         self.augmenter: AugmentContext | None = None
         if distill.augmenting:
-            if getattr(teacher, "model", None) is not None:
-                teacher.model.to(self.device)  # type: ignore[union-attr]
             self.augmenter = AugmentContext(
                 torch.tensor(data.special_ids, dtype=torch.long),
                 data.mask_token_id,
@@ -150,14 +155,14 @@ class Trainer:
         self.epoch = 0
 
     def _projector(self) -> FeatureProjector:
-        """Maps student layers to teacher layers; sized from the teacher's cached features."""
+        """Maps student layers to teacher layers; sized from the teacher's cached features (or model)."""
         shape = self.teacher.feature_shape() if self.teacher is not None else None  # type: ignore[union-attr]
         if shape is None:
             raise ValueError("an intermediate term needs the teacher's hidden states (cached features)")
         t_layers, t_width = shape
         cfg = self.model.config
         pairs = layer_map(self.distill.inter_map, cfg.num_hidden_layers, t_layers)
-        return FeatureProjector(pairs, cfg.hidden_size, t_width).to(self.device)
+        return FeatureProjector(pairs, cfg.hidden_size, t_width, project=self.distill.hidden_term).to(self.device)
 
     def _loss(self, split: str, batch: Batch) -> torch.Tensor:
         d = self.distill
@@ -166,19 +171,20 @@ class Trainer:
             aug = augment(d.augment, batch, d.augment_p, self.augmenter)
             batch = aug.batch.to(self.device)
         inputs = aug.model_inputs(self.model) if aug is not None else batch.model_inputs()
-        features = self.projector is not None
+        hidden, attention = d.hidden_term, d.attention_term
         with autocast(self.device):
-            out = self.model(**inputs, output_hidden_states=features)
+            out = self.model(**inputs, output_hidden_states=hidden, output_attentions=attention)
         s, y = self.task.select(out.logits, batch.labels)
-        t = t_features = None
-        if aug is not None and bool(aug.rows.any()) and (d.alpha > 0 or features):
+        t = t_features = t_attention = None
+        if attention or (aug is not None and bool(aug.rows.any()) and (d.alpha > 0 or hidden)):
             assert self.teacher is not None
-            t, t_features = self.teacher.run(aug.model_inputs(self.teacher.model), batch.labels, self.data.task, features)  # type: ignore[union-attr]
+            t_inputs = aug.model_inputs(self.teacher.model) if aug is not None else inputs  # type: ignore[union-attr]
+            t, t_features, t_attention = self.teacher.run(t_inputs, batch.labels, self.data.task, hidden, attention)  # type: ignore[union-attr]
         else:
             if d.alpha > 0:
                 assert self.teacher is not None
                 t = self.teacher.logits(split, batch).to(self.device, non_blocking=True)
-            if features:
+            if hidden:
                 t_features = self.teacher.features(split, batch).to(self.device, non_blocking=True)  # type: ignore[union-attr]
         soft = weight = None
         if aug is not None:
@@ -190,9 +196,13 @@ class Trainer:
             s, y, t, alpha=d.alpha, loss=d.loss, tau_t=d.tau_t, tau_s=d.student_temperature,
             tau2_scaling=d.tau2_scaling, soft_labels=soft, gold_weight=weight,
         )
-        if self.projector is not None:
+        if hidden:
+            assert self.projector is not None
             pooled = pool_hidden(out.hidden_states, inputs["attention_mask"])
             loss = loss + d.inter_weight * self.projector(pooled, t_features, d.inter_loss, d.mi_alpha)
+        if attention:
+            assert self.projector is not None and t_attention is not None
+            loss = loss + d.inter_weight * self.projector.attention(out.attentions, t_attention, inputs["attention_mask"])
         return loss
 
     def train_epoch(self) -> dict[str, float]:

@@ -7,6 +7,7 @@ compared seed by seed (the search pairs seeds), with a bootstrap interval.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +17,26 @@ import pandas as pd
 
 from kdsearch.results.store import open_store
 from kdsearch.search.space import BASELINE_STAGE, KNOBS
+from kdsearch.spec import DistillSpec, load_spec
 
 RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
 
 
 def load(folders: Sequence[str | Path]) -> pd.DataFrame:
-    """The trial rows of several searches, in the order each search finished them."""
+    """The trial rows of several searches, in the order each search finished them.
+
+    A distillation knob newer than a search has no column there: it is filled with the
+    value that search's spec gives it (its default), which is what its trials trained with.
+    """
     frames = []
     for f in folders:
         t = open_store(f).trials()
+        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and k not in t.columns]
+        if missing and not t.empty:
+            spec_file = Path(f) / "spec.yaml"
+            distill = load_spec(spec_file).distill if spec_file.is_file() else DistillSpec()
+            for k in missing:
+                t[k] = getattr(distill, k)
         t["search_dir"] = str(f)
         t["order"] = np.arange(len(t))
         frames.append(t)
@@ -142,7 +154,9 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFram
         best = g.loc[g["mean"].idxmax() if mode == "max" else g["mean"].idxmin()]
         per_seed = b.groupby("seed")[[metric, "val_agreement", "val_kl"]].mean()
         d = paired_difference(trials, cell, str(best["config_key"]), str(b["config_key"].iloc[0]), metric)
-        varying = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1]
+        # knobs that change what the best config trains (its key holds only those)
+        applies = json.loads(str(best["config_key"]))
+        varying = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1 and k in applies]
         rows.append(
             {
                 "cell": cell,

@@ -20,6 +20,8 @@ from typing import Any
 from ray.tune import Callback
 
 from kdsearch import atomic
+from kdsearch.distill.augment import AUGMENTATIONS
+from kdsearch.distill.intermediate import LAYER_MAPS
 from kdsearch.errors import KDSearchError, SpecError
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell, best_yaml
@@ -124,13 +126,18 @@ def teacher_needs(spec: Spec) -> tuple[bool, bool]:
     """Whether any trial may need the teachers' hidden states, or the teachers themselves.
 
     Only then are they shipped: features cost N x layers x width floats per split, a
-    model its weights, and most searches need neither.
+    model its weights, and most searches need neither. The model goes along for
+    augmentation and for attention maps, for which the teacher runs in the trial.
     """
 
-    def may(knob: str, current: str) -> bool:  # str knobs take lists only, never ranges
-        return any(v != "none" for v in [current, *spec.search.space.get(knob, [])])
+    def may(knob: str, *values: str) -> bool:
+        # a searched knob takes its choices (str knobs take lists, never ranges); others the spec's value
+        held = spec.search.space.get(knob, [getattr(spec.distill, knob)])
+        return any(v in values for v in held)  # type: ignore[union-attr]
 
-    return may("inter_map", spec.distill.inter_map), may("augment", spec.distill.augment)
+    inter = may("inter_map", *(m for m in LAYER_MAPS if m != "none"))
+    augment = may("augment", *(a for a in AUGMENTATIONS if a != "none"))
+    return inter and may("inter_features", "hidden", "both"), augment or (inter and may("inter_features", "attention", "both"))
 
 
 def greedy_size(space: Space) -> int:

@@ -46,7 +46,8 @@ KNOBS: dict[str, Knob] = {
         Knob("tau_s", "distill", float, "student temperature, > 0, or 'same' (= tau_t)"),
         Knob("tau2_scaling", "distill", bool, "multiply D by tau_s**2"),
         Knob("inter_map", "distill", str, "student-to-teacher layer mapping: none, skip, last"),
-        Knob("inter_loss", "distill", str, "intermediate objective: mse, cosine, mi_alpha"),
+        Knob("inter_features", "distill", str, "what mapped layers compare: hidden, attention, both"),
+        Knob("inter_loss", "distill", str, "objective on hidden states: mse, cosine, mi_alpha"),
         Knob("inter_weight", "distill", float, "weight of the intermediate term, >= 0"),
         Knob("mi_alpha", "distill", float, "alpha of the mi_alpha bound, in [0, 1] (1: InfoNCE, 0: TUBA)"),
         Knob("augment", "distill", str, "augmentation of the distillation batches: none, swap, delete, mask, mixup"),
@@ -62,10 +63,16 @@ KNOBS: dict[str, Knob] = {
 def _check_value(name: str, value: Value, where: str) -> Value:
     """Check one choice of knob ``name``; return it in its canonical type."""
     from kdsearch.distill.augment import AUGMENTATIONS
-    from kdsearch.distill.intermediate import FEATURE_LOSSES, LAYER_MAPS
+    from kdsearch.distill.intermediate import FEATURE_LOSSES, INTER_FEATURES, LAYER_MAPS
     from kdsearch.distill.losses import LOSSES
 
-    registries = {"loss": LOSSES, "inter_map": LAYER_MAPS, "inter_loss": FEATURE_LOSSES, "augment": AUGMENTATIONS}
+    registries = {
+        "loss": LOSSES,
+        "inter_map": LAYER_MAPS,
+        "inter_features": INTER_FEATURES,
+        "inter_loss": FEATURE_LOSSES,
+        "augment": AUGMENTATIONS,
+    }
 
     knob = KNOBS[name]
     if name == "tau_s" and value == "same":
@@ -216,8 +223,11 @@ def effective(config: Mapping[str, Value]) -> dict[str, Value]:
     if not output_kd and not inter:
         out.pop("teacher", None)
     if not inter:
-        for name in ("inter_map", "inter_loss", "inter_weight", "mi_alpha"):
+        for name in ("inter_map", "inter_features", "inter_loss", "inter_weight", "mi_alpha"):
             out.pop(name, None)
+    elif out.get("inter_features", "hidden") == "attention":
+        out.pop("inter_loss", None)
+        out.pop("mi_alpha", None)
     elif out.get("inter_loss", "mse") != "mi_alpha":
         out.pop("mi_alpha", None)
     if out.get("augment", "none") == "none" or out.get("augment_p", 0.5) == 0.0:

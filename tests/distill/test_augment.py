@@ -149,8 +149,8 @@ def test_teacher_with_model_survives_pickling_for_the_object_store(rt_data, rt_p
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), features=True, with_model=True)
     copy = pickle.loads(pickle.dumps(teacher))
     batch = make_batch(rt_data.splits["validation"], torch.arange(8))
-    a, fa = teacher.run(batch.model_inputs(), batch.labels, rt_data.task, True)
-    b, fb = copy.run(batch.model_inputs(), batch.labels, rt_data.task, True)
+    a, fa, _ = teacher.run(batch.model_inputs(), batch.labels, rt_data.task, True)
+    b, fb, _ = copy.run(batch.model_inputs(), batch.labels, rt_data.task, True)
     assert torch.allclose(a, b) and torch.allclose(fa, fb)
     assert torch.allclose(a, teacher.logits("validation", batch), atol=1e-4)  # live == cached
     assert torch.equal(copy.features("validation", batch), teacher.features("validation", batch))

@@ -1,4 +1,4 @@
-"""Intermediate distillation: each objective by hand, layer maps, pooling, gradients, caching."""
+"""Intermediate distillation: each objective by hand, layer maps, pooling, attention maps, gradients, caching."""
 
 import math
 
@@ -9,6 +9,9 @@ from kdsearch.distill.intermediate import (
     CRITIC_TEMPERATURE,
     FEATURE_LOSSES,
     FeatureProjector,
+    attention_kl,
+    expose_attention,
+    group_heads,
     layer_map,
     mi_alpha_bound,
     pool_hidden,
@@ -158,3 +161,81 @@ def test_intermediate_term_changes_the_student_and_needs_features(rt_data, rt_po
     assert plain.final["train_loss"] != inter.final["train_loss"]
     with pytest.raises(ValueError, match="hidden states"):
         train_student(TrialConfig("xs", optim, DistillSpec(inter_map="skip"), 0), rt_data, rt_pool.outputs(rt_pool.select("t_ll")), "cpu")
+
+
+def softmax_rows(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities as BERT makes them: padded keys get probability 0."""
+    return torch.softmax(scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")), dim=-1)
+
+
+def hand_kl(s: list[list[float]], t: list[list[float]], queries: int) -> float:
+    """Mean over the first ``queries`` rows of sum_k t log(t / s), skipping t = 0."""
+    total = 0.0
+    for q in range(queries):
+        total += sum(tk * math.log(tk / sk) for tk, sk in zip(t[q], s[q]) if tk > 0)
+    return total / queries
+
+
+def test_attention_kl_by_hand_ignores_padded_queries_and_keys() -> None:
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 0]])
+    s = softmax_rows(torch.randn(1, 1, 3, 3), mask)
+    t = softmax_rows(torch.randn(1, 1, 3, 3), mask)
+    want = hand_kl(s[0, 0].tolist(), t[0, 0].tolist(), 2)
+    assert attention_kl(s, t, mask).item() == pytest.approx(want, rel=1e-5)
+    assert attention_kl(t, t, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attention_heads_grouped_where_they_divide_else_averaged() -> None:
+    torch.manual_seed(1)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    s = softmax_rows(torch.randn(2, 2, 4, 4), mask)
+    t4 = softmax_rows(torch.randn(2, 4, 4, 4), mask)
+    grouped = torch.stack([t4[:, 0:2].mean(1), t4[:, 2:4].mean(1)], dim=1)
+    assert torch.allclose(group_heads(t4, 2), grouped)
+    want = sum(hand_kl(s[b, h].tolist(), grouped[b, h].tolist(), 4) for b in range(2) for h in range(2)) / 4
+    assert attention_kl(s, t4, mask).item() == pytest.approx(want, rel=1e-5)
+    t3 = softmax_rows(torch.randn(2, 3, 4, 4), mask)  # 3 heads do not divide into 2: both averaged
+    sm, tm = s.mean(1), t3.mean(1)
+    want = sum(hand_kl(sm[b].tolist(), tm[b].tolist(), 4) for b in range(2)) / 2
+    assert attention_kl(s, t3, mask).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_attention_maps_are_distributions_and_gradients_reach_queries_and_keys() -> None:
+    torch.manual_seed(0)
+    student = build_model("xs", "classification", ["a", "b"], 100, 0, 16).train()
+    ids = torch.randint(5, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    student.set_attn_implementation("eager")
+    dropped = student(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[0]
+    assert not torch.allclose(dropped.sum(-1), torch.ones(4, 2, 10))  # returned after dropout: not distributions
+    assert expose_attention(student) == 2  # one attention dropout per layer
+    assert student.config.attention_probs_dropout_prob == 0.0
+    out = student(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(4, 2, 10), atol=1e-5)
+    teacher = tuple(softmax_rows(torch.randn(4, 4, 10, 10), mask) for _ in range(4))  # 4 layers, 4 heads
+    proj = FeatureProjector(layer_map("skip", 2, 4), 128, 256, project=False)
+    assert not list(proj.parameters())  # attention alone needs no projection
+    proj.attention(out.attentions, teacher, mask).backward()
+    for name in ("query", "key"):
+        grads = [p.grad for n, p in student.named_parameters() if f"layer.0.attention.self.{name}" in n]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_attention_trial_runs_the_teacher_live_once_per_step(rt_data, rt_pool) -> None:
+    teacher = rt_pool.outputs(rt_pool.select("t_ll"), with_model=True)
+    asked: list[bool] = []
+    hook = teacher.model.register_forward_hook(lambda m, a, kw, out: asked.append(kw.get("output_attentions")), with_kwargs=True)
+    optim = OptimSpec(epochs=1, batch_size=32, learning_rate=1e-3)
+    d = DistillSpec(inter_map="skip", inter_features="attention", inter_weight=1.0)
+    r = train_student(TrialConfig("xs", optim, d, 0), rt_data, teacher, "cpu")
+    hook.remove()
+    plain = train_student(TrialConfig("xs", optim, DistillSpec(), 0), rt_data, teacher, "cpu")
+    assert r.status == plain.status == "ok"
+    assert asked == [True] * -(-len(rt_data.splits["train"]) // 32)
+    assert r.final["train_loss"] != plain.final["train_loss"]
+    both = train_student(TrialConfig("xs", optim, DistillSpec(inter_map="last", inter_features="both"), 0), rt_data, teacher, "cpu")
+    assert both.status == "ok" and both.final["train_loss"] != r.final["train_loss"]
+    with pytest.raises(ValueError, match="attention maps need the teacher's model"):
+        train_student(TrialConfig("xs", optim, d, 0), rt_data, rt_pool.outputs(rt_pool.select("t_ll")), "cpu")

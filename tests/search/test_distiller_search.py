@@ -55,7 +55,7 @@ def test_greedy_over_distiller_space(local_ray, workdir: Path, tmp_path: Path) -
     assert sorted(stage["inter_map"].inter_map) == ["last", "skip"]
     assert sorted(stage["augment"].augment) == ["delete", "mask", "mixup", "swap"]
     # conditional knobs run only where they apply
-    for knob in ("inter_loss", "mi_alpha", "inter_weight"):
+    for knob in ("inter_features", "inter_loss", "mi_alpha", "inter_weight"):
         assert (stage[knob].inter_map != "none").all()
     assert (stage["mi_alpha"].inter_loss == "mi_alpha").all()
     assert (stage["augment_p"].augment != "none").all()
@@ -68,6 +68,25 @@ def test_greedy_over_distiller_space(local_ray, workdir: Path, tmp_path: Path) -
     # the keys say what each trial trained: no inapplicable knob in them
     for k in trials.config_key.map(json.loads):
         if k.get("inter_map", "none") == "none":
-            assert not {"inter_loss", "mi_alpha", "inter_weight"} & set(k)
+            assert not {"inter_features", "inter_loss", "mi_alpha", "inter_weight"} & set(k)
+        if k.get("inter_features") == "attention":
+            assert not {"inter_loss", "mi_alpha"} & set(k)
         if k.get("augment", "none") == "none":
             assert "augment_p" not in k
+
+
+@pytest.mark.parametrize(
+    "overrides, needs",
+    [
+        ([], (True, True)),  # distiller.yaml may compare hidden states, attention maps, augment
+        (["search.space.inter_features=[hidden]", "search.space.augment=[none]"], (True, False)),
+        (["search.space.inter_features=[attention]", "search.space.augment=[none]"], (False, True)),
+        (["search.space.inter_map=[none]", "search.space.augment=[none]"], (False, False)),
+    ],
+)
+def test_teachers_ship_features_and_model_only_when_a_trial_may_need_them(
+    workdir: Path, tmp_path: Path, overrides: list[str], needs: tuple[bool, bool]
+) -> None:
+    from kdsearch.search.runner import teacher_needs
+
+    assert teacher_needs(tiny_distiller(workdir, tmp_path, *overrides)) == needs

@@ -66,6 +66,14 @@ def test_conditional_knobs_drop_out_where_they_do_not_apply() -> None:
     # mi_alpha matters only for the mi_alpha objective
     assert key({"inter_map": "skip", "inter_loss": "mse", "mi_alpha": 0.1}) == key({"inter_map": "skip", "inter_loss": "mse", "mi_alpha": 0.9})
     assert key({"inter_map": "skip", "inter_loss": "mi_alpha", "mi_alpha": 0.1}) != key({"inter_map": "skip", "inter_loss": "mi_alpha", "mi_alpha": 0.9})
+    # attention maps alone are compared by KL: the hidden-state objective and its alpha drop out
+    assert key({"inter_map": "skip", "inter_features": "attention", "inter_loss": "mse"}) == key(
+        {"inter_map": "skip", "inter_features": "attention", "inter_loss": "mi_alpha", "mi_alpha": 0.1}
+    )
+    assert key({"inter_map": "skip", "inter_features": "both", "inter_loss": "mse"}) != key(
+        {"inter_map": "skip", "inter_features": "both", "inter_loss": "cosine"}
+    )
+    assert key({"inter_map": "none", "inter_features": "attention"}) == key({"inter_map": "none"})
     # augment_p only with an augmentation
     assert key({"augment": "none", "augment_p": 0.1}) == key({"augment": "none", "augment_p": 0.9})
     assert key({"augment": "mask", "augment_p": 0.1}) != key({"augment": "mask", "augment_p": 0.9})
@@ -82,6 +90,13 @@ def test_distiller_grid_counts_each_behaviour_once() -> None:
     )
     # inter: none (1) + skip x (mse (1) + mi_alpha x 2) = 4; augment: none (1) + mask x 2 = 3
     assert len(list(space.grid())) == 4 * 3
+    with_attention = Space(
+        {"inter_map": ["none", "skip"], "inter_features": ["hidden", "attention"], "inter_loss": ["mse", "mi_alpha"], "mi_alpha": [0.1, 0.9]},
+        DistillSpec(),
+        OptimSpec(),
+    )
+    # none (1) + skip x (hidden x (mse + mi_alpha x 2) + attention (1)) = 5
+    assert len(list(with_attention.grid())) == 5
 
 
 def test_the_baseline_is_plain_fine_tuning_whatever_the_spec_defaults() -> None:
@@ -96,6 +111,7 @@ def test_the_baseline_is_plain_fine_tuning_whatever_the_spec_defaults() -> None:
     [
         ({"inter_map": ["skip", "diagonal"]}, "unknown inter_map 'diagonal'"),
         ({"inter_loss": ["mse", "l1"]}, "unknown inter_loss 'l1'"),
+        ({"inter_features": ["hidden", "values"]}, "unknown inter_features 'values'"),
         ({"mi_alpha": [1.5]}, "mi_alpha must be in [0, 1]"),
         ({"augment": ["backtranslate"]}, "unknown augment 'backtranslate'"),
         ({"augment_p": [-0.1]}, "augment_p must be in [0, 1]"),
