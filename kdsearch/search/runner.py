@@ -28,7 +28,7 @@ from kdsearch.results.summary import best_per_cell, best_yaml
 from kdsearch.search.cells import CellSearcher
 from kdsearch.search.greedy import GreedySearcher
 from kdsearch.search.recorder import ProgressPrinter, ResultRecorder
-from kdsearch.search.space import BASELINE, BASELINE_STAGE, KNOBS, Space
+from kdsearch.search.space import BASELINE, BASELINE_STAGE, KNOBS, Space, effective
 from kdsearch.search.trial import STATE_FILE, CellPlan, Payload, run_trial
 from kdsearch.spec import DataSpec, Spec, dump_spec, load_spec
 
@@ -384,7 +384,11 @@ def finish(folder: Path, spec: Spec, log: Callable[..., None] = print) -> dict[s
         if "config" not in b:
             log(f"   {cell}: {b['status']}")
             continue
-        knobs = ", ".join(f"{k}={v}" for k, v in b["config"].items())
+        try:  # name only the knobs that change what the best config trains
+            applies = set(effective(b["config"]))
+        except SpecError:
+            applies = set(b["config"])
+        knobs = ", ".join(f"{k}={v}" for k, v in b["config"].items() if k in applies)
         metric = spec.search.metric
         base = f"; no KD {b['baseline_no_kd']:.4f} ({b['gain_over_baseline']:+.4f})" if "baseline_no_kd" in b else ""
         fid = f"; agreement {b['val_agreement']:.4f}" if not math.isnan(b.get("val_agreement", math.nan)) else ""
