@@ -209,7 +209,8 @@ class DistillSpec:
             return "not distilled"
         parts = []
         if self.hidden_term:
-            parts.append(f"{self.inter_loss} on hidden states" + (f", MI-alpha {self.mi_alpha}" if self.inter_loss == "mi_alpha" else ""))
+            alpha = f" (alpha {self.mi_alpha})" if self.inter_loss == "mi_alpha" else ""
+            parts.append(f"{self.inter_loss}{alpha} on hidden states")
         if self.attention_term:
             parts.append("KL on attention maps")
         return f"{self.inter_weight} x ({' + '.join(parts)}), layers mapped by {self.inter_map}"

@@ -75,3 +75,18 @@ def test_unknown_model_preset_and_missing_model_folder(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"^teachers.model: model folder .* does not exist"):
         load_spec(write(tmp_path, "teachers: {model: ./my-teacher}"))
     assert load_spec(write(tmp_path, "teachers: {model: google-bert/bert-base-uncased}")).teachers.model.startswith("google-bert")
+
+
+def test_intermediate_term_described_and_teacher_needs_follow_the_features() -> None:
+    from kdsearch.spec import DistillSpec
+
+    assert DistillSpec().describe_intermediate() == "not distilled"
+    hidden = DistillSpec(inter_map="skip", inter_loss="mi_alpha", mi_alpha=0.3)
+    assert hidden.describe_intermediate() == "1.0 x (mi_alpha (alpha 0.3) on hidden states), layers mapped by skip"
+    assert hidden.hidden_term and not hidden.attention_term and not hidden.live_teacher
+    attention = DistillSpec(inter_map="last", inter_features="attention", inter_weight=0.1)
+    assert attention.describe_intermediate() == "0.1 x (KL on attention maps), layers mapped by last"
+    assert attention.live_teacher and not attention.hidden_term
+    both = DistillSpec(inter_map="skip", inter_features="both")
+    assert both.hidden_term and both.attention_term and "mse on hidden states + KL on attention maps" in both.describe_intermediate()
+    assert not DistillSpec(inter_map="skip", inter_features="attention", inter_weight=0.0).live_teacher
