@@ -115,8 +115,8 @@ def expose_attention(model: torch.nn.Module) -> int:
 
     Switches to ``eager`` attention (``sdpa`` returns no probabilities) and turns attention
     dropout off: transformers returns the probabilities after dropout, whose zeros and
-    1/(1-p) scaling are not a distribution (KL against them is meaningless, and the term
-    drove students to one class). Hidden-state dropout stays.
+    1/(1-p) scaling are not a distribution, so a KL against them is not a KL.
+    Hidden-state dropout stays.
     """
     model.set_attn_implementation("eager")  # type: ignore[operator]
     off = 0
