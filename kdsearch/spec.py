@@ -131,9 +131,8 @@ class DistillSpec:
     student layers mapped to teacher layers (``inter_map``: none, skip, last), on their
     ``inter_features`` (hidden: pooled hidden states compared by ``inter_loss``, mse, cosine
     or mi_alpha with its ``mi_alpha``; attention: KL between attention maps; both: the
-    sum), and augmentation of
-    the distillation batches (``augment``: none, swap, delete, mask, mixup; each example is
-    augmented with probability ``augment_p``).
+    sum), and augmentation of the distillation batches (``augment``: none, swap, delete,
+    mask, mixup; each example is augmented with probability ``augment_p``).
     """
 
     teacher: str = "t_ll"
