@@ -11,6 +11,7 @@ key of data + checkpoint content; trials read the cache and never run the teache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import save, save_file
 
 from kdsearch import atomic
@@ -65,6 +65,11 @@ def checkpoint_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def pool_index(workdir: str | Path, data_key: str) -> Path:
+    """Where the pool of the data with ``data_key`` lists its checkpoints (``pool.json``)."""
+    return Path(workdir) / "teachers" / data_key / "pool.json"
+
+
 class TeacherPool:
     """The checkpoints available as teachers for one prepared dataset."""
 
@@ -72,8 +77,8 @@ class TeacherPool:
         self.workdir = Path(workdir)
         self.data = data
         self.device = resolve_device(device)
-        self.root = self.workdir / "teachers" / data.key
-        self.index = self.root / "pool.json"
+        self.index = pool_index(self.workdir, data.key)
+        self.root = self.index.parent
         self.records: list[TeacherRecord] = []
         if self.index.is_file():
             self.records = [TeacherRecord(**r) for r in json.loads(self.index.read_text())]
@@ -160,32 +165,25 @@ class TeacherPool:
 
         ``features`` adds its pooled hidden states (cached beside the logits, computed the
         first time they are asked for); ``with_model`` ships the model itself, which
-        augmentation needs to run the teacher on augmented batches.
+        augmentation and attention maps need: the teacher then runs in the trial.
         """
         folder = self.workdir / "cache" / "teacher_outputs" / f"{self.data.key}-{checkpoint_hash(Path(record.path))}"
-        missing_features = features and (
-            not folder.is_dir() or any(not (folder / f"{s}{FEATURES_SUFFIX}").is_file() for s in self.data.splits)
-        )
+        new = not folder.is_dir()
+        missing_features = features and (new or any(not (folder / f"{s}{FEATURES_SUFFIX}").is_file() for s in self.data.splits))
         model = None
-        if not folder.is_dir() or missing_features or with_model:
+        if new or missing_features or with_model:
             model = load_model(record.path, self.data.task, self.data.label_names).to(self.device)
-        if not folder.is_dir():
-            with atomic.new_dir(folder) as tmp:
+        if new or missing_features:
+            # a new folder appears whole; features added to an old one are written file by file
+            with atomic.new_dir(folder) if new else contextlib.nullcontext(folder) as out:
                 for split, enc in self.data.splits.items():
-                    feats: dict[str, torch.Tensor] | None = {} if features else None
-                    logits = predict(model, self.data, enc, device=self.device, features=feats)
+                    logits, feats, _ = predict(model, self.data, enc, device=self.device, features=features)
                     self.forward_passes += 1
-                    save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, tmp / f"{split}.safetensors")
-                    if feats:
-                        save_file({"features": feats["features"].contiguous()}, tmp / f"{split}{FEATURES_SUFFIX}")
-        elif missing_features:
-            for split, enc in self.data.splits.items():
-                feats = {}
-                predict(model, self.data, enc, device=self.device, features=feats)
-                self.forward_passes += 1
-                atomic.write_bytes(folder / f"{split}{FEATURES_SUFFIX}", save({"features": feats["features"].contiguous()}))
-        teacher = CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
-        return teacher
+                    if new:
+                        save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, out / f"{split}.safetensors")
+                    if feats is not None:
+                        atomic.write_bytes(out / f"{split}{FEATURES_SUFFIX}", save({"features": feats.contiguous()}))
+        return CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
 
     def table(self) -> list[dict[str, object]]:
         picks = {s: SELECTORS[s](self.records).name for s in SELECTORS} if self.records else {}

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         teacher_model = build_model(args.teacher, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length)
         t0 = time.perf_counter()
         cached = CachedTeacher(
-            {s: predict(teacher_model, data, e) for s, e in data.splits.items()},
+            {s: predict(teacher_model, data, e).logits for s, e in data.splits.items()},
             {s: e.offsets for s, e in data.splits.items()},
         )
         cache_s = time.perf_counter() - t0

@@ -17,6 +17,7 @@ teacher alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,10 +164,16 @@ def mixup(batch: Batch, rows: torch.Tensor, ctx: AugmentContext) -> Augmented:
     return Augmented(out, rows, label_ok, partner, lam)
 
 
-def beta_sample(u: torch.Tensor, a: float) -> torch.Tensor:
-    """Beta(a, a) quantiles of uniforms ``u`` (torch's Beta sampler takes no generator)."""
+@functools.cache
+def _beta_cdf(a: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grid on (0, 1) and the Beta(a, a) CDF on it: built once, not in every mixup step."""
     grid = torch.linspace(1e-4, 1 - 1e-4, 4001)
     beta = torch.distributions.Beta(torch.tensor(a), torch.tensor(a))
     cdf = torch.cumsum(beta.log_prob(grid).exp(), 0)
-    cdf = cdf / cdf[-1]
+    return grid, cdf / cdf[-1]
+
+
+def beta_sample(u: torch.Tensor, a: float) -> torch.Tensor:
+    """Beta(a, a) quantiles of uniforms ``u`` (torch's Beta sampler takes no generator)."""
+    grid, cdf = _beta_cdf(a)
     return grid[torch.searchsorted(cdf, u).clamp(max=len(grid) - 1)]

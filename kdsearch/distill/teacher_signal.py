@@ -181,12 +181,11 @@ def predict(
     split: EncodedSplit,
     batch_size: int = 128,
     device: torch.device | None = None,
-    features: dict[str, torch.Tensor] | None = None,
-) -> torch.Tensor:
+    features: bool = False,
+) -> ModelOutputs:
     """Flat per-position logits for a whole split, in example order (float32, on CPU).
 
-    With a ``features`` dict, also puts the pooled hidden states ``[examples, layers + 1,
-    width]`` under ``features["features"]``.
+    With ``features``, also the pooled hidden states ``[examples, layers + 1, width]``.
     """
     device = device or next(model.parameters()).device
     offsets = split.offsets
@@ -197,7 +196,7 @@ def predict(
     with torch.inference_mode(), autocast(device):
         for index in eval_order(split.lengths, batch_size):
             batch = make_batch(split, index).to(device)
-            logits, pooled, _ = run_model(model, batch.model_inputs(), batch.labels, data.task, features is not None)
+            logits, pooled, _ = run_model(model, batch.model_inputs(), batch.labels, data.task, features)
             if out is None:
                 out = torch.empty(int(offsets[-1]), logits.shape[-1])
             out[positions_index(offsets, index)] = logits.float().cpu()
@@ -207,9 +206,7 @@ def predict(
                 pooled_all[index] = pooled.float().cpu()
     model.train(was_training)
     assert out is not None
-    if features is not None and pooled_all is not None:
-        features["features"] = pooled_all
-    return out
+    return ModelOutputs(out, pooled_all)
 
 
 def autocast(device: torch.device) -> torch.autocast:

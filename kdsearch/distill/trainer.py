@@ -244,7 +244,7 @@ class Trainer:
     def evaluate(self, split: str = "validation", prefix: str | None = None) -> dict[str, float]:
         """Task metric, loss against gold labels and, with a teacher, fidelity."""
         enc = self.data.splits[split]
-        logits = predict(self.model, self.data, enc, device=self.device)
+        logits = predict(self.model, self.data, enc, device=self.device).logits
         gold = enc.labels if enc.labels.dim() == 1 else enc.labels[enc.labels != -100]
         scores = self.task.scores(logits.argmax(-1), gold, enc.offsets, self.data.label_names)
         scores["loss"] = float(F.cross_entropy(logits, gold))

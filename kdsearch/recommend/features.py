@@ -14,6 +14,7 @@ from kdsearch.data.prepare import data_key
 from kdsearch.data.sources import label_names, load_raw
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
+from kdsearch.teachers import pool_index
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def describe(spec: DataSpec, workdir: str | Path | None = None) -> DatasetFeatur
         labels = train[raw.columns["label"]]
     teacher = None
     if workdir is not None:
-        pool = Path(workdir) / "teachers" / data_key(spec, raw) / "pool.json"
+        pool = pool_index(workdir, data_key(spec, raw))
         if pool.is_file():
             records = json.loads(pool.read_text())
             teacher = max((r["val_score"] for r in records), default=None)

@@ -224,7 +224,3 @@ def leave_one_out(past: PastSearches, student: str | None = None) -> pd.DataFram
             }
         )
     return pd.DataFrame(rows)
-
-
-def features_table(features: dict[str, DatasetFeatures]) -> list[dict[str, Any]]:
-    return [f.to_dict() for f in features.values()]
