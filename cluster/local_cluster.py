@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,7 +42,10 @@ def _ray() -> list[str]:
 def _env() -> dict[str, str]:
     # jobs run `python -m kdsearch ...` on the head: it must be this environment's python
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    # without it Ray swaps --node-ip-address=127.0.0.1 for the machine's address and binds its
+    # servers there (kdsearch/local_ray.py says why); a one-machine cluster needs no other node
+    single = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), **single}
 
 
 def _own_pids(temp_dir: Path, gcs_port: int) -> list[int]:
@@ -83,8 +87,10 @@ def start(state: Path, cpus: int | None, dashboard_port: int) -> dict:
         cmd.append(f"--num-cpus={cpus}")
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise SystemExit(f"local_cluster: ray start failed: {tail[0]}")
+        lines = (r.stderr or r.stdout).strip().splitlines() or ["(no output)"]
+        # the exception's own line names the problem; Ray adds advice after it
+        errors = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
+        raise SystemExit(f"local_cluster: ray start failed: {(errors or lines)[-1]}")
     info = {
         "gcs_address": f"127.0.0.1:{gcs_port}",
         "jobs_address": f"http://127.0.0.1:{dashboard_port}",

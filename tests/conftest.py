@@ -2,19 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from kdsearch.data.prepare import PreparedData, prepare_data
+from kdsearch.local_ray import start_local_ray
 from kdsearch.spec import DataSpec, OptimSpec, TeacherSpec, TokenizerSpec
 from kdsearch.teachers import TeacherPool
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as the CLI sets it; before ray is imported
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def running_ray(**init_kwargs) -> Iterator[None]:
+    """A real Ray on this machine, started as kdsearch starts it (127.0.0.1 only)."""
+    import ray
+
+    start_local_ray(**{"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, **init_kwargs})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket these processes listen on."""
+    import psutil
+
+    found = []
+    for c in psutil.net_connections("inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found.append((c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def small_data_spec(dataset: str = "rotten_tomatoes", **kw) -> DataSpec:
@@ -47,7 +80,8 @@ def ner_data(workdir: Path) -> PreparedData:
 @pytest.fixture(scope="session")
 def rt_pool(workdir: Path, rt_data: PreparedData) -> TeacherPool:
     """A real pool: an `s` teacher trained 3 epochs, one checkpoint per epoch."""
-    pool = TeacherPool(workdir, rt_data, "cpu")
+    # its own workdir: searches in `workdir` on the same data add their teachers to theirs
+    pool = TeacherPool(workdir / "rt_pool", rt_data, "cpu")
     pool.train(
         TeacherSpec(model="s", seeds=[0], train=OptimSpec(epochs=3, batch_size=32, learning_rate=2e-3)),
         log=lambda s: None,

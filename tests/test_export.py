@@ -16,19 +16,14 @@ from kdsearch.spec import load_spec
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, workdir):
-    import ray
-
-    from tests.conftest import TINY
+    from tests.conftest import TINY, running_ray
 
     tmp = tmp_path_factory.mktemp("export")
     spec = tmp / "tiny.yaml"
     spec.write_text(TINY.format(name="exp", train=384, epochs=1, method="grid", seeds="[0, 1]", budget=2,
                                 workdir=workdir, storage=tmp / "searches"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with running_ray():
         folder = run_search(load_spec(spec), log=lambda *a, **k: None)
-    finally:
-        ray.shutdown()
     return folder
 
 

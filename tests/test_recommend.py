@@ -40,19 +40,15 @@ search:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Path:
-    import ray
-
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
+    from tests.conftest import running_ray
 
     root = tmp_path_factory.mktemp("store")
     spec_file = root / "past.yaml"
     spec_file.write_text(PAST.format(workdir=workdir, storage=root / "searches"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with running_ray():
         run_search(load_spec(spec_file), log=lambda *a, **k: None)
-    finally:
-        ray.shutdown()
     return root / "searches"
 
 

@@ -55,7 +55,7 @@ def test_register_existing_checkpoint_and_missing_folder(workdir, rt_data, rt_po
 
 
 def test_outputs_computed_once_then_read(workdir, rt_data, rt_pool) -> None:
-    pool = TeacherPool(workdir, rt_data, "cpu")  # a fresh process would start like this
+    pool = TeacherPool(rt_pool.workdir, rt_data, "cpu")  # a fresh process would start like this
     rec = pool.select("t_hs")
     pool.outputs(rec)
     first = pool.forward_passes

@@ -55,6 +55,7 @@ def _summary(folder: Path, metric: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
+    from kdsearch.local_ray import start_local_ray
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         *args.set,
     ]
     spec_path = args.spec or str(REPO_SPACES / "quick.yaml")
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    start_local_ray(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     out: dict[str, Any] = {}
     try:
         for method in ("greedy", "grid"):

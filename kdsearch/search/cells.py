@@ -18,7 +18,6 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kdsearch.search._state import PicklingSearcher
-
 from kdsearch.search.space import BASELINE_STAGE, key
 
 

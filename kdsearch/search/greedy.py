@@ -15,7 +15,6 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kdsearch.search._state import PicklingSearcher
-
 from kdsearch.search.space import Config, Space, key
 
 

@@ -19,7 +19,7 @@ from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
 from kdsearch.search.space import KNOBS, effective, key
 from kdsearch.search.trial import trial_point
 
-INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device")
+INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device", "gpu_ids")
 
 
 def _error_text(trial: Trial) -> str:
@@ -141,6 +141,7 @@ class ProgressPrinter(Callback):
         builtin_print = getattr(print_fn, "__self__", None) is builtins and getattr(print_fn, "__name__", "") == "print"
         self.print_fn = None if builtin_print else print_fn
         self.best: dict[str, tuple[float, str]] = {}
+        self.warned_cpu_fallback = False
 
     def _print(self, text: str) -> None:
         (self.print_fn or builtins.print)(text, flush=True)
@@ -170,6 +171,10 @@ class ProgressPrinter(Callback):
                 self.best[cell] = (float(value), self._describe(trial))
         best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
         self._print(f"{self._counts(trials)} {self._describe(trial)} -> {outcome} | {best}")
+        if last.get("gpu_ids") and last.get("device") == "cpu" and not self.warned_cpu_fallback:
+            self.warned_cpu_fallback = True
+            self._print(f"warning: Ray gave trials GPU {last['gpu_ids']} on {last.get('node', 'a node')}, but torch there "
+                        "sees no CUDA device, so they ran on CPU (a CPU-only torch build?)")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}")

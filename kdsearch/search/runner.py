@@ -23,6 +23,7 @@ from kdsearch import atomic
 from kdsearch.distill.augment import AUGMENTATIONS
 from kdsearch.distill.intermediate import LAYER_MAPS
 from kdsearch.errors import KDSearchError, SpecError
+from kdsearch.local_ray import start_local_ray
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell, best_yaml
 from kdsearch.search.cells import CellSearcher
@@ -58,20 +59,20 @@ class Plan:
 
 def check_resources(spec: Spec, address: str | None) -> None:
     """Refuse a GPU request where there is none, before anything starts."""
+    import ray
+
     gpu = spec.search.resources.gpu
     if gpu <= 0:
         return
-    if address is None:
+    if address is None and not ray.is_initialized():
         import torch
 
         if not torch.cuda.is_available():
-            raise SpecError(f"search.resources.gpu: {gpu} GPU per trial asked, but this machine has no GPU")
+            raise SpecError(f"search.resources.gpu: {gpu:g} GPU per trial asked, but this machine has no GPU")
         return
-    import ray
-
     have = ray.cluster_resources().get("GPU", 0)
     if have < gpu:
-        raise SpecError(f"search.resources.gpu: {gpu} GPU per trial asked, but the cluster has {have:g}")
+        raise SpecError(f"search.resources.gpu: {gpu:g} GPU per trial asked, but the cluster has {have:g}")
 
 
 def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[str, Any]] | None = None) -> Plan:
@@ -198,8 +199,11 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
     return points
 
 
-def _init_ray(address: str | None, spec: Spec) -> bool:
-    """Connect to ``address`` or start Ray in this process; True when we started it."""
+def init_ray(address: str | None) -> bool:
+    """Connect to the Ray cluster at ``address``, or start a one-machine Ray on 127.0.0.1.
+
+    True when this call initialised Ray, so the caller shuts it down.
+    """
     import ray
 
     if ray.is_initialized():
@@ -210,7 +214,7 @@ def _init_ray(address: str | None, spec: Spec) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise KDSearchError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
         return True
-    ray.init(
+    start_local_ray(
         num_cpus=os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=False,
@@ -279,12 +283,13 @@ def run_search(
         search_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         folder = Path(spec.search.storage) / search_id
     s = spec.search
+    address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init() would: a job's driver has it
     if address is None:
         check_resources(spec, None)
     log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_models)} student(s), seeds {s.seeds}")
     log(f"   results: {folder}")
     p = plan(spec, log, prefer)
-    started_ray = _init_ray(address, spec)
+    started_ray = init_ray(address)
     try:
         if address is not None:
             check_resources(spec, address)

@@ -151,6 +151,7 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
         "pid": os.getpid(),
         "resumed": bool(resumed),
         "device": device.type,
+        "gpu_ids": _gpu_ids(),
         "trial_start_ts": started,
     }
     try:
@@ -174,6 +175,16 @@ def _node_id() -> str:
 
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informative only
+        return ""
+
+
+def _gpu_ids() -> str:
+    """The GPUs Ray assigned this trial ("0,1"; "" for none), whether or not torch can use them."""
+    try:
+        import ray
+
+        return ",".join(str(g) for g in ray.get_gpu_ids())
+    except Exception:  # noqa: BLE001 - outside a Ray worker there are none
         return ""
 
 

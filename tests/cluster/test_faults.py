@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 
+from kdsearch.local_ray import single_machine
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
 
@@ -22,10 +23,12 @@ def test_worker_node_killed_mid_search(tiny_spec, tmp_path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False)
+    with single_machine():  # every node on 127.0.0.1, as Ray would otherwise not keep it
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
     try:
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"} and len(ray.nodes()) == 3
         spec = load_spec(tiny_spec(name="nodekill", train=1024, epochs=2, seeds="[0]"), ["search.max_failures=2"])
         out: dict = {}
         lines: list[str] = []

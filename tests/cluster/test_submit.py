@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -11,7 +12,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
+
+from tests.conftest import is_loopback, listening_sockets
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -46,8 +50,6 @@ def head():
     yield info
     r = run("cluster/local_cluster.py", "stop", "--state", str(state))
     assert r.returncode == 0, r.stderr
-    import psutil
-
     assert not [p for p in info["pids"] if psutil.pid_exists(p)], "the head's processes outlived stop"
     shutil.rmtree(state, ignore_errors=True)
 
@@ -76,6 +78,14 @@ def test_submit_quick_search_to_a_local_head(head: dict, tmp_path: Path) -> None
     assert r.returncode == 0 and job_id in r.stdout
     r = run("-m", "kdsearch", "jobs", "logs", job_id, "--address", head["jobs_address"])
     assert r.returncode == 0 and "search finished" in r.stdout
+    # the head's servers, agents, workers and the job's driver all listen on loopback only
+    pids = set(head["pids"])
+    for pid in list(pids):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    sockets = listening_sockets(pids)
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
+    assert [s for s in sockets if not is_loopback(s[0])] == []
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     assert token not in r.stdout
     assert all(token not in p.read_text(errors="ignore") for p in folder.rglob("*") if p.is_file() and p.stat().st_size < 5e6)
@@ -108,8 +118,6 @@ def test_unreachable_head_at_submit(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_driver_killed_then_submit_resume(head: dict, tmp_path: Path) -> None:
-    import psutil
-
     storage, wd = tmp_path / "searches", tmp_path / "wd"
     args = ["search_spaces/quick.yaml", "--address", head["jobs_address"], *TINY, "--set", f"search.storage={storage}",
             "--set", f"workdir={wd}", "--set", "data.max_train_examples=768", "--set", "student.train.epochs=2"]

@@ -15,21 +15,16 @@ from kdsearch.spec import load_spec
 
 @pytest.fixture(scope="module")
 def searches(tmp_path_factory, workdir) -> list[Path]:
-    import ray
-
-    from tests.conftest import TINY
+    from tests.conftest import TINY, running_ray
 
     tmp = tmp_path_factory.mktemp("compare")
     folders = []
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with running_ray():
         for method in ("greedy", "grid"):
             spec = tmp / f"{method}.yaml"
             spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
                                         workdir=workdir, storage=tmp / "searches"))
             folders.append(run_search(load_spec(spec), log=lambda *a, **k: None))
-    finally:
-        ray.shutdown()
     return folders
 
 

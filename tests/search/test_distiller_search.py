@@ -10,17 +10,15 @@ import pytest
 
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
+from tests.conftest import running_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with running_ray():
+        yield
 
 
 def tiny_distiller(workdir: Path, storage: Path, *more: str):

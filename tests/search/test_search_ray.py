@@ -17,6 +17,7 @@ import yaml
 
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
+from tests.conftest import running_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL_COLUMNS = {
@@ -28,11 +29,8 @@ TRIAL_COLUMNS = {
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with running_ray():
+        yield
 
 
 def means(trials: pd.DataFrame) -> pd.Series:
