@@ -112,11 +112,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdsearch.search.runner import run_search
-
     if args.method:
         args.set.append(f"search.method={args.method}")
-    spec = _load(args)
+    spec = _load(args)  # before the heavy imports: a bad spec fails in a second
+    from kdsearch.search.runner import run_search
+
     prefer = None
     if args.seed_from_recommendation:
         from kdsearch.recommend import describe, load_past, recommend
@@ -171,10 +171,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """A greedy search on built-in Rotten Tomatoes with an embedded local Ray."""
+    print(f"== kdsearch demo: greedy KD search, spec {args.spec}")
+    spec = _load(args)
     from kdsearch.search.runner import run_search
 
-    print(f"== kdsearch demo: greedy KD search, spec {args.spec}")
-    run_search(_load(args))
+    run_search(spec)
     return 0
 
 
