@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from kdsearch.local_ray import SINGLE_MACHINE_ENV
+
 DEFAULT_STATE = Path(os.environ.get("KDSEARCH_CLUSTER_STATE", Path.home() / ".kdsearch-cluster"))
 
 
@@ -44,8 +46,7 @@ def _env() -> dict[str, str]:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # without it Ray swaps --node-ip-address=127.0.0.1 for the machine's address and binds its
     # servers there (kdsearch/local_ray.py says why); a one-machine cluster needs no other node
-    single = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), **single}
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"), **SINGLE_MACHINE_ENV}
 
 
 def _own_pids(temp_dir: Path, gcs_port: int) -> list[int]:

@@ -33,10 +33,14 @@ def running_ray(**init_kwargs) -> Iterator[None]:
         ray.shutdown()
 
 
-def listening_sockets(pids: set[int]) -> list[tuple[str, int, str]]:
-    """(address, port, process name) of every TCP socket these processes listen on."""
+def listening_sockets(roots: set[int]) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket these processes or their descendants listen on."""
     import psutil
 
+    pids = set(roots)
+    for pid in roots:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
     found = []
     for c in psutil.net_connections("inet"):
         if c.status == psutil.CONN_LISTEN and c.pid in pids:

@@ -54,7 +54,7 @@ def test_register_existing_checkpoint_and_missing_folder(workdir, rt_data, rt_po
         pool.register(workdir / "no-such-teacher")
 
 
-def test_outputs_computed_once_then_read(workdir, rt_data, rt_pool) -> None:
+def test_outputs_computed_once_then_read(rt_data, rt_pool) -> None:
     pool = TeacherPool(rt_pool.workdir, rt_data, "cpu")  # a fresh process would start like this
     rec = pool.select("t_hs")
     pool.outputs(rec)
