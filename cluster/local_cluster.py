@@ -143,7 +143,26 @@ def stop(state: Path, timeout_s: float = 15) -> int:
             pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
         except psutil.NoSuchProcess:
             pass
-    pids = sorted(pids)
+    # the GCS last, as `ray stop` does: stopped first, it leaves the raylet and monitor
+    # waiting for it until the grace period runs out (20 s against 2 s, measured)
+    gcs = {pid for pid in pids if _name(pid) == "gcs_server"}
+    for group in (sorted(pids - gcs), sorted(gcs)):
+        _terminate(group, timeout_s)
+    f.unlink()
+    return len(pids)
+
+
+def _name(pid: int) -> str:
+    import psutil
+
+    try:
+        return psutil.Process(pid).name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _terminate(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL what is left after ``timeout_s``."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _alive(pids):
             try:
@@ -154,9 +173,7 @@ def stop(state: Path, timeout_s: float = 15) -> int:
         while _alive(pids) and time.time() < deadline:
             time.sleep(0.2)
         if not _alive(pids):
-            break
-    f.unlink()
-    return len(pids)
+            return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,37 +8,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from kdsearch.display import format_table
 from kdsearch.errors import KDSearchError
+from kdsearch.paths import DEFAULT_STORE, spec_path
 from kdsearch.progress import StepProgress
-
-REPO_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-# the committed reproduction: past searches on the built-in datasets
-DEFAULT_STORE = Path(__file__).resolve().parent.parent / "results" / "reproduction"
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A plain-text table; floats printed with 4 decimals."""
-    if not rows:
-        return "(no rows)"
-    cols = list(columns or dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if v != v else f"{v:.4f}"
-        return "" if v is None else str(v)
-
-    cells = [[cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
+from kdsearch.search.methods import METHODS
 
 def _load(args: argparse.Namespace):
     from kdsearch.spec import load_spec
 
-    return load_spec(args.spec, args.set)
+    return load_spec(spec_path(args.spec), args.set)
 
 
 def _prepare(spec):
@@ -72,10 +53,13 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _teacher_signal(spec, data, pool, teacher: str):
-    rec = pool.select(teacher)
-    print(f"teacher: {rec.name} (by {teacher}; val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
-    return rec, pool.outputs(rec, features=spec.distill.hidden_term, with_model=spec.distill.live_teacher)
+def _teacher_signal(spec, pool):
+    from kdsearch.knobs import teacher_key
+
+    key = teacher_key(spec.distill.config())
+    signal, rec = pool.signal(key, features=spec.distill.hidden_term, with_model=spec.distill.live_teacher)
+    print(f"teacher: {rec.name} (by {key}; val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
+    return signal
 
 
 def _print_epoch(label: str):
@@ -97,7 +81,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     data = _prepare(spec)
     pool = _pool(spec, data)
     config = TrialConfig.from_spec(spec)
-    _, teacher = _teacher_signal(spec, data, pool, spec.distill.teacher)
+    teacher = _teacher_signal(spec, pool)
     d = spec.distill
     extra = f" inter {d.describe_intermediate()}" if d.intermediate else ""
     extra += f" augment {d.augment} p {d.augment_p}" if d.augmenting else ""
@@ -112,7 +96,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.set)
     if args.method:
+        if args.resume:
+            raise KDSearchError("--method: a resumed search keeps its method (see its spec.yaml)")
         args.set.append(f"search.method={args.method}")
     spec = _load(args)  # before the heavy imports: a bad spec fails in a second
     from kdsearch.search.runner import run_search
@@ -127,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             rec = recommend(describe(dspec, spec.workdir), past)
             prefer[rec.dataset] = rec.config
             print(f"recommended start for {rec.dataset} ({rec.confidence} confidence): {_config_text(rec.config)}")
-    run_search(spec, address=args.address, resume=args.resume, prefer=prefer)
+    run_search(spec, address=args.address, resume=args.resume, prefer=prefer, overrides=overrides)
     return 0
 
 
@@ -180,27 +167,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    import yaml
-
-    from kdsearch.results.store import open_store
-    from kdsearch.results.summary import best_per_cell, config_table
-    from kdsearch.search.space import KNOBS
+    from kdsearch.knobs import KNOBS
+    from kdsearch.results.store import SPEC_FILE, open_store
+    from kdsearch.results.summary import best_per_cell, config_table, summary_lines
 
     store = open_store(args.folder)
-    spec_file = store.folder / "spec.yaml"
-    search = yaml.safe_load(spec_file.read_text()).get("search", {}) if spec_file.is_file() else {}
-    metric, mode = search.get("metric", "val_score"), search.get("mode", "max")
+    search = store.spec().search if store.path(SPEC_FILE).is_file() else None
+    metric, mode = (search.metric, search.mode) if search else ("val_score", "max")
     trials = store.trials()
     if args.trials:
-        cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
+        cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_collapsed", "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
         print(format_table(trials[cols].to_dict("records")))
     table = config_table(trials, metric)
     if not table.empty:
-        cols = [c for c in ("cell", "stage", *KNOBS, "mean", "std", "seeds", "failed", "val_agreement", "val_kl", "test_score") if c in table.columns]
+        cols = [c for c in ("cell", "stage", *KNOBS, "mean", "std", "seeds", "failed", "collapsed", "val_agreement", "val_kl", "test_score") if c in table.columns]
         print(f"configs (mean {metric} over seeds):")
         print(format_table(table[cols].to_dict("records")))
-    for cell, b in best_per_cell(trials, metric, mode).items():
-        print(f"best {cell}: {json.dumps(b)}")
+    best = best_per_cell(trials, metric, mode)
+    for line in summary_lines(trials, best, metric):
+        print(line)
     return 0
 
 
@@ -215,7 +200,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from kdsearch.export import export
 
-    export(args.folder, args.cell, args.out)
+    export(args.folder, args.cell, args.out, force=args.force)
     return 0
 
 
@@ -262,15 +247,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with misuse reported as kdsearch reports bad input: one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"kdsearch: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdsearch", description="Hyperparameter search for knowledge distillation.")
+    p = _Parser(prog="kdsearch", description="Hyperparameter search for knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def spec_args(sp: argparse.ArgumentParser, default: str | None = None) -> None:
         if default:
-            sp.add_argument("spec", nargs="?", default=default, help=f"spec YAML (default: {default})")
+            sp.add_argument("spec", nargs="?", default=default, help=f"spec YAML or a shipped space's name (default: {default})")
         else:
-            sp.add_argument("spec", help="spec YAML")
+            sp.add_argument("spec", help="spec YAML, or a shipped space's name (quick, reproduction, ...)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. distill.alpha=1.0")
 
     t = sub.add_parser("teachers", help="train, register or list the teacher pool")
@@ -290,12 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distill)
 
     demo = sub.add_parser("demo", help="a greedy KD search on built-in Rotten Tomatoes, Ray embedded")
-    spec_args(demo, str(REPO_SPACES / "quick.yaml"))
+    spec_args(demo, "quick")
     demo.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="run a search on Ray Tune (embedded, or a cluster with --address)")
     spec_args(r)
-    r.add_argument("--method", choices=["greedy", "grid", "optuna", "random"], help="override search.method")
+    r.add_argument("--method", choices=list(METHODS), help="override search.method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
     r.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
     r.add_argument(
@@ -342,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="the best config of a cell and its retrained student, Hugging Face format")
     ex.add_argument("folder", help="a search's result folder")
     ex.add_argument("--cell", required=True, help="e.g. rotten_tomatoes/xs")
-    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.add_argument("--out", required=True, help="the folder to write (refused if it exists and is not empty)")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty --out, in one step once the new one is complete")
     ex.set_defaults(func=cmd_export)
 
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")

@@ -14,12 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from kdsearch import atomic
+from kdsearch import atomic, knobs
 from kdsearch.errors import KDSearchError
+from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results.store import open_store
 from kdsearch.results.summary import config_table
-from kdsearch.search.space import BASELINE_STAGE, KNOBS, apply
-from kdsearch.spec import Spec, dump_spec, load_spec
+from kdsearch.search.planning import cell_id
+from kdsearch.spec import Spec, dump_spec, with_knobs
 
 SPEC_NAME = "kdsearch.yaml"
 
@@ -27,7 +28,7 @@ SPEC_NAME = "kdsearch.yaml"
 def best_trial(folder: Path, cell: str) -> tuple[Spec, dict[str, Any], dict[str, Any]]:
     """The search's spec, the cell's best config (mean over seeds) and its best seed's row."""
     store = open_store(folder)
-    spec = load_spec(folder / "spec.yaml")
+    spec = store.spec()
     trials = store.trials()
     cells = sorted(trials["cell"].unique())
     if cell not in cells:
@@ -44,38 +45,52 @@ def best_trial(folder: Path, cell: str) -> tuple[Spec, dict[str, Any], dict[str,
 
 def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
     """A complete single-config spec: the cell's data and student, the best knobs and seed."""
-    from kdsearch.search.runner import cell_id
-
     cell_data = next(d for d in spec.data_specs if cell_id(d, row["student"]) == row["cell"])
-    knobs = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
-    if "tau_s" in knobs and knobs["tau_s"] != "same":
-        knobs["tau_s"] = float(knobs["tau_s"])
-    distill, train = apply(knobs, spec.distill, spec.student.train)
+    values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
+    if row.get("tau_s_same"):
+        values["tau_s"] = knobs.SAME  # written back as the search had it
+    distill, train = with_knobs(spec.distill, spec.student.train, values)
     student = dataclasses.replace(spec.student, model=row["student"], train=train, seed=int(row["seed"]))
     return dataclasses.replace(spec, name=f"{spec.name}-best", data=cell_data, student=student, distill=distill,
                                search=dataclasses.replace(spec.search, datasets=[], students=[]))
 
 
-def export(folder: str | Path, cell: str, out: str | Path, log: Any = print) -> dict[str, Any]:
-    """Write the best config and the retrained student of ``cell`` to ``out``."""
+def check_out(out: Path, folder: Path, force: bool) -> None:
+    """Refuse an ``--out`` that would hide or lose something, before anything is trained."""
+    if out.exists() and not out.is_dir():
+        raise KDSearchError(f"--out {out}: exists and is not a folder")
+    inside = folder.resolve() == out.resolve() or folder.resolve().is_relative_to(out.resolve())
+    if out.exists() and inside:
+        raise KDSearchError(f"--out {out}: holds the search {folder} itself; export somewhere else")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise KDSearchError(f"--out {out}: exists and is not empty; pass --force to replace it")
+
+
+def export(folder: str | Path, cell: str, out: str | Path, log: Any = print, force: bool = False) -> dict[str, Any]:
+    """Write the best config and the retrained student of ``cell`` to ``out``.
+
+    An ``out`` that exists and is not empty is refused unless ``force``; then it is replaced
+    as a whole, in one step, once the new folder is complete.
+    """
     from kdsearch.data.prepare import prepare_data
     from kdsearch.distill.trainer import TrialConfig, train_student
     from kdsearch.teachers import TeacherPool
 
     folder, out = Path(folder), Path(out)
+    check_out(out, folder, force)
     spec, row, best = best_trial(folder, cell)
     exported = export_spec(spec, row)
     metric = spec.search.metric
     log(f"best config of {cell}: {metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['seeds']} seed(s); retraining seed {row['seed']}")
     data = prepare_data(exported.data, exported.workdir)
     pool = TeacherPool(exported.workdir, data, exported.device)
-    record = pool.select(exported.distill.teacher)
-    teacher = pool.outputs(record, features=exported.distill.hidden_term, with_model=exported.distill.live_teacher)
+    d = exported.distill
+    teacher, record = pool.signal(knobs.teacher_key(d.config()), features=d.hidden_term, with_model=d.live_teacher)
     result = train_student(TrialConfig.from_spec(exported), data, teacher, exported.device)
     if result.status != "ok":
         raise KDSearchError(f"retraining the best config diverged: {result.error}")
     metrics = {**result.final, **result.test}
-    with atomic.new_dir(out) as tmp:
+    with atomic.new_dir(out, replace=True) as tmp:
         result.model.save_pretrained(tmp)
         for f in data.tokenizer_dir.iterdir():
             shutil.copy(f, tmp / f.name)
@@ -98,6 +113,9 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 def model_card(spec: Spec, cell: str, teacher: str, row: dict, best: dict, metrics: dict, folder: Path, metric: str) -> str:
     d = spec.distill
     fmt = lambda k: f"{metrics[k]:.4f}" if k in metrics else "n/a"  # noqa: E731
+    config = {**d.config(), **{k.name: getattr(spec.student.train, k.name) for k in knobs.section("train")}}
+    applies = knobs.effective(config)
+    rows = "\n".join(f"| `{k}` | {config[k]} | {KNOBS[k].help} |" for k in KNOBS if k in applies)
     return f"""---
 library_name: transformers
 tags: [knowledge-distillation, kdsearch]
@@ -105,11 +123,15 @@ tags: [knowledge-distillation, kdsearch]
 # {cell}: a distilled student
 
 - **Data:** `{spec.data.dataset}` (max length {spec.data.max_length}, tokenizer {spec.data.tokenizer.kind}), labels in `config.id2label`.
-- **Student:** `{spec.student.model}`, {spec.student.train.epochs} epoch(s), lr {spec.student.train.learning_rate}, batch {spec.student.train.batch_size}, seed {spec.student.seed}.
+- **Student:** `{spec.student.model}`, seed {spec.student.seed}.
 - **Teacher:** `{teacher}` (picked by `{d.teacher}`).
-- **Distillation:** L = (1-α)·CE(y, p_s) + α·{d.loss}(teacher/τt, student/τs) with α = {d.alpha}, τt = {d.tau_t}, τs = {d.tau_s}, τ² scaling {'on' if d.tau2_scaling else 'off'}.
-- **Intermediate layers:** {d.describe_intermediate()}.
-- **Augmentation:** {f"`{d.augment}` on each example with probability {d.augment_p}" if d.augmenting else "none"}.
+- **Objective:** L = (1-α)·CE(y, p_s) + α·D(teacher/τt, student/τs){" + an intermediate term: " + d.describe_intermediate() if d.intermediate else ""}.
+
+The knobs that shaped this student (the others do not apply to this config):
+
+| knob | value | meaning |
+|---|---|---|
+{rows}
 
 | metric | this model | the search (mean ± std over {best['seeds']} seeds) |
 |---|---|---|
@@ -122,4 +144,3 @@ tags: [knowledge-distillation, kdsearch]
 cell's best config by mean validation {metric} over paired seeds, retrained with its best seed.
 Rerun it with `kdsearch distill --config {SPEC_NAME}`.
 """
-

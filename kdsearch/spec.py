@@ -7,18 +7,25 @@ by its dotted path and saying why, so the CLI can print one line and exit non-ze
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from kdsearch import knobs
 from kdsearch.errors import SpecError
+from kdsearch.search.methods import METHODS
+from kdsearch.tasks import COLUMN_ROLES, TASKS
 
-TASKS = ("classification", "pair_classification", "token_classification")
+MAX_LENGTH = 8192  # tokens: beyond any BERT-style encoder kdsearch builds (its position table grows with it)
+MAX_SEED = 2**32
 
 
 @dataclass
@@ -59,14 +66,11 @@ class DataSpec:
     def check(self, where: str) -> None:
         if self.task is not None and self.task not in TASKS:
             raise SpecError(f"{where}.task: unknown task {self.task!r} (known: {', '.join(TASKS)})")
-        if self.max_length <= 0:
-            raise SpecError(f"{where}.max_length: must be > 0, got {self.max_length}")
-        known_cols = {"text", "text_pair", "label", "tokens", "tags"}
+        if not 0 < self.max_length <= MAX_LENGTH:
+            raise SpecError(f"{where}.max_length: must be in 1..{MAX_LENGTH} tokens, got {self.max_length}")
         for k in self.columns:
-            if k not in known_cols:
-                raise SpecError(
-                    f"{where}.columns: unknown role {k!r} (known: {', '.join(sorted(known_cols))})"
-                )
+            if k not in COLUMN_ROLES:
+                raise SpecError(f"{where}.columns: unknown role {k!r} (known: {', '.join(sorted(COLUMN_ROLES))})")
         for name in ("max_train_examples", "max_eval_examples"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -74,30 +78,44 @@ class DataSpec:
         self.tokenizer.check(f"{where}.tokenizer")
 
 
-@dataclass
-class OptimSpec:
-    """How a model is trained: AdamW with linear warmup and decay."""
-
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
+class _OptimChecks:
+    """Checks of :class:`OptimSpec`: its knob fields by the knob table, the others here."""
 
     def check(self, where: str) -> None:
-        if self.epochs <= 0:
-            raise SpecError(f"{where}.epochs: must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise SpecError(f"{where}.max_steps: must be > 0, got {self.max_steps}")
-        if self.batch_size <= 0:
-            raise SpecError(f"{where}.batch_size: must be > 0, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise SpecError(f"{where}.learning_rate: must be > 0, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise SpecError(f"{where}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0:
-            raise SpecError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
+        for knob in knobs.section("train"):
+            setattr(self, knob.name, knob.check(getattr(self, knob.name), f"{where}.{knob.name}"))
+        if self.max_steps is not None and self.max_steps <= 0:  # type: ignore[attr-defined]
+            raise SpecError(f"{where}.max_steps: must be > 0, got {self.max_steps}")  # type: ignore[attr-defined]
+        if not 0 <= self.warmup_ratio < 1:  # type: ignore[attr-defined]
+            raise SpecError(f"{where}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")  # type: ignore[attr-defined]
+
+
+def _knob_fields(section: str) -> list[tuple[str, Any, Any]]:
+    """Dataclass fields of a section's knobs, typed and defaulted by the knob table."""
+    out = []
+    for k in knobs.section(section):  # type: ignore[arg-type]
+        tp: Any = Union[k.kind, str] if k.words else k.kind
+        out.append((k.name, tp, field(default=k.default)))
+    return out
+
+
+def _spec_class(name: str, fields: list[tuple[str, Any, Any]], base: type, doc: str) -> type:
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,), namespace={"__doc__": doc})
+    cls.__module__ = __name__  # so instances pickle (trials get specs through the object store)
+    return cls
+
+
+# epochs, batch_size, learning_rate, weight_decay come from the knob table
+OptimSpec = _spec_class(
+    "OptimSpec",
+    [*_knob_fields("train"), ("max_steps", Optional[int], field(default=None)), ("warmup_ratio", float, field(default=0.1))],
+    _OptimChecks,
+    """How a model is trained: AdamW with linear warmup and decay.
+
+    ``epochs``, ``batch_size``, ``learning_rate`` and ``weight_decay`` are knobs (see
+    :mod:`kdsearch.knobs`); ``max_steps`` caps the steps, ``warmup_ratio`` is the warm-up share.
+    """,
+)
 
 
 @dataclass
@@ -116,91 +134,58 @@ class TeacherSpec:
         _check_model(self.model, f"{where}.model")
         if not self.seeds and not self.register:
             raise SpecError(f"{where}: needs at least one seed to train or one folder to register")
+        _check_seeds(self.seeds, f"{where}.seeds")
         self.train.check(f"{where}.train")
 
 
-@dataclass
-class DistillSpec:
-    """One distillation config: ``L = (1-alpha)*CE(y, p_s) + alpha*D(z_t/tau_t, z_s/tau_s)``.
+class _DistillMethods:
+    """What a distillation config implies, all read off the knob table's predicates."""
 
-    ``tau_s`` may be the string ``same`` (equal to ``tau_t``). ``tau2_scaling`` multiplies D
-    by ``tau_s**2`` (Hinton et al.'s ``tau**2`` when ``tau_s == tau_t``), on by default so
-    that the distillation gradient keeps its size as the temperature grows.
+    tau_s_same: bool
 
-    Distiller's knobs (He et al. 2021) add ``inter_weight * I``, an intermediate term over
-    student layers mapped to teacher layers (``inter_map``: none, skip, last), on their
-    ``inter_features`` (hidden: pooled hidden states compared by ``inter_loss``, mse, cosine
-    or mi_alpha with its ``mi_alpha``; attention: KL between attention maps; both: the
-    sum), and augmentation of the distillation batches (``augment``: none, swap, delete,
-    mask, mixup; each example is augmented with probability ``augment_p``).
-    """
-
-    teacher: str = "t_ll"
-    alpha: float = 0.5
-    loss: str = "ce"
-    tau_t: float = 1.0
-    tau_s: float | str = 1.0
-    tau2_scaling: bool = True
-    inter_map: str = "none"
-    inter_features: str = "hidden"
-    inter_loss: str = "mse"
-    inter_weight: float = 1.0
-    mi_alpha: float = 0.5
-    augment: str = "none"
-    augment_p: float = 0.5
+    def config(self) -> knobs.Config:
+        """The knob values, ``tau_s`` as ``same`` where it follows ``tau_t``."""
+        out = {k.name: getattr(self, k.name) for k in knobs.section("distill")}
+        if self.tau_s_same:
+            out["tau_s"] = knobs.SAME
+        return out
 
     def check(self, where: str) -> None:
-        from kdsearch.distill.augment import AUGMENTATIONS
-        from kdsearch.distill.intermediate import FEATURE_LOSSES, INTER_FEATURES, LAYER_MAPS
-        from kdsearch.distill.losses import LOSSES
-
-        if self.inter_map not in LAYER_MAPS:
-            raise SpecError(f"{where}.inter_map: unknown layer mapping {self.inter_map!r} (known: {', '.join(LAYER_MAPS)})")
-        if self.inter_features not in INTER_FEATURES:
-            raise SpecError(
-                f"{where}.inter_features: unknown features {self.inter_features!r} (known: {', '.join(INTER_FEATURES)})"
-            )
-        if self.inter_loss not in FEATURE_LOSSES:
-            raise SpecError(f"{where}.inter_loss: unknown objective {self.inter_loss!r} (known: {', '.join(FEATURE_LOSSES)})")
-        if not self.inter_weight >= 0:
-            raise SpecError(f"{where}.inter_weight: must be >= 0, got {self.inter_weight}")
-        if not 0.0 <= self.mi_alpha <= 1.0:
-            raise SpecError(f"{where}.mi_alpha: must be in [0, 1], got {self.mi_alpha}")
-        if self.augment not in AUGMENTATIONS:
-            raise SpecError(f"{where}.augment: unknown augmentation {self.augment!r} (known: {', '.join(AUGMENTATIONS)})")
-        if not 0.0 <= self.augment_p <= 1.0:
-            raise SpecError(f"{where}.augment_p: must be in [0, 1], got {self.augment_p}")
-
-        if not 0.0 <= self.alpha <= 1.0:
-            raise SpecError(f"{where}.alpha: must be in [0, 1], got {self.alpha}")
-        if self.loss not in LOSSES:
-            raise SpecError(f"{where}.loss: unknown loss {self.loss!r} (known: {', '.join(LOSSES)})")
-        if not self.tau_t > 0:
-            raise SpecError(f"{where}.tau_t: must be > 0, got {self.tau_t}")
-        if isinstance(self.tau_s, str):
-            if self.tau_s != "same":
-                raise SpecError(f"{where}.tau_s: must be a number > 0 or 'same', got {self.tau_s!r}")
-        elif not self.tau_s > 0:
-            raise SpecError(f"{where}.tau_s: must be > 0, got {self.tau_s}")
+        for knob in knobs.section("distill"):
+            setattr(self, knob.name, knob.check(getattr(self, knob.name), f"{where}.{knob.name}"))
+        # tau_s: same is resolved here, once: a number plus the flag that it follows tau_t
+        if self.tau_s == knobs.SAME:  # type: ignore[attr-defined]
+            self.tau_s_same = True
+        if self.tau_s_same:
+            self.tau_s = float(self.tau_t)  # type: ignore[attr-defined]
 
     @property
     def student_temperature(self) -> float:
-        return float(self.tau_t if self.tau_s == "same" else self.tau_s)
+        return float(self.tau_t if self.tau_s_same or self.tau_s == knobs.SAME else self.tau_s)  # type: ignore[attr-defined]
 
     @property
     def intermediate(self) -> bool:
         """Whether an intermediate-representation term is in the objective."""
-        return self.inter_map != "none" and self.inter_weight > 0
+        return knobs.intermediate(self.config())
 
     @property
     def hidden_term(self) -> bool:
         """Whether pooled hidden states are compared (and the teacher's must be cached)."""
-        return self.intermediate and self.inter_features != "attention"
+        return knobs.hidden_term(self.config())
 
     @property
     def attention_term(self) -> bool:
         """Whether attention maps are compared (the teacher then runs in the trial)."""
-        return self.intermediate and self.inter_features != "hidden"
+        return knobs.attention_term(self.config())
+
+    @property
+    def augmenting(self) -> bool:
+        return knobs.augmenting(self.config())
+
+    @property
+    def live_teacher(self) -> bool:
+        """Whether the teacher must run in the trial, so its model must ship with it."""
+        return knobs.live_teacher(self.config())
 
     def describe_intermediate(self) -> str:
         """The intermediate term in words, e.g. ``1.0 x (mse on hidden states), layers mapped by skip``."""
@@ -208,20 +193,43 @@ class DistillSpec:
             return "not distilled"
         parts = []
         if self.hidden_term:
-            alpha = f" (alpha {self.mi_alpha})" if self.inter_loss == "mi_alpha" else ""
-            parts.append(f"{self.inter_loss}{alpha} on hidden states")
+            alpha = f" (alpha {self.mi_alpha})" if self.inter_loss == "mi_alpha" else ""  # type: ignore[attr-defined]
+            parts.append(f"{self.inter_loss}{alpha} on hidden states")  # type: ignore[attr-defined]
         if self.attention_term:
             parts.append("KL on attention maps")
-        return f"{self.inter_weight} x ({' + '.join(parts)}), layers mapped by {self.inter_map}"
+        return f"{self.inter_weight} x ({' + '.join(parts)}), layers mapped by {self.inter_map}"  # type: ignore[attr-defined]
 
-    @property
-    def augmenting(self) -> bool:
-        return self.augment != "none" and self.augment_p > 0
 
-    @property
-    def live_teacher(self) -> bool:
-        """Whether the teacher must run in the trial, so its model must ship with it."""
-        return self.augmenting or self.attention_term
+DistillSpec = _spec_class(
+    "DistillSpec",
+    [*_knob_fields("distill"), ("tau_s_same", bool, field(default=False))],
+    _DistillMethods,
+    """One distillation config: ``L = (1-alpha)*CE(y, p_s) + alpha*D(z_t/tau_t, z_s/tau_s)``.
+
+    Its fields are the ``distill`` knobs of :mod:`kdsearch.knobs` (what each holds, its
+    default, when it applies). ``tau_s: same`` is read as ``tau_s = tau_t`` with
+    ``tau_s_same`` set, and written back as ``same``. Distiller's knobs (He et al. 2021) add
+    ``inter_weight * I``, an intermediate term over mapped layers, and augmentation of the
+    distillation batches.
+    """,
+)
+
+
+def with_knobs(distill: Any, train: Any, config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``distill`` and ``train`` with ``config``'s knobs set (checked; other keys ignored)."""
+    d_changes: dict[str, Any] = {}
+    t_changes: dict[str, Any] = {}
+    for name, value in config.items():
+        knob = knobs.KNOBS.get(name)
+        if knob is None:
+            continue
+        value = knob.check(value, name)
+        (d_changes if knob.section == "distill" else t_changes)[name] = value
+    if "tau_s" in d_changes:
+        d_changes["tau_s_same"] = d_changes["tau_s"] == knobs.SAME
+    new_d = dataclasses.replace(distill, **d_changes)
+    new_d.check("distill")
+    return new_d, dataclasses.replace(train, **t_changes)
 
 
 @dataclass
@@ -235,6 +243,13 @@ class StudentSpec:
     def check(self, where: str) -> None:
         _check_model(self.model, f"{where}.model")
         self.train.check(f"{where}.train")
+        _check_seeds([self.seed], f"{where}.seed")
+
+
+def _check_seeds(seeds: list[int], where: str) -> None:
+    for s in seeds:
+        if not 0 <= s < MAX_SEED:
+            raise SpecError(f"{where}: a seed must be in 0..{MAX_SEED - 1}, got {s}")
 
 
 def _check_model(name: str, where: str) -> None:
@@ -243,9 +258,6 @@ def _check_model(name: str, where: str) -> None:
     problem = check_model_name(name)
     if problem:
         raise SpecError(f"{where}: {problem}")
-
-
-METHODS = ("greedy", "grid", "optuna", "random")
 
 
 @dataclass
@@ -266,18 +278,31 @@ class RangeSpec:
 
 @dataclass
 class ResourcesSpec:
-    """What one trial asks Ray for; fractions of a GPU let small students share one."""
+    """What one trial asks Ray for; fractions of a GPU let small students share one.
+
+    ``memory`` is in GiB (0: no reservation); a trial must fit on one node.
+    """
 
     cpu: float = 1.0
     gpu: float = 0.0
+    memory: float = 0.0
 
     def check(self, where: str) -> None:
-        if not self.cpu > 0:
-            raise SpecError(f"{where}.cpu: must be > 0, got {self.cpu}")
-        if self.gpu < 0:
+        if not self.cpu >= 0.01 or not math.isfinite(self.cpu):
+            raise SpecError(f"{where}.cpu: must be at least 0.01 (a share of one CPU), got {self.cpu}")
+        if not self.gpu >= 0 or not math.isfinite(self.gpu):
             raise SpecError(f"{where}.gpu: must be >= 0, got {self.gpu}")
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise SpecError(f"{where}.gpu: more than one GPU must be a whole number, got {self.gpu}")
+        if not self.memory >= 0 or not math.isfinite(self.memory):
+            raise SpecError(f"{where}.memory: must be >= 0 GiB, got {self.memory}")
+
+    def ray(self) -> dict[str, float]:
+        """As Ray Tune's ``with_resources`` takes them (memory in bytes)."""
+        out = {"cpu": self.cpu, "gpu": self.gpu}
+        if self.memory:
+            out["memory"] = self.memory * 2**30
+        return out
 
 
 @dataclass
@@ -306,7 +331,7 @@ class SearchSpec:
     random (default: as many as greedy needs), a cap for greedy and grid.
     """
 
-    method: Literal["greedy", "grid", "optuna", "random"] = "greedy"
+    method: str = "greedy"
     datasets: list[DataSpec] = field(default_factory=list)
     students: list[str] = field(default_factory=list)
     space: dict[str, Union[list[Union[float, str, bool]], RangeSpec]] = field(default_factory=dict)
@@ -323,13 +348,14 @@ class SearchSpec:
     search_seed: int = 0
 
     def check(self, where: str) -> None:
-        from kdsearch.search.space import check_space
-
+        method = METHODS.get(self.method)
+        if method is None:
+            raise SpecError(f"{where}.method: must be one of {', '.join(METHODS)}, got {self.method!r}")
         for i, d in enumerate(self.datasets):
             d.check(f"{where}.datasets[{i}]")
         for i, m in enumerate(self.students):
             _check_model(m, f"{where}.students[{i}]")
-        check_space(self.space, f"{where}.space", self.method)
+        check_space(self.space, f"{where}.space", method.name)
         if self.metric != "val_score" and not self.metric.startswith("val_"):
             raise SpecError(f"{where}.metric: must be a validation metric (val_...), got {self.metric!r}")
         if self.budget is not None and self.budget < 1:
@@ -338,17 +364,47 @@ class SearchSpec:
             raise SpecError(f"{where}.seeds: needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise SpecError(f"{where}.seeds: seeds repeat: {self.seeds}")
+        _check_seeds(self.seeds, f"{where}.seeds")
+        _check_seeds([self.search_seed], f"{where}.search_seed")
         self.resources.check(f"{where}.resources")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SpecError(f"{where}.max_concurrent: must be >= 1, got {self.max_concurrent}")
         if self.max_failures < 0:
             raise SpecError(f"{where}.max_failures: must be >= 0, got {self.max_failures}")
         if self.asha is not None:
-            if self.method not in ("optuna", "random"):
-                raise SpecError(f"{where}.asha: early stopping works with optuna or random, not {self.method}")
+            if not method.supports_asha:
+                takes = " or ".join(m.name for m in METHODS.values() if m.supports_asha)
+                raise SpecError(f"{where}.asha: early stopping works with {takes}, not {self.method}")
             self.asha.check(f"{where}.asha")
         if not self.storage:
             raise SpecError(f"{where}.storage: must be a path")
+
+
+def check_space(space: Mapping[str, Any], where: str, method: str) -> None:
+    """Validate a spec's ``search.space`` against the knob table; SpecError names the bad knob."""
+    for name, choices in space.items():
+        at = f"{where}.{name}"
+        knob = knobs.KNOBS.get(name)
+        if knob is None:
+            raise SpecError(f"{at}: unknown knob (known: {', '.join(knobs.KNOBS)})")
+        if isinstance(choices, RangeSpec):
+            if not METHODS[method].takes_ranges:
+                takes = " or ".join(m.name for m in METHODS.values() if m.takes_ranges)
+                raise SpecError(f"{at}: a range works with {takes}; {method} needs a list of choices")
+            if knob.kind not in (float, int):
+                raise SpecError(f"{at}: {name} takes choices, not a range")
+            choices.check(at)
+            knob.check(choices.low, f"{at}.low")
+            knob.check(choices.high, f"{at}.high")
+            continue
+        if not choices:
+            raise SpecError(f"{at}: needs at least one choice")
+        canon = [knob.check(c, f"{at}[{i}]") for i, c in enumerate(choices)]
+        if len(set(map(repr, canon))) != len(canon):
+            raise SpecError(f"{at}: choices repeat: {choices}")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass
@@ -373,6 +429,10 @@ class Spec:
         return self.search.students or [self.student.model]
 
     def check(self) -> None:
+        if not NAME.fullmatch(self.name) or ".." in self.name:
+            raise SpecError(
+                f"name: {self.name!r} names the result folder: letters, digits, '.', '_' or '-' only (no '/' or '..')"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SpecError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         self.data.check("data")
@@ -463,6 +523,33 @@ def from_dict(cls: type, raw: Any, where: str = "spec") -> Any:
     return cls(**kwargs)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the mapping's own construction reports it
+            if key in seen:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML safely loaded, a key twice refused; errors as one line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+
+
 def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Spec:
     """Read, override (``a.b=value`` strings, values parsed as YAML) and validate a spec.
 
@@ -474,20 +561,24 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
     if not p.is_file():
         raise SpecError(f"spec file {str(p)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{p}: cannot be read as text ({e})") from None
+    return spec_from_text(text, p, overrides)
+
+
+def spec_from_text(text: str, path: Path, overrides: list[str] | None = None) -> Spec:
+    """A spec from ``text`` as if read from ``path`` (relative paths resolve against its folder)."""
+    raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SpecError(f"{p}: the spec must be a YAML mapping, got {type(raw).__name__}")
+        raise SpecError(f"{path}: the spec must be a YAML mapping, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
     _merge_datasets(raw)
     spec = from_dict(Spec, raw)
-    resolve_paths(spec, p.parent.resolve(), Path.cwd())
+    resolve_paths(spec, Path(path).parent.resolve(), Path.cwd())
     spec.check()
     return spec
 
@@ -522,13 +613,17 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, _, text = item.partition("=")
     node = raw
     parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(f"override {item!r}: expected dotted.key=value")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise SpecError(f"override {item!r}: {part} is not a mapping")
     try:
-        node[parts[-1]] = yaml.safe_load(text)
-    except yaml.YAMLError:
+        node[parts[-1]] = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, SpecError):
         raise SpecError(f"override {item!r}: value is not valid YAML") from None
 
 
@@ -562,5 +657,8 @@ def resolve_paths(spec: Spec, base: Path, cwd: Path) -> None:
 
 
 def dump_spec(spec: Spec) -> str:
-    """The spec as YAML, every default written out."""
-    return yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False)
+    """The spec as YAML, every default written out (``tau_s: same`` as the user wrote it)."""
+    raw = dataclasses.asdict(spec)
+    if raw["distill"].pop("tau_s_same"):
+        raw["distill"]["tau_s"] = knobs.SAME
+    return yaml.safe_dump(raw, sort_keys=False)

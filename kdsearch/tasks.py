@@ -1,26 +1,43 @@
-"""What differs per task: the model head, which positions count, and the metrics.
+"""The tasks: one table of what differs per task (columns, head, positions that count, metrics).
 
 Every task reduces a model's logits to flat ``[positions, classes]`` rows with one gold
 label each, so losses, teacher caches and fidelity are written once for all tasks.
 Extractive QA fits the same shape later: two rows per example (start and end logits
 over the sequence), selected by a task of its own.
+
+Light on purpose (no torch import): the spec reads the task names from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from kdsearch.data.prepare import IGNORE_INDEX
-from kdsearch.distill import metrics
+IGNORE_INDEX = -100  # label of a position that counts in no loss or metric (sub-words, specials, padding)
 
 
 @dataclass(frozen=True)
 class Task:
+    """One task.
+
+    Args:
+        name: the spec's ``data.task``.
+        primary_metric: what ``val_score`` is.
+        head: the transformers Auto class of the model.
+        columns: column role -> default column name (the roles a dataset must have).
+    """
+
     name: str
     primary_metric: str
-    head: str  # the transformers Auto class
+    head: str
+    columns: dict[str, str]
+
+    @property
+    def per_token(self) -> bool:
+        return self.name == "token_classification"
 
     def select(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The logits and labels of the positions that count, as flat rows."""
@@ -30,7 +47,9 @@ class Task:
         return logits[mask], labels[mask]
 
     def scores(self, pred: torch.Tensor, gold: torch.Tensor, offsets: torch.Tensor, names: list[str]) -> dict[str, float]:
-        if self.name == "token_classification":
+        from kdsearch.distill import metrics
+
+        if self.per_token:
             out = metrics.entity_f1(pred, gold, offsets, names)
             out["token_accuracy"] = metrics.accuracy(pred, gold)
             return out
@@ -38,10 +57,15 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "classification": Task("classification", "accuracy", "AutoModelForSequenceClassification"),
-    "pair_classification": Task("pair_classification", "accuracy", "AutoModelForSequenceClassification"),
-    "token_classification": Task("token_classification", "f1", "AutoModelForTokenClassification"),
+    t.name: t
+    for t in (
+        Task("classification", "accuracy", "AutoModelForSequenceClassification", {"text": "text", "label": "label"}),
+        Task("pair_classification", "accuracy", "AutoModelForSequenceClassification",
+             {"text": "text", "text_pair": "text_pair", "label": "label"}),
+        Task("token_classification", "f1", "AutoModelForTokenClassification", {"tokens": "tokens", "tags": "tags"}),
+    )
 }
+COLUMN_ROLES = tuple(dict.fromkeys(role for t in TASKS.values() for role in t.columns))
 
 
 def get_task(name: str) -> Task:

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import save, save_file
 
-from kdsearch import atomic
+from kdsearch import atomic, cache
 from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.teacher_signal import FEATURES_SUFFIX, CachedTeacher, predict
-from kdsearch.distill.trainer import Trainer, TrialConfig, resolve_device, train_student
+from kdsearch.distill.trainer import Trainer, TrialConfig, logit_scores, resolve_device, train_student
 from kdsearch.errors import KDSearchError, ModelError
+from kdsearch.knobs import ENSEMBLE
 from kdsearch.models import load_model
 from kdsearch.spec import DistillSpec, TeacherSpec
 
@@ -43,9 +45,10 @@ class TeacherRecord:
     path: str
     val_score: float
     val_loss: float
-    source: str  # "trained" or "registered"
+    source: str  # "trained", "registered" (or "ensemble": several checkpoints, never in pool.json)
     seed: int | None = None
     epoch: int | None = None
+    collapsed: bool = False  # its validation predictions are one class, or no better than the majority class
 
 
 def _hash(obj: object) -> str:
@@ -80,9 +83,34 @@ class TeacherPool:
         self.index = pool_index(self.workdir, data.key)
         self.root = self.index.parent
         self.records: list[TeacherRecord] = []
-        if self.index.is_file():
-            self.records = [TeacherRecord(**r) for r in json.loads(self.index.read_text())]
+        self._reload()
         self.forward_passes = 0  # teacher passes over a split, for tests and reports
+
+    def _reload(self) -> None:
+        if not self.index.is_file():
+            return
+        try:
+            self.records = [TeacherRecord(**r) for r in json.loads(self.index.read_text())]
+        except (OSError, ValueError, TypeError) as e:
+            raise KDSearchError(
+                f"{self.index}: the teacher pool's index is damaged ({str(e)[:80]}); delete it to retrain the pool"
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self, log: Callable[[str], None]) -> Iterator[None]:
+        """This pool, for this process alone: two searches of one spec train its teachers once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another kdsearch process to finish with the teacher pool {self.root}")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            self._reload()  # what the other process added
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _save(self) -> None:
         atomic.write_text(self.index, json.dumps([dataclasses.asdict(r) for r in self.records], indent=1))
@@ -104,6 +132,15 @@ class TeacherPool:
         progress: Callable[[str], Callable[[int, int, int], None]] | None = None,
     ) -> list[TeacherRecord]:
         """Train each seed, keeping a checkpoint per epoch; seeds already trained are kept."""
+        with self._locked(log):
+            return self._train(spec, log, progress)
+
+    def _train(
+        self,
+        spec: TeacherSpec,
+        log: Callable[[str], None],
+        progress: Callable[[str], Callable[[int, int, int], None]] | None,
+    ) -> list[TeacherRecord]:
         run_key = _hash([spec.model, dataclasses.asdict(spec.train)])
         new = []
         for seed in spec.seeds:
@@ -123,7 +160,8 @@ class TeacherPool:
                     trainer.model.save_pretrained(tmp)
                     for f in self.data.tokenizer_dir.iterdir():
                         shutil.copy(f, tmp / f.name)
-                rec = TeacherRecord(name, str(folder), metrics["val_score"], metrics["val_loss"], "trained", seed, epoch)
+                rec = TeacherRecord(name, str(folder), metrics["val_score"], metrics["val_loss"], "trained", seed, epoch,
+                                    bool(metrics["val_collapsed"]))
                 self._add(rec)
                 new.append(rec)
                 log(
@@ -143,12 +181,17 @@ class TeacherPool:
         path = Path(folder).expanduser().resolve()
         if not path.is_dir():
             raise ModelError(f"teacher folder {str(folder)!r} does not exist")
+        with self._locked(print):
+            return self._register(path, name)
+
+    def _register(self, path: Path, name: str | None) -> TeacherRecord:
         model = load_model(str(path), self.data.task, self.data.label_names)
         config = TrialConfig(str(path), distill=DistillSpec(alpha=0.0))
         trainer = Trainer(model, self.data, config.train, 0, device=self.device)
         metrics = trainer.evaluate("validation", "val")
         self.forward_passes += 1
-        rec = TeacherRecord(name or f"registered-{path.name}", str(path), metrics["val_score"], metrics["val_loss"], "registered")
+        rec = TeacherRecord(name or f"registered-{path.name}", str(path), metrics["val_score"], metrics["val_loss"], "registered",
+                            collapsed=bool(metrics["val_collapsed"]))
         self._add(rec)
         return rec
 
@@ -160,6 +203,35 @@ class TeacherPool:
             return SELECTORS[strategy](self.records)
         return self.get(strategy)
 
+    def members(self, key: str) -> list[TeacherRecord]:
+        """The checkpoints behind a teacher key (see ``knobs.teacher_key``): ``t_hs``, ``t_ll``
+        or a name give one; ``ensemble:k`` the k lowest-loss checkpoints."""
+        if not key.startswith(f"{ENSEMBLE}:"):
+            return [self.select(key)]
+        k = int(key.partition(":")[2])
+        ranked = sorted(self.records, key=lambda r: (r.val_loss, -r.val_score))
+        if k > len(ranked):
+            raise KDSearchError(
+                f"distill.ensemble_k: {k} checkpoints asked for the ensemble, but the pool for {self.data.source!r} has "
+                f"{len(ranked)} (train more seeds or epochs, or lower ensemble_k)"
+            )
+        return ranked[:k]
+
+    def signal(self, key: str, features: bool = False, with_model: bool = False) -> tuple[CachedTeacher, TeacherRecord]:
+        """What trials read for a teacher key, and its record (an ensemble's: scored on its mean logits)."""
+        members = self.members(key)
+        if len(members) == 1 and not key.startswith(f"{ENSEMBLE}:"):
+            return self.outputs(members[0], features, with_model), members[0]
+        if with_model:
+            raise KDSearchError(
+                "distill.teacher: an ensemble averages cached logits, but augmentation and attention maps need one "
+                "teacher model running in the trial"
+            )
+        name = f"{key} ({' + '.join(r.name for r in members)})"
+        teacher = CachedTeacher.mean([self.outputs(r, features) for r in members], name)
+        val = logit_scores(self.data, "validation", teacher.split_logits("validation"))  # type: ignore[arg-type]
+        return teacher, TeacherRecord(name, "", val["score"], val["loss"], "ensemble", collapsed=val["collapsed"])
+
     def outputs(self, record: TeacherRecord, features: bool = False, with_model: bool = False) -> CachedTeacher:
         """The teacher's logits on every split, computed on first use and cached on disk.
 
@@ -168,13 +240,15 @@ class TeacherPool:
         augmentation and attention maps need: the teacher then runs in the trial.
         """
         folder = self.workdir / "cache" / "teacher_outputs" / f"{self.data.key}-{checkpoint_hash(Path(record.path))}"
-        new = not folder.is_dir()
-        missing_features = features and (new or any(not (folder / f"{s}{FEATURES_SUFFIX}").is_file() for s in self.data.splits))
+        logit_files = [f"{s}.safetensors" for s in self.data.splits]
+        new = not cache.usable(folder, "teacher output", required=logit_files)
+        missing_features = features and (new or any(f"{s}{FEATURES_SUFFIX}" not in cache.listed(folder) for s in self.data.splits))
         model = None
         if new or missing_features or with_model:
             model = load_model(record.path, self.data.task, self.data.label_names).to(self.device)
         if new or missing_features:
-            # a new folder appears whole; features added to an old one are written file by file
+            # a new folder appears whole; features added to an old one are written file by
+            # file, and the manifest, rewritten last, vouches for them once all are there
             with atomic.new_dir(folder) if new else contextlib.nullcontext(folder) as out:
                 for split, enc in self.data.splits.items():
                     logits, feats, _ = predict(model, self.data, enc, device=self.device, features=features)
@@ -183,6 +257,7 @@ class TeacherPool:
                         save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, out / f"{split}.safetensors")
                     if feats is not None:
                         atomic.write_bytes(out / f"{split}{FEATURES_SUFFIX}", save({"features": feats.contiguous()}))
+                cache.seal(out)
         return CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
 
     def table(self) -> list[dict[str, object]]:
@@ -194,6 +269,7 @@ class TeacherPool:
                 "epoch": r.epoch,
                 "val_score": round(r.val_score, 4),
                 "val_loss": round(r.val_loss, 4),
+                "collapsed": r.collapsed,
                 "selected_by": ",".join(s for s, n in picks.items() if n == r.name),
             }
             for r in self.records

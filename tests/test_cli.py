@@ -62,7 +62,7 @@ CASES = {
     "empty split": (lambda t: small(bad_folder(t, "empty split")), ["teachers", "train"], "validation split .* is empty"),
     "unknown loss": (lambda t: small(loss="hinge"), ["distill"], "distill.loss: unknown loss 'hinge'"),
     "unknown preset": (lambda t: small(student="xxl"), ["distill"], "student.model: unknown model .xxl.: not a preset"),
-    "max length 0": (lambda t: small().replace("max_length: 32", "max_length: 0"), ["distill"], "data.max_length: must be > 0"),
+    "max length 0": (lambda t: small().replace("max_length: 32", "max_length: 0"), ["distill"], "data.max_length: must be in 1..8192 tokens, got 0"),
     "missing teacher folder": (lambda t: small(), ["teachers", "register"], "teacher folder .* does not exist"),
     "malformed yaml": (lambda t: "data: [oops", ["distill"], "not valid YAML"),
     "unknown dataset folder": (lambda t: small("./no/such/folder"), ["teachers", "train"], "dataset folder .* does not exist"),

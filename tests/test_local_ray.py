@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from kdsearch.local_ray import SINGLE_MACHINE_ENV
-from kdsearch.search.runner import init_ray
+from kdsearch.ray_runtime import init_ray
 from tests.conftest import is_loopback, listening_sockets
 
 

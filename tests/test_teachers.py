@@ -68,3 +68,45 @@ def test_empty_pool_selection_is_a_clear_error(workdir, rt_data) -> None:
     pool = TeacherPool(workdir / "empty", rt_data, "cpu")
     with pytest.raises(KDSearchError, match="teacher pool .* is empty"):
         pool.select("t_ll")
+
+
+def test_an_ensemble_teacher_is_the_mean_logits_of_the_lowest_loss_checkpoints(rt_data, rt_pool) -> None:
+    import torch
+
+    from kdsearch.knobs import key, teacher_key
+
+    trained = sorted((r for r in rt_pool.records if r.source == "trained"), key=lambda r: r.val_loss)
+    signal, rec = rt_pool.signal(teacher_key({"teacher": "ensemble", "ensemble_k": 2}))
+    assert rec.name == f"ensemble:2 ({trained[0].name} + {trained[1].name})" and rec.source == "ensemble"
+    for split in rt_data.splits:
+        members = [rt_pool.outputs(r).split_logits(split) for r in trained[:2]]
+        assert torch.allclose(signal.split_logits(split), (members[0] + members[1]) / 2)
+    assert 0 < rec.val_score <= 1 and rec.val_loss > 0  # scored on its own mean logits
+    with pytest.raises(KDSearchError, match="distill.ensemble_k: 9 checkpoints asked for the ensemble, but the pool .* has 3"):
+        rt_pool.signal("ensemble:9")
+    with pytest.raises(KDSearchError, match="augmentation and attention maps need one teacher model"):
+        rt_pool.signal("ensemble:2", with_model=True)
+    # ensemble_k changes what trains only when the teacher is the ensemble
+    assert key({"teacher": "ensemble", "ensemble_k": 2}) != key({"teacher": "ensemble", "ensemble_k": 3})
+    assert key({"teacher": "t_ll", "ensemble_k": 2}) == key({"teacher": "t_ll", "ensemble_k": 3})
+
+
+def test_a_search_over_ensembles_records_the_knob(tiny_spec, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from kdsearch.search.runner import run_search
+    from kdsearch.spec import load_spec
+    from tests.conftest import running_ray
+
+    spec = load_spec(tiny_spec(name="ens", seeds="[0]", train=128),
+                     ["search.space={teacher: [t_ll, ensemble], ensemble_k: [2, 3]}", "teachers.train.epochs=3"])
+    with running_ray():
+        folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    kd = trials[trials.stage != "baseline"]
+    assert trials.ensemble_k.dtype == "int64" and (trials.status == "ok").all()
+    # stage 0: t_ll and ensemble (k = 3, the default); stage 1 only if the ensemble won
+    assert set(kd[kd.stage == "0"].teacher) == {"t_ll", "ensemble"}
+    ens = kd[kd.teacher == "ensemble"]
+    assert ens.teacher_name.str.startswith("ensemble:").all() and set(ens.ensemble_k) <= {2, 3}
+    assert kd.config_key.nunique() == len(kd)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdsearch.bench import write_result
-from kdsearch.cli import format_table
+from kdsearch.display import format_table
 from kdsearch.data.batching import make_batch, train_order
 from kdsearch.data.prepare import PreparedData, prepare_data
 from kdsearch.distill.teacher_signal import CachedTeacher, OnlineTeacher, predict

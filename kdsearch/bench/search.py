@@ -19,10 +19,11 @@ from typing import Any
 import pandas as pd
 
 from kdsearch.bench import write_result
-from kdsearch.cli import REPO_SPACES, format_table
+from kdsearch.display import format_table
+from kdsearch.paths import SPACES
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell
-from kdsearch.search.space import BASELINE_STAGE
+from kdsearch.knobs import BASELINE_STAGE
 
 
 def trial_overheads(epochs: pd.DataFrame) -> list[float]:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"student.train.epochs={args.epochs}",
         *args.set,
     ]
-    spec_path = args.spec or str(REPO_SPACES / "quick.yaml")
+    spec_path = args.spec or str(SPACES / "quick.yaml")
     start_local_ray(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     out: dict[str, Any] = {}
     try:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdsearch import atomic
+from kdsearch import atomic, cache
 from kdsearch.data.sources import RawData, label_names, load_raw
 from kdsearch.data.tokenizer import get_tokenizer, tokenizer_key
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
+from kdsearch.tasks import IGNORE_INDEX, TASKS
 
-IGNORE_INDEX = -100
 FORMAT_VERSION = 3
 
 
@@ -127,7 +129,7 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
     backend.enable_truncation(max_length=max_length)
     df = raw.splits[split]
     cols = raw.columns
-    if raw.task == "token_classification":
+    if TASKS[raw.task].per_token:
         words = [[str(w) for w in ws] for ws in df[cols["tokens"]]]
         tags = [list(t) for t in df[cols["tags"]]]
         for i, (w, t) in enumerate(zip(words, tags)):
@@ -171,8 +173,11 @@ def data_key(spec: DataSpec, raw: RawData, names: list[str] | None = None) -> st
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
-def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
-    """Load, tokenize and cache the splits of ``spec``; reuse the cache when it matches."""
+def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None] = print) -> PreparedData:
+    """Load, tokenize and cache the splits of ``spec``; reuse the cache when it is whole.
+
+    ``log`` hears what takes time when the cache is built (training a tokenizer, tokenizing).
+    """
     raw = load_raw(spec)
     cache_root = Path(workdir) / "cache"
     names = label_names(raw)
@@ -180,13 +185,19 @@ def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
         raise DataError(f"train split of {raw.source!r} has {len(names)} label(s); need at least 2")
     key = data_key(spec, raw, names)
     folder = cache_root / "data" / key
-    if (folder / "meta.json").is_file():
-        return PreparedData.load(folder)
-    tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root)
+    if cache.usable(folder, "tokenized data", required=["meta.json"]):
+        data = PreparedData.load(folder)
+        if not cache.usable(data.tokenizer_dir, "tokenizer", required=["tokenizer.json"]):
+            get_tokenizer(spec.tokenizer, raw, cache_root, log)  # teachers and exports copy it
+        return data
+    log(f"preparing {raw.source} (cached under {folder})")
+    tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root, log)
     with atomic.new_dir(folder) as tmp:
         for split in raw.splits:
+            start = time.perf_counter()
             enc = encode_split(raw, split, tokenizer, names, spec.max_length)
             save_file(enc.tensors(), tmp / f"{split}.safetensors")
+            log(f"  tokenized {split}: {len(enc)} examples in {time.perf_counter() - start:.1f} s")
         meta = {
             "key": key,
             "task": raw.task,
@@ -201,4 +212,5 @@ def prepare_data(spec: DataSpec, workdir: str | Path) -> PreparedData:
             "special_ids": sorted(set(tokenizer.all_special_ids)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        cache.seal(tmp)
     return PreparedData.load(folder)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
+from kdsearch.tasks import TASKS
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 SPLITS = ("train", "validation", "test")
@@ -24,11 +25,6 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "wnut16": {"task": "token_classification", "columns": {"tokens": "tokens", "tags": "ner_tags"}},
 }
 
-DEFAULT_COLUMNS = {
-    "classification": {"text": "text", "label": "label"},
-    "pair_classification": {"text": "text", "text_pair": "text_pair", "label": "label"},
-    "token_classification": {"tokens": "tokens", "tags": "tags"},
-}
 
 
 @dataclass
@@ -154,10 +150,9 @@ def load_raw(spec: DataSpec) -> RawData:
 
     builtin = BUILTIN.get(spec.dataset, {})
     task = spec.task or builtin.get("task") or _infer_task(splits["train"], spec.columns)
-    columns = dict(builtin.get("columns") or DEFAULT_COLUMNS[task])
+    columns = dict(builtin.get("columns") or TASKS[task].columns)
     columns.update(spec.columns)
-    roles = ("tokens", "tags") if task == "token_classification" else ("text", "label")
-    roles += ("text_pair",) if task == "pair_classification" else ()
+    roles = tuple(TASKS[task].columns)
     for split, df in splits.items():
         for role in roles:
             col = columns[role]
@@ -168,6 +163,7 @@ def load_raw(spec: DataSpec) -> RawData:
                 )
         if len(df) == 0:
             raise DataError(f"{split} split of {source!r} is empty")
+        _check_values(df, columns, roles, split, source)
         keep = [columns[r] for r in roles]
         splits[split] = df[keep].reset_index(drop=True)
     if spec.max_train_examples:
@@ -182,6 +178,30 @@ def load_raw(spec: DataSpec) -> RawData:
     return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], source)
 
 
+def _rows(mask: pd.Series) -> str:
+    rows = [str(i) for i in mask[mask].index[:5]]
+    return ", ".join(rows) + (", ..." if int(mask.sum()) > 5 else "")
+
+
+def _check_values(df: pd.DataFrame, columns: dict[str, str], roles: tuple[str, ...], split: str, source: str) -> None:
+    """Texts present and not all empty; word and tag columns holding lists."""
+    for role in roles:
+        col = df[columns[role]]
+        if role in ("text", "text_pair"):
+            missing = col.isna()
+            if missing.any():
+                raise DataError(f"{split} split of {source!r} has missing texts in column {columns[role]!r} (rows {_rows(missing)})")
+            if not col.astype(str).str.strip().astype(bool).any():
+                raise DataError(f"{split} split of {source!r}: every text in column {columns[role]!r} is empty")
+        elif role in ("tokens", "tags"):
+            not_list = col.map(lambda v: isinstance(v, str) or not hasattr(v, "__len__"))
+            if not_list.any():
+                raise DataError(
+                    f"{split} split of {source!r}: column {columns[role]!r} must hold lists (rows {_rows(not_list)}); "
+                    "CSV cannot hold lists: use jsonl or parquet"
+                )
+
+
 def _infer_task(train: pd.DataFrame, columns: dict[str, str]) -> str:
     cols = set(train.columns)
     if columns.get("tokens", "tokens") in cols and columns.get("tags", "tags") in cols:
@@ -193,7 +213,7 @@ def _infer_task(train: pd.DataFrame, columns: dict[str, str]) -> str:
 
 def label_names(raw: RawData) -> list[str]:
     """The label set from train: sorted, with ``O`` first for token tags."""
-    if raw.task == "token_classification":
+    if TASKS[raw.task].per_token:
         values = {str(t) for tags in raw.splits["train"][raw.columns["tags"]] for t in tags}
         return sorted(values, key=lambda t: (t != "O", t[2:] if t[:2] in ("B-", "I-") else t, t))
     values = raw.splits["train"][raw.columns["label"]]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from kdsearch import atomic
+from kdsearch import atomic, cache
 from kdsearch.data.sources import RawData
 from kdsearch.errors import DataError
 from kdsearch.spec import TokenizerSpec
+from kdsearch.tasks import TASKS
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -26,15 +29,22 @@ def tokenizer_key(spec: TokenizerSpec, raw: RawData) -> str:
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
+# WordPiece's trainer slows down with the square of a word's length (50,000 letters: 1 s; a
+# million: hours), and encoding turns any word over 100 characters into [UNK] anyway
+MAX_TRAIN_WORD = 1000
+_LONG_WORD = re.compile(rf"\w{{{MAX_TRAIN_WORD + 1},}}")
+
+
 def _train_texts(raw: RawData) -> Iterator[str]:
+    """The train split's texts as the tokenizer trainer sees them: words past ``MAX_TRAIN_WORD`` dropped."""
     df = raw.splits["train"]
-    if raw.task == "token_classification":
-        for tokens in df[raw.columns["tokens"]]:
-            yield " ".join(map(str, tokens))
-        return
-    for col in ("text", "text_pair"):
-        if col in raw.columns and raw.columns[col] in df.columns:
-            yield from (str(t) for t in df[raw.columns[col]])
+    if TASKS[raw.task].per_token:
+        texts: Iterator[str] = (" ".join(map(str, tokens)) for tokens in df[raw.columns["tokens"]])
+    else:
+        texts = (str(t) for col in ("text", "text_pair") if col in raw.columns and raw.columns[col] in df.columns
+                 for t in df[raw.columns[col]])
+    for text in texts:
+        yield _LONG_WORD.sub(" ", text)
 
 
 def train_wordpiece(raw: RawData, vocab_size: int, lowercase: bool) -> PreTrainedTokenizerBase:
@@ -82,16 +92,23 @@ def load_pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def get_tokenizer(spec: TokenizerSpec, raw: RawData, cache_root: Path) -> tuple[PreTrainedTokenizerBase, Path]:
+def get_tokenizer(
+    spec: TokenizerSpec, raw: RawData, cache_root: Path, log: Callable[[str], None] = print
+) -> tuple[PreTrainedTokenizerBase, Path]:
     """The tokenizer for ``raw`` and the folder it is saved in (trained once, then cached)."""
     folder = cache_root / "tokenizers" / tokenizer_key(spec, raw)
-    if (folder / "tokenizer.json").is_file():
+    if cache.usable(folder, "tokenizer", required=["tokenizer.json"]):
         return AutoTokenizer.from_pretrained(folder), folder
+    start = time.perf_counter()
     if spec.kind == "pretrained":
         assert spec.name is not None
+        log(f"  loading tokenizer {spec.name}")
         tok = load_pretrained_tokenizer(spec.name)
     else:
+        log(f"  training a WordPiece tokenizer ({spec.vocab_size} tokens) on {len(raw.splits['train'])} train examples")
         tok = train_wordpiece(raw, spec.vocab_size, spec.lowercase)
     with atomic.new_dir(folder) as tmp:
         tok.save_pretrained(tmp)
+        cache.seal(tmp)
+    log(f"  tokenizer ready in {time.perf_counter() - start:.1f} s")
     return tok, folder

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel
 from kdsearch.data.batching import Batch, eval_order, make_batch
 from kdsearch.data.prepare import EncodedSplit, PreparedData
 from kdsearch.distill.intermediate import pool_hidden
+from kdsearch.errors import KDSearchError
 from kdsearch.tasks import get_task
 
 FEATURES_SUFFIX = ".features.safetensors"
@@ -115,6 +116,19 @@ class CachedTeacher:
             t = load_file(f)
             logits[f.stem], offsets[f.stem] = t["logits"], t["offsets"]
         return cls(logits, offsets, name, feats, model)
+
+    @classmethod
+    def mean(cls, members: list[CachedTeacher], name: str) -> CachedTeacher:
+        """An ensemble: the mean of the members' logits (and pooled features, when all have them)."""
+        first = members[0]
+        logits = {s: torch.stack([m._logits[s] for m in members]).mean(0) for s in first._logits}
+        feats: dict[str, torch.Tensor] = {}
+        if all(m._features for m in members):
+            shapes = {m._features[s].shape for m in members for s in first._features}
+            if len({shape[1:] for shape in shapes}) > 1:
+                raise KDSearchError(f"teacher {name}: its members' hidden states differ in shape, so they do not average")
+            feats = {s: torch.stack([m._features[s] for m in members]).mean(0) for s in first._features}
+        return cls(logits, dict(first._offsets), name, feats)
 
     def logits(self, split: str, batch: Batch) -> torch.Tensor:
         return self._logits[split][positions_index(self._offsets[split], batch.index)]

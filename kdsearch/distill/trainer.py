@@ -23,6 +23,7 @@ from kdsearch.distill.intermediate import FeatureProjector, expose_attention, la
 from kdsearch.distill.losses import kd_objective
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
+from kdsearch.errors import SpecError
 from kdsearch.models import build_model
 from kdsearch.spec import DistillSpec, OptimSpec, Spec
 from kdsearch.tasks import get_task
@@ -62,10 +63,17 @@ class TrialResult:
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, at optimiser step ``step``."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else CPU. ``cuda`` without one is a one-line error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device: cuda asked, but torch {torch.__version__} sees no CUDA device here; use device: auto or cpu")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -93,6 +101,31 @@ def make_optimizer(model: torch.nn.Module, optim: OptimSpec) -> torch.optim.Adam
     # the fused kernel does the whole update in one pass: the embedding's update dominates
     # a tiny student's step, so this is where CPU time goes
     return torch.optim.AdamW(groups, lr=optim.learning_rate, fused=True)
+
+
+def majority_label(data: PreparedData) -> int:
+    """The train split's most frequent label (of the positions that count)."""
+    labels = data.splits["train"].labels
+    return int(labels[labels != IGNORE_INDEX].bincount().argmax())
+
+
+def logit_scores(data: PreparedData, split: str, logits: torch.Tensor) -> dict[str, Any]:
+    """A split's task metrics, loss and collapse flag from flat per-position logits.
+
+    ``collapsed``: the predictions are one class, or no better than always predicting the
+    train split's most frequent label (``majority`` is that score): no finding.
+    """
+    task = get_task(data.task)
+    enc = data.splits[split]
+    gold = enc.labels if enc.labels.dim() == 1 else enc.labels[enc.labels != IGNORE_INDEX]
+    pred = logits.argmax(-1)
+    scores: dict[str, Any] = task.scores(pred, gold, enc.offsets, data.label_names)
+    scores["loss"] = float(F.cross_entropy(logits.float(), gold))
+    scores["score"] = scores[task.primary_metric]
+    constant = torch.full_like(gold, majority_label(data))
+    scores["majority"] = task.scores(constant, gold, enc.offsets, data.label_names)[task.primary_metric]
+    scores["collapsed"] = bool(pred.unique().numel() <= 1 or scores["score"] <= scores["majority"])
+    return scores
 
 
 class Trainer:
@@ -145,7 +178,7 @@ class Trainer:
                 data.pad_token_id,
                 # its own stream, seeded like the batch order: paired across configs
                 torch.Generator().manual_seed(seed + 1_000_003),
-                data.task == "token_classification",
+                self.task.per_token,
             )
         warmup = int(optim.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
@@ -221,7 +254,7 @@ class Trainer:
             batch = make_batch(split, index).to(self.device)
             loss = self._loss("train", batch)
             if steps % check_every == 0 and not bool(torch.isfinite(loss)):
-                raise Diverged(f"loss is {float(loss.detach())} at step {self.step}")
+                raise Diverged(f"loss is {float(loss.detach())} at step {self.step}", self.step)
             loss.backward()
             if self.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -236,19 +269,15 @@ class Trainer:
                 self.progress(self.epoch + 1, steps, n_steps)
         mean_loss = float(loss_sum) / max(1, steps)
         if not math.isfinite(mean_loss):
-            raise Diverged(f"mean training loss is {mean_loss} in epoch {self.epoch + 1}")
+            raise Diverged(f"mean training loss is {mean_loss} in epoch {self.epoch + 1}", self.step)
         self.epoch += 1
         elapsed = time.perf_counter() - start
         return {"epoch": self.epoch, "step": self.step, "train_loss": mean_loss, "train_examples_per_s": examples / elapsed}
 
     def evaluate(self, split: str = "validation", prefix: str | None = None) -> dict[str, float]:
         """Task metric, loss against gold labels and, with a teacher, fidelity."""
-        enc = self.data.splits[split]
-        logits = predict(self.model, self.data, enc, device=self.device).logits
-        gold = enc.labels if enc.labels.dim() == 1 else enc.labels[enc.labels != -100]
-        scores = self.task.scores(logits.argmax(-1), gold, enc.offsets, self.data.label_names)
-        scores["loss"] = float(F.cross_entropy(logits, gold))
-        scores["score"] = scores[self.task.primary_metric]
+        logits = predict(self.model, self.data, self.data.splits[split], device=self.device).logits
+        scores = logit_scores(self.data, split, logits)
         teacher_logits = self.teacher.split_logits(split) if self.teacher is not None else None
         if teacher_logits is not None:
             scores.update(fidelity(logits, teacher_logits))

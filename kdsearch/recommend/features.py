@@ -15,6 +15,7 @@ from kdsearch.data.sources import label_names, load_raw
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
 from kdsearch.teachers import pool_index
+from kdsearch.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class DatasetFeatures:
             math.log(self.labels),
             math.log(max(self.mean_length, 1.0)),
             self.label_entropy,
-            float(self.task == "token_classification"),
+            float(TASKS[self.task].per_token),
         ]
         if with_teacher:
             v.append(self.teacher_score if self.teacher_score is not None else math.nan)
@@ -56,7 +57,7 @@ def describe(spec: DataSpec, workdir: str | Path | None = None) -> DatasetFeatur
     train = raw.splits["train"]
     if len(train) == 0:
         raise DataError(f"train split of {raw.source!r} is empty")
-    if raw.task == "token_classification":
+    if TASKS[raw.task].per_token:
         lengths = train[raw.columns["tokens"]].map(len)
         labels = train[raw.columns["tags"]].explode()
     else:

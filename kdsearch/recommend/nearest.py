@@ -25,9 +25,9 @@ import pandas as pd
 
 from kdsearch.errors import KDSearchError
 from kdsearch.recommend.features import DatasetFeatures, describe
+from kdsearch.knobs import BASELINE_STAGE
 from kdsearch.reports.analysis import config_means
-from kdsearch.search.space import BASELINE_STAGE
-from kdsearch.spec import load_spec
+from kdsearch.results.store import ResultStore
 
 MIN_COVERAGE = 0.5
 # one unit of distance per feature: 10x the train size, labels or length; a quarter of the
@@ -93,10 +93,11 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     features: dict[str, DatasetFeatures] = {}
     modes = set()
     for folder in folders:
-        spec = load_spec(folder / "spec.yaml")
+        store = ResultStore(folder)
+        spec = store.spec()
         modes.add(spec.search.mode)
         # the teachers a search used are in its search.json; the pool may be long gone
-        teachers = json.loads((folder / "search.json").read_text()).get("teachers") or {}
+        teachers = store.meta().get("teachers") or {}
         for dspec in spec.data_specs:
             f = describe(dspec, spec.workdir)
             picked = teachers.get(f.name)

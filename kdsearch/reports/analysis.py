@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results.store import open_store
-from kdsearch.search.space import BASELINE_STAGE, KNOBS
-from kdsearch.spec import DistillSpec, load_spec
+from kdsearch.results.summary import MIN_SEEDS, paired_difference
 
 RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
 
@@ -25,22 +25,38 @@ RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al.
 def load(folders: Sequence[str | Path]) -> pd.DataFrame:
     """The trial rows of several searches, in the order each search finished them.
 
-    A distillation knob newer than a search has no column there: it is filled with the
-    value that search's spec gives it (its default), which is what its trials trained with.
+    A distillation knob that a search's results format knows but its Parquet lacks
+    (kdsearch added knobs before formats were numbered) is filled with the value that
+    search's spec gives it, which is what its trials trained with; a knob newer than the
+    format stays absent. Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
+    searches it is read as the number plus ``tau_s_same``.
     """
     frames = []
     for f in folders:
-        t = open_store(f).trials()
-        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and k not in t.columns]
+        store = open_store(f)
+        t = store.trials()
+        # knobs the search's results format recorded (a newer knob did not exist for it)
+        fmt = store.meta().get("results_format", 1)
+        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and knob.since <= fmt and k not in t.columns]
         if missing and not t.empty:
-            spec_file = Path(f) / "spec.yaml"
-            distill = load_spec(spec_file).distill if spec_file.is_file() else DistillSpec()
+            distill = store.spec().distill
             for k in missing:
                 t[k] = getattr(distill, k)
         t["search_dir"] = str(f)
         t["order"] = np.arange(len(t))
         frames.append(t)
+    if len({str(t["tau_s"].dtype) for t in frames if "tau_s" in t}) > 1:
+        frames = [_tau_s_as_number(t) for t in frames]
     return pd.concat(frames, ignore_index=True)
+
+
+def _tau_s_as_number(t: pd.DataFrame) -> pd.DataFrame:
+    if "tau_s" not in t or t["tau_s"].dtype.kind == "f":
+        return t
+    same = t["tau_s"] == "same"
+    t["tau_s"] = np.where(same, t["tau_t"].astype(float), pd.to_numeric(t["tau_s"], errors="coerce"))
+    t["tau_s_same"] = same
+    return t
 
 
 def _sign(mode: str) -> float:
@@ -171,26 +187,3 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFram
             }
         )
     return pd.DataFrame(rows)
-
-
-MIN_SEEDS = 3  # a bootstrap over fewer paired seeds cannot see the spread
-
-
-def paired_difference(trials: pd.DataFrame, cell: str, key_a: str, key_b: str, metric: str, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over shared seeds, with a 95% bootstrap interval over seeds.
-
-    ``within_noise`` is true when the interval holds 0, and always below ``MIN_SEEDS``
-    paired seeds (two seeds give an interval, not a trustworthy one).
-    """
-    t = trials[(trials["cell"] == cell) & (trials["status"] == "ok")]
-    # the same (config, seed) in several searches (greedy and grid share configs) counts once
-    a = t[t["config_key"] == key_a].groupby("seed")[metric].mean()
-    b = t[t["config_key"] == key_b].groupby("seed")[metric].mean()
-    d = (a - b).dropna().to_numpy(dtype=float)
-    if len(d) == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "within_noise": True}
-    rng = np.random.default_rng(seed)
-    boots = rng.choice(d, size=(n_boot, len(d)), replace=True).mean(axis=1)
-    low, high = np.percentile(boots, [2.5, 97.5])
-    within = bool(low <= 0 <= high) or len(d) < MIN_SEEDS
-    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "seeds": int(len(d)), "within_noise": within}

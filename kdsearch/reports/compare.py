@@ -9,7 +9,7 @@ import pandas as pd
 
 from kdsearch import atomic
 from kdsearch.reports import analysis
-from kdsearch.search.space import BASELINE_STAGE
+from kdsearch.knobs import BASELINE_STAGE
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -88,8 +88,8 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
             log: Callable[[str], None] = print) -> str:
     """Write ``out/report.md`` and its plots; return the report text."""
     out = Path(out)
+    trials = analysis.load(folders)  # damaged input is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    trials = analysis.load(folders)
     curves = analysis.anytime(trials, metric, mode)
     reg = analysis.regret(curves, mode)
     by_method = reg.groupby(["cell", "method"]).agg(

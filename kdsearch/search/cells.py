@@ -17,8 +17,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from kdsearch.search._state import PicklingSearcher
-from kdsearch.search.space import BASELINE_STAGE, key
+from kdsearch.search._state import JsonStateSearcher
+from kdsearch.knobs import BASELINE_STAGE, key
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Group:
         return sum(vals) / len(vals)  # type: ignore[arg-type]
 
 
-class CellSearcher(PicklingSearcher):
+class CellSearcher(JsonStateSearcher):
     """Routes suggestions between per-cell searchers, one trial per (config, seed).
 
     Args:
@@ -151,6 +151,38 @@ class CellSearcher(PicklingSearcher):
         group = self.groups[gid]
         self.live[trial_id] = (gid, seed)
         return {**group.config, "cell": group.cell, "seed": seed}
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "turn": self.turn,
+            "asked": self.asked,
+            "cell_done": self.cell_done,
+            "groups": {
+                gid: {"cell": g.cell, "config": g.config, "inner_ids": g.inner_ids, "seeds": g.seeds,
+                      "scores": [[seed, v] for seed, v in g.scores.items()]}
+                for gid, g in self.groups.items()
+            },
+            "queue": self.queue,
+            "live": self.live,
+            "n_groups": self.n_groups,
+            "n_asks": self.n_asks,
+            "inner": {cell: searcher.get_state() for cell, searcher in self.inner.items()},
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if set(state["inner"]) != set(self.inner):
+            raise ValueError(f"saved cells {sorted(state['inner'])} are not this search's {sorted(self.inner)}")
+        self.turn, self.asked, self.cell_done = state["turn"], state["asked"], state["cell_done"]
+        self.groups = {
+            gid: Group(g["cell"], g["config"], g["inner_ids"], g["seeds"], {int(seed): v for seed, v in g["scores"]})
+            for gid, g in state["groups"].items()
+        }
+        self.by_key = {(g.cell, self._key(g.cell, g.config)): gid for gid, g in self.groups.items()}
+        self.queue = [(gid, int(seed)) for gid, seed in state["queue"]]
+        self.live = {tid: (gid, int(seed)) for tid, (gid, seed) in state["live"].items()}
+        self.n_groups, self.n_asks = state["n_groups"], state["n_asks"]
+        for cell, inner in state["inner"].items():
+            self.inner[cell].set_state(inner)
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric, mode and space were fixed at construction

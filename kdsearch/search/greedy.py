@@ -14,11 +14,13 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from kdsearch.search._state import PicklingSearcher
-from kdsearch.search.space import Config, Space, key
+from kdsearch.search._state import JsonStateSearcher
+from kdsearch.knobs import Config, key
+from kdsearch.search.methods import BuildContext
+from kdsearch.search.space import Space
 
 
-class GreedySearcher(PicklingSearcher):
+class GreedySearcher(JsonStateSearcher):
     """One cell's greedy search over ``space``; a suggestion is a config dict plus ``stage``.
 
     Args:
@@ -110,6 +112,16 @@ class GreedySearcher(PicklingSearcher):
         """The winners so far, defaults elsewhere."""
         return {**self.defaults, **self.fixed}
 
+    # -- state (JSON: see _state.py) --------------------------------------------------
+    _STATE = ("stage", "fixed", "queue", "stage_configs", "pending", "results", "history", "finished")
+
+    def get_state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for name in self._STATE:
+            setattr(self, name, state[name])
+
     # -- the Searcher interface --------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.finished:
@@ -132,3 +144,8 @@ class GreedySearcher(PicklingSearcher):
         self.results[k] = score
         if not self.queue and not self.pending and not self.finished:
             self._open_next_stage()  # the stage is complete: fix its winner now
+
+
+def build(ctx: BuildContext) -> GreedySearcher:
+    """The method table's factory (see :mod:`kdsearch.search.methods`)."""
+    return GreedySearcher(ctx.space, metric="score", mode="max", max_configs=ctx.budget)

@@ -10,50 +10,25 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from kdsearch.data.prepare import PreparedData
-from kdsearch.distill.teacher_signal import CachedTeacher
+from kdsearch import knobs
 from kdsearch.distill.trainer import Diverged, Trainer, resolve_device
 from kdsearch.models import build_model
-from kdsearch.search.space import apply
-from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.search.planning import Payload
+from kdsearch.spec import with_knobs
 
 STATE_FILE = "trainer.pt"
 FINAL_FILE = "final.json"  # the last report, kept when a finished trial's weights are dropped
-
-
-@dataclass
-class CellPlan:
-    """What a cell fixes: its dataset, its student and the spec's defaults for the rest."""
-
-    cell: str
-    dataset: str
-    data_key: str
-    student: str
-    distill: DistillSpec
-    train: OptimSpec
-
-
-@dataclass
-class Payload:
-    """Everything trials read, shipped once through the object store."""
-
-    cells: dict[str, CellPlan]
-    data: dict[str, PreparedData]
-    teachers: dict[str, dict[str, CachedTeacher]]  # data key -> selection -> logits
-    teacher_names: dict[str, dict[str, str]]  # data key -> selection -> checkpoint
-    threads: int = 1
-    device: str = "auto"
 
 
 def trial_point(config: dict[str, Any]) -> dict[str, Any]:
@@ -121,11 +96,12 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
     point = trial_point(config)
     plan = payload.cells[point["cell"]]
     seed = int(point["seed"])
-    distill, train = apply(point, plan.distill, plan.train)
+    distill, train = with_knobs(plan.distill, plan.train, point)
     torch.set_num_threads(max(1, payload.threads))
     data = payload.data[plan.data_key]
     # the baseline (alpha = 0) still gets a teacher: its fidelity is the reference point
-    teacher = payload.teachers[plan.data_key][distill.teacher]
+    teacher_key = knobs.teacher_key(distill.config())
+    teacher = payload.teachers[plan.data_key][teacher_key]
     _inject_fault(point)
     torch.manual_seed(seed)
     model = build_model(plan.student, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length)
@@ -144,7 +120,7 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
     info = {
         "cell": plan.cell,
         "seed": seed,
-        "teacher_name": payload.teacher_names[plan.data_key][distill.teacher],
+        "teacher_name": payload.teacher_names[plan.data_key][teacher_key],
         "node": socket.gethostname(),
         "node_ip": _node_ip(),
         "node_id": _node_id(),
@@ -152,6 +128,7 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
         "resumed": bool(resumed),
         "device": device.type,
         "gpu_ids": _gpu_ids(),
+        "cpus": _assigned("CPU"),
         "trial_start_ts": started,
     }
     try:
@@ -166,7 +143,10 @@ def run_trial(config: dict[str, Any], payload: Payload) -> None:
                 _save(trainer, d, metrics)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     except Diverged as e:
-        tune.report({**info, "epoch": trainer.epoch, "status": "diverged", "error": str(e), "report_ts": time.time()})
+        # the metric must be there (Tune's searchers and schedulers check for it); NaN makes
+        # the searchers count the config as the worst, and no weights are kept
+        tune.report({**info, "epoch": trainer.epoch, "diverged_at_step": e.step, "status": "diverged", "error": str(e),
+                     payload.metric: math.nan, "report_ts": time.time()})
 
 
 def _node_id() -> str:
@@ -176,6 +156,16 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - informative only
         return ""
+
+
+def _assigned(resource: str) -> float | None:
+    """How much of ``resource`` Ray reserved for this trial (None outside a Ray worker)."""
+    try:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0.0))
+    except Exception:  # noqa: BLE001 - informative only
+        return None
 
 
 def _gpu_ids() -> str:

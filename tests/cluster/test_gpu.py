@@ -30,7 +30,7 @@ def test_gpu_fractions_share_one_gpu(tiny_spec) -> None:
     lines: list[str] = []
     with running_ray(num_gpus=1):
         too_much = load_spec(tiny_spec(name="toomuch", seeds="[0]"), ["search.resources.gpu=2"])
-        with pytest.raises(SpecError, match=r"search.resources.gpu: 2 GPU per trial asked, but the cluster has 1"):
+        with pytest.raises(SpecError, match=r"search.resources.gpu: 2 GPU per trial asked, but the cluster's largest node has 1"):
             run_search(too_much, log=lambda *a, **k: None)
         spec = load_spec(tiny_spec(name="halfgpu", seeds="[0]"), HALF_GPU)
         folder = run_search(spec, log=lambda *a, **k: lines.append(" ".join(map(str, a))))

@@ -124,3 +124,26 @@ def test_ner_loss_ignores_masked_positions(ner_data) -> None:
     pos = (batch.labels != -100).nonzero()[0]
     batch.labels[pos[0], pos[1]] = (batch.labels[pos[0], pos[1]] + 1) % ner_data.num_labels
     assert not torch.allclose(trainer._loss("train", batch), base)
+
+
+def test_a_model_that_predicts_one_class_is_flagged_collapsed(rt_data) -> None:
+    from kdsearch.distill.trainer import Trainer, majority_label
+    from kdsearch.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("xs", rt_data.task, rt_data.label_names, rt_data.vocab_size, rt_data.pad_token_id, rt_data.max_length)
+    trainer = Trainer(model, rt_data, FAST, 0, device=torch.device("cpu"))
+    gold = rt_data.splits["validation"].labels
+    majority = float((gold == majority_label(rt_data)).float().mean())
+    with torch.no_grad():  # every prediction the train split's most frequent label
+        model.classifier.bias.copy_(torch.tensor([-50.0, -50.0]))
+        model.classifier.bias[majority_label(rt_data)] = 50.0
+    m = trainer.evaluate("validation", "val")
+    assert m["val_collapsed"] and m["val_score"] == m["val_majority"] == majority
+    with torch.no_grad():  # the other class: below the majority class, still collapsed
+        model.classifier.bias.copy_(torch.tensor([50.0, 50.0]))
+        model.classifier.bias[majority_label(rt_data)] = -50.0
+    m = trainer.evaluate("validation", "val")
+    assert m["val_collapsed"] and m["val_score"] == 1 - majority
+    r = train_student(config(distill=DistillSpec(alpha=0.0), train=dataclasses.replace(FAST, epochs=3, learning_rate=3e-3)), rt_data, None, "cpu")
+    assert not r.final["val_collapsed"] and r.final["val_score"] > r.final["val_majority"]

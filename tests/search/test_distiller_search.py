@@ -85,6 +85,6 @@ def test_greedy_over_distiller_space(local_ray, workdir: Path, tmp_path: Path) -
 def test_teachers_ship_features_and_model_only_when_a_trial_may_need_them(
     workdir: Path, tmp_path: Path, overrides: list[str], needs: tuple[bool, bool]
 ) -> None:
-    from kdsearch.search.runner import teacher_needs
+    from kdsearch.search.planning import teacher_needs
 
     assert teacher_needs(tiny_distiller(workdir, tmp_path, *overrides)) == needs

@@ -38,7 +38,7 @@ CASES = {
     "range with greedy": ("space: {loss: [ce, mse]}", "space: {tau_t: {low: 1, high: 4}}", r"a range works with optuna or random"),
     "unknown loss choice": ("space: {loss: [ce, mse]}", "space: {loss: [ce, hinge]}", r"unknown loss 'hinge'"),
     "negative max failures": ("method: greedy", "method: greedy\n  max_failures: -1", r"search.max_failures: must be >= 0"),
-    "zero cpu": ("method: greedy", "method: greedy\n  resources: {cpu: 0}", r"search.resources.cpu: must be > 0"),
+    "zero cpu": ("method: greedy", "method: greedy\n  resources: {cpu: 0}", r"search.resources.cpu: must be at least 0.01"),
     "tau_s word": ("space: {loss: [ce, mse]}", "space: {tau_s: [1.0, hot]}", r"search.space.tau_s\[1\]: expected a number"),
     "unknown search field": ("method: greedy", "method: greedy\n  trials: 5", r"search.trials: unknown field"),
     "datasets not a list": ("method: greedy", "method: greedy\n  datasets: rotten_tomatoes", r"search.datasets: expected a list"),

@@ -3,8 +3,9 @@
 import pytest
 
 from kdsearch.errors import SpecError
-from kdsearch.search.space import Space, apply, check_space, effective, key
-from kdsearch.spec import DistillSpec, OptimSpec, RangeSpec
+from kdsearch.knobs import effective, key
+from kdsearch.search.space import Space
+from kdsearch.spec import DistillSpec, OptimSpec, RangeSpec, check_space, with_knobs
 
 PAPER = {"teacher": ["t_hs", "t_ll"], "loss": ["ce", "mse"], "alpha": [1.0, 0.5], "tau_t": [1.0, 2.0, 4.0], "tau_s": [1.0, "same"]}
 
@@ -35,8 +36,9 @@ def test_defaults_are_the_spec_values_when_among_the_choices() -> None:
 
 
 def test_apply_sets_distill_and_train_knobs() -> None:
-    d, t = apply({"loss": "mse", "tau_s": "same", "learning_rate": 0.01, "epochs": 2.0, "cell": "x"}, DistillSpec(), OptimSpec())
-    assert d.loss == "mse" and d.tau_s == "same" and t.learning_rate == 0.01 and t.epochs == 2 and isinstance(t.epochs, int)
+    d, t = with_knobs(DistillSpec(tau_t=3.0), OptimSpec(), {"loss": "mse", "tau_s": "same", "learning_rate": 0.01, "epochs": 2.0, "cell": "x"})
+    assert d.loss == "mse" and d.tau_s == 3.0 and d.tau_s_same and d.student_temperature == 3.0
+    assert t.learning_rate == 0.01 and t.epochs == 2 and isinstance(t.epochs, int)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +102,9 @@ def test_distiller_grid_counts_each_behaviour_once() -> None:
 
 
 def test_the_baseline_is_plain_fine_tuning_whatever_the_spec_defaults() -> None:
-    from kdsearch.search.space import BASELINE
+    from kdsearch.knobs import BASELINE
 
-    d, _ = apply(BASELINE, DistillSpec(inter_map="skip", augment="mixup"), OptimSpec())
+    d, _ = with_knobs(DistillSpec(inter_map="skip", augment="mixup"), OptimSpec(), BASELINE)
     assert d.alpha == 0.0 and not d.intermediate and not d.augmenting
 
 

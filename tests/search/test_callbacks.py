@@ -5,7 +5,7 @@ import builtins
 import pytest
 from ray import cloudpickle
 
-from kdsearch.search.recorder import ProgressPrinter
+from kdsearch.search.callbacks import ProgressPrinter
 
 
 def test_progress_printer_pickles_after_print_is_swapped(monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -1,4 +1,4 @@
-"""Tune callbacks that run in the driver: Parquet rows as trials report, and progress.
+"""Tune callbacks that run in the driver: Parquet rows, progress lines, bounded disk use.
 
 Kept free of trial state: a driver restored after a crash rebuilds what it needs from
 the trial list Tune passes in and from the Parquet tables.
@@ -7,7 +7,6 @@ the trial list Tune passes in and from the Parquet tables.
 from __future__ import annotations
 
 import builtins
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,12 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from kdsearch import knobs
+from kdsearch.knobs import KNOBS
 from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
-from kdsearch.search.space import KNOBS, effective, key
-from kdsearch.search.trial import trial_point
+from kdsearch.search.trial import STATE_FILE, trial_point
 
-INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device", "gpu_ids")
+INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device", "gpu_ids", "cpus")
 
 
 def _error_text(trial: Trial) -> str:
@@ -73,8 +73,7 @@ class ResultRecorder(Callback):
     def _config_columns(self, trial: Trial) -> dict[str, Any]:
         point = trial_point(trial.config)
         cell = point["cell"]
-        knobs = {**self.defaults[cell], **{k: v for k, v in point.items() if k in KNOBS}}
-        eff = effective(knobs)
+        values = {**self.defaults[cell], **{k: v for k, v in point.items() if k in KNOBS}}
         row: dict[str, Any] = {
             "search_id": self.search_id,
             "trial_id": trial.trial_id,
@@ -82,10 +81,10 @@ class ResultRecorder(Callback):
             **self.cell_info[cell],
             "method": self.method,
             "stage": point.get("stage"),
-            **{k: (str(v) if k == "tau_s" else v) for k, v in knobs.items()},
-            "tau_s_value": float(eff.get("tau_s", math.nan)),
+            **knobs.resolve(values),  # tau_s a number, with the flag that it followed tau_t
+            "tau_s_same": values.get("tau_s") == knobs.SAME,
             "seed": int(point["seed"]),
-            "config_key": key(knobs),
+            "config_key": knobs.key(values),
         }
         return row
 
@@ -106,6 +105,7 @@ class ResultRecorder(Callback):
         final = {k: v for k, v in last.items() if k.startswith(("val_", "test_"))} if status == "ok" else {}
         row.update(final)
         row["epochs_run"] = last.get("epoch")
+        row["diverged_at_step"] = last.get("diverged_at_step") if status == "diverged" else None
         epochs = self.store.epochs()
         if status == "ok" and not epochs.empty:
             mine = epochs[epochs["trial_id"] == trial.trial_id]
@@ -178,3 +178,21 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._print(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}")
+
+
+class CheckpointJanitor(Callback):
+    """Drops a finished trial's weights, keeping its final report: disk use stays bounded.
+
+    The report stays because a search resumed from a state saved just before the trial
+    finished restores the trial from this checkpoint (it then replays the report). A
+    finished student is retrained from its config and seed when exported: same weights.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        path = Path(trial.path or "")  # the storage copy (local_path is a staging dir)
+        if path.is_dir() and path.resolve().is_relative_to(Path(self.folder).resolve()):
+            for state in path.glob(f"checkpoint_*/{STATE_FILE}"):
+                state.unlink(missing_ok=True)

@@ -1,0 +1,97 @@
+"""The search methods: one table, as Ray Tune's ``create_searcher`` keeps one.
+
+A method either hands each cell's configs out one stage or batch at a time through a
+config-level searcher (``make_inner``), or is a fixed set of grid points (``make_inner`` is
+None: every (cell, config, seed) is one point). The CLI's ``--method`` choices, the spec's
+checks (ranges, ASHA) and the runner read this table; nothing compares method names.
+Searchers are imported when built, so reading the table imports neither Ray nor Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kdsearch.search.space import Space
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a config searcher of one cell is built from."""
+
+    space: Space
+    cell: str
+    study_name: str
+    folder: Path  # the search's result folder (Optuna's journal goes there)
+    search_seed: int
+    budget: int | None  # configs per cell (see Method.budget)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One search method.
+
+    Args:
+        name: the spec's ``search.method``.
+        help: one line for ``--help``.
+        make_inner: ``"module:function"`` of ``BuildContext -> config-level Searcher``; None
+            for grid points. Named, not imported: the spec reads this table, and searchers
+            import Ray and Optuna.
+        takes_ranges: numeric knobs may be ``{low, high}`` ranges (sampling methods).
+        supports_asha: early stopping on epochs makes sense (configs of unequal promise).
+        default_budget: configs per cell when ``search.budget`` is not set (None: until
+            the method itself is done, as greedy's stages and the grid are).
+    """
+
+    name: str
+    help: str
+    make_inner: str | None
+    takes_ranges: bool
+    supports_asha: bool
+    default_budget: Callable[[Space], int | None]
+
+    def budget(self, space: Space, spec_budget: int | None) -> int | None:
+        """Configs per cell: the spec's ``search.budget``, else this method's default."""
+        return spec_budget or self.default_budget(space)
+
+    @property
+    def grid_points(self) -> bool:
+        """Runs as a fixed set of (cell, config, seed) points, with no searcher."""
+        return self.make_inner is None
+
+    def build(self, ctx: BuildContext) -> Any:
+        """The config-level searcher of one cell."""
+        assert self.make_inner is not None, f"{self.name} runs as grid points"
+        module, _, name = self.make_inner.partition(":")
+        return getattr(importlib.import_module(module), name)(ctx)
+
+
+def greedy_size(space: Space) -> int:
+    """Distinct configs the greedy search runs at most: every choice, the default once."""
+    return sum(len(c) for c in space.choices.values()) - max(0, len(space.names) - 1)
+
+
+def _until_done(space: Space) -> None:
+    return None
+
+
+def _as_many_as_greedy(space: Space) -> int:
+    # so greedy and a sampler compare at equal budgets; ranges have no greedy size
+    return 10 if space.ranges else greedy_size(space)
+
+
+_METHODS = (
+    Method("greedy", "Sultan et al.'s greedy approximate grid: one knob per stage, in the space's order",
+           "kdsearch.search.greedy:build", takes_ranges=False, supports_asha=False, default_budget=_until_done),
+    Method("grid", "every combination of the choices, each behaviour once",
+           None, takes_ranges=False, supports_asha=False, default_budget=_until_done),
+    Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
+           "kdsearch.search.study:build_tpe", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy),
+    Method("random", "random sampling, the same budget rule as optuna",
+           "kdsearch.search.study:build_random", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy),
+)
+METHODS: dict[str, Method] = {m.name: m for m in _METHODS}

@@ -1,0 +1,154 @@
+"""What a search prepares before any trial: data, teacher pools, cached teacher outputs, cells.
+
+The driver prepares every dataset and teacher pool once (trials never tokenize or run a
+teacher) and packs what trials read into a :class:`Payload`, shipped once through Ray's
+object store. Nothing here imports Ray: the export reads ``cell_id`` from here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdsearch import knobs
+from kdsearch.data.prepare import PreparedData
+from kdsearch.distill.teacher_signal import CachedTeacher
+from kdsearch.errors import SpecError
+from kdsearch.search.space import Space
+from kdsearch.spec import DataSpec, RangeSpec, Spec
+
+
+def cell_id(data: DataSpec, student: str) -> str:
+    """``dataset/student``, e.g. ``rotten_tomatoes/xs``: a cell is searched on its own."""
+    name = data.dataset.rstrip("/").split("/")[-1]
+    if data.hub_config:
+        name += f"-{data.hub_config}"
+    return f"{name}/{student.rstrip('/').split('/')[-1]}"
+
+
+@dataclass
+class CellPlan:
+    """What a cell fixes: its dataset, its student and the spec's defaults for the rest."""
+
+    cell: str
+    dataset: str
+    data_key: str
+    student: str
+    distill: Any  # DistillSpec
+    train: Any  # OptimSpec
+
+
+@dataclass
+class Payload:
+    """Everything trials read, shipped once through the object store."""
+
+    cells: dict[str, CellPlan]
+    data: dict[str, PreparedData]
+    teachers: dict[str, dict[str, CachedTeacher]]  # data key -> teacher key (knobs.teacher_key) -> logits
+    teacher_names: dict[str, dict[str, str]]  # data key -> teacher key -> checkpoint(s)
+    threads: int = 1
+    device: str = "auto"
+    metric: str = "val_score"  # the searched metric: a diverged trial reports it as NaN
+
+
+@dataclass
+class Plan:
+    """What the driver prepared: the trials' payload and each cell's columns."""
+
+    payload: Payload
+    spaces: dict[str, Space]
+    cell_info: dict[str, dict[str, Any]]
+    defaults: dict[str, dict[str, Any]]
+    teachers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dataset -> selection -> record
+
+
+def _candidates(spec: Spec, base: dict[str, Any], name: str) -> list[Any]:
+    """Values a knob may take in this search: its choices (a range's ends), else the spec's value."""
+    held = spec.search.space.get(name)
+    if held is None:
+        return [base[name]]
+    if isinstance(held, RangeSpec):
+        return [held.low, held.high]
+    return list(held)
+
+
+def teacher_keys(spec: Spec) -> list[str]:
+    """Every teacher signal a trial of this search may read (``knobs.teacher_key``)."""
+    base = Space(spec.search.space, spec.distill, spec.student.train).base
+    combos = itertools.product(_candidates(spec, base, "teacher"), _candidates(spec, base, "ensemble_k"))
+    return list(dict.fromkeys(knobs.teacher_key({"teacher": t, "ensemble_k": k}) for t, k in combos))
+
+
+def teacher_needs(spec: Spec) -> tuple[bool, bool]:
+    """Whether any trial may need the teachers' hidden states, or the teachers themselves.
+
+    Only then are they shipped: features cost N x layers x width floats per split, a
+    model its weights, and most searches need neither. The model goes along for
+    augmentation and for attention maps, for which the teacher runs in the trial.
+    """
+    names = ("alpha", "inter_map", "inter_weight", "inter_features", "augment", "augment_p")
+    base = Space(spec.search.space, spec.distill, spec.student.train).base
+    features = model = False
+    for combo in itertools.product(*(_candidates(spec, base, n) for n in names)):
+        config = {**base, **dict(zip(names, combo))}
+        features |= knobs.hidden_term(config)
+        model |= knobs.live_teacher(config)
+    return features, model
+
+
+def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[str, Any]] | None = None) -> Plan:
+    """Prepare every dataset, train or reuse its teacher pool, cache the teachers' outputs.
+
+    ``prefer`` (dataset -> config) sets the starting point of that dataset's cells.
+    """
+    from kdsearch.data.prepare import prepare_data
+    from kdsearch.progress import StepProgress
+    from kdsearch.teachers import TeacherPool
+
+    cells: dict[str, CellPlan] = {}
+    data_by_key, teachers, names = {}, {}, {}
+    spaces: dict[str, Space] = {}
+    cell_info: dict[str, dict[str, Any]] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    keys = teacher_keys(spec)
+    features, with_model = teacher_needs(spec)
+    picked: dict[str, dict[str, dict[str, Any]]] = {}
+    for dspec in spec.data_specs:
+        data = prepare_data(dspec, spec.workdir, log=log)
+        sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
+        log(f"data {data.source}: {data.task}, {data.num_labels} labels ({sizes})")
+        pool = TeacherPool(spec.workdir, data, spec.device)
+        for folder in spec.teachers.register:
+            pool.register(folder)
+        pool.train(spec.teachers, log=log, progress=StepProgress)
+        data_by_key[data.key] = data
+        teachers[data.key], names[data.key] = {}, {}
+        loaded: dict[str, Any] = {}  # t_hs and t_ll often pick the same checkpoint: ship it once
+        for key in keys:
+            members = pool.members(key)
+            if len(members) == 1 and members[0].name in loaded:
+                signal, rec = loaded[members[0].name]
+            else:
+                signal, rec = pool.signal(key, features=features, with_model=with_model and len(members) == 1)
+                loaded[rec.name] = signal, rec
+            teachers[data.key][key], names[data.key][key] = signal, rec.name
+            log(f"  teacher {key}: {rec.name} (val {rec.val_score:.4f}, loss {rec.val_loss:.4f})")
+            if rec.collapsed:
+                log(f"warning: teacher {key} ({rec.name}) collapsed: its validation predictions are one class, or no "
+                    "better than the majority class, so its soft labels carry nothing; train the pool longer")
+            picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
+                                                       "collapsed": rec.collapsed}
+        for student in spec.student_models:
+            cid = cell_id(dspec, student)
+            if cid in cells:
+                raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
+            cells[cid] = CellPlan(cid, data.source, data.key, student, spec.distill, spec.student.train)
+            spaces[cid] = Space(spec.search.space, spec.distill, spec.student.train, (prefer or {}).get(data.source))
+            cell_info[cid] = {"dataset": data.source, "student": student, "task": data.task}
+            defaults[cid] = {k: v for k, v in spaces[cid].base.items()
+                             if knobs.KNOBS[k].section == "distill" or k in spec.search.space}
+    payload = Payload(cells, data_by_key, teachers, names, threads=max(1, int(spec.search.resources.cpu)),
+                      device=spec.device, metric=spec.search.metric)
+    return Plan(payload, spaces, cell_info, defaults, picked)

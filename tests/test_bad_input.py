@@ -1,0 +1,437 @@
+"""Bad input and faults, driven through the CLI: the rule is the same everywhere.
+
+Every case asserts exit 2 (or a run that heals), exactly one line on stderr that starts
+``kdsearch: error:`` and names the field or file, no traceback, and nothing half-written
+(no result folder, no workdir, an old export left as it was). Spec and CLI cases run
+``main()`` in this process (a traceback would fail the test itself); the search-folder
+cases share one real finished search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = """name: bad
+data: {dataset: DATASET, max_length: 32, max_train_examples: 64, max_eval_examples: 32, tokenizer: {vocab_size: 500}}
+teachers: {model: xs, seeds: [0], train: {epochs: 1, batch_size: 32, learning_rate: 2.0e-3}}
+student: {model: xs, train: {epochs: 1, batch_size: 32, learning_rate: 1.0e-3}}
+distill: {teacher: t_ll, loss: ce, alpha: 0.5, tau_t: 1.0, tau_s: 1.0}
+workdir: WORKDIR
+search:
+  method: greedy
+  space: {loss: [ce, mse]}
+  seeds: [0]
+  storage: STORAGE
+"""
+
+
+def write_spec(tmp_path: Path, text: str = BASE, dataset: str = "rotten_tomatoes", workdir: Path | None = None) -> Path:
+    p = tmp_path / "spec.yaml"
+    wd = workdir or tmp_path / "wd"
+    p.write_text(text.replace("DATASET", dataset).replace("WORKDIR", str(wd)).replace("STORAGE", str(tmp_path / "searches")))
+    return p
+
+
+def one_line_error(code: int, err: str, pattern: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("kdsearch: error: "), lines
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse exits on misuse
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
+# -- spec fields: types, ranges, extreme numbers, unknown and duplicate keys ------------------
+SPEC_CASES: dict[str, tuple[list[str] | tuple[str, str], str]] = {
+    "epochs not a number": (["student.train.epochs=two"], r"student.train.epochs: expected an integer"),
+    "alpha above 1": (["distill.alpha=1.5"], r"distill.alpha: alpha must be in \[0, 1\]"),
+    "infinite learning rate": (["student.train.learning_rate=.inf"], r"student.train.learning_rate: must be finite"),
+    "NaN temperature": (["distill.tau_t=.nan"], r"distill.tau_t: must be finite"),
+    "zero temperature in the space": (["search.space={tau_t: [0.0, 1.0]}"], r"search.space.tau_t\[0\]: tau_t must be > 0"),
+    "huge max length": (["data.max_length=1000000000"], r"data.max_length: must be in 1..8192"),
+    "negative seed": (["search.seeds=[-1, 0]"], r"search.seeds: a seed must be in 0\.\."),
+    "seed too large": (["student.seed=1099511627776"], r"student.seed: a seed must be in 0\.\."),
+    "teacher seed too large": (["teachers.seeds=[18446744073709551616]"], r"teachers.seeds: a seed must be in"),
+    "CPU share too small": (["search.resources.cpu=0.001"], r"search.resources.cpu: must be at least 0.01"),
+    "negative memory": (["search.resources.memory=-1"], r"search.resources.memory: must be >= 0"),
+    "more CPUs than the machine": (["search.resources.cpu=1000"], r"search.resources.cpu: 1000 CPU per trial asked, but this machine has \d"),
+    "more memory than the machine": (["search.resources.memory=100000"], r"search.resources.memory: 100000 GiB of memory per trial asked, but this machine has"),
+    "a GPU on a machine without": (["search.resources.gpu=1"], r"search.resources.gpu: 1 GPU per trial asked, but this machine has no GPU"),
+    "device cuda without CUDA": (["device=cuda"], r"device: cuda asked, but torch .* sees no CUDA device"),
+    "unknown device": (["device=tpu"], r"device: must be auto, cpu or cuda"),
+    "unknown top-level key": (["studnet.model=xs"], r"studnet: unknown field"),
+    "unknown distill key": (["distill.alphaa=0.3"], r"distill.alphaa: unknown field"),
+    "duplicate key": (("alpha: 0.5, tau_t", "alpha: 0.5, alpha: 0.7, tau_t"), r"spec.yaml: line 5: key 'alpha' appears twice"),
+    "duplicate section": (("workdir:", "student: {model: xs}\nworkdir:"), r"spec.yaml: line \d+: key 'student' appears twice"),
+    "name with a slash": (["name=../../elsewhere"], r"name: '../../elsewhere' names the result folder"),
+    "name of dots": (["name=.."], r"name: '..' names the result folder"),
+    "unknown method": (["search.method=bayes"], r"search.method: must be one of greedy, grid, optuna, random"),
+    "range with grid": (["search.method=grid", "search.space={tau_t: {low: 1, high: 4}}"], r"a range works with optuna or random; grid"),
+    "ASHA with grid": (["search.method=grid", "search.asha={grace_period: 1}"], r"search.asha: early stopping works with optuna or random"),
+    "tiny vocabulary": (["data.tokenizer.vocab_size=5"], r"data.tokenizer.vocab_size: must be at least 100"),
+    "zero train examples": (["data.max_train_examples=0"], r"data.max_train_examples: must be > 0"),
+    "unknown column role": (["data.columns={txt: review}"], r"data.columns: unknown role 'txt'"),
+    "override without =": (["distill.alpha"], r"override 'distill.alpha': expected dotted.key=value"),
+    "override into a number": (["data.max_length.x=1"], r"override 'data.max_length.x=1': max_length is not a mapping"),
+    "override of bad YAML": (["search.space={loss: [ce"], r"override 'search.space=\{loss: \[ce': value is not valid YAML"),
+    "spec not a mapping": (("<ALL>", "- a\n- b\n"), r"the spec must be a YAML mapping, got list"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPEC_CASES))
+def test_bad_spec_field(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    change, pattern = SPEC_CASES[case]
+    text = BASE
+    sets: list[str] = []
+    if isinstance(change, tuple):
+        text = change[1] if change[0] == "<ALL>" else BASE.replace(*change)
+    else:
+        sets = [a for item in change for a in ("--set", item)]
+    spec = write_spec(tmp_path, text)
+    code, err = run_main(["run", str(spec), *sets], capsys)
+    one_line_error(code, err, pattern)
+    assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists() and not ray.is_initialized()
+
+
+# -- data files: columns, labels, degenerate texts, encodings, formats ------------------------
+def data_folder(tmp_path: Path, change: str) -> Path:
+    rt = pd.read_parquet(ROOT / "kdsearch/data/builtin/rotten_tomatoes/train.parquet")
+    rt = pd.concat([rt[rt.label == "fresh"].iloc[:30], rt[rt.label == "rotten"].iloc[:30]]).sample(frac=1, random_state=0)
+    frames = {"train": rt.iloc[:40].reset_index(drop=True), "validation": rt.iloc[40:].reset_index(drop=True)}
+    folder = tmp_path / "data"
+    folder.mkdir()
+    ext = "parquet"
+    if change == "missing texts":
+        frames["train"].loc[[3, 7], "text"] = None
+    elif change == "empty texts":
+        frames["train"]["text"] = "   "
+    elif change == "one label":
+        frames["train"]["label"] = "fresh"
+    elif change == "unseen label":
+        frames["validation"].loc[2, "label"] = "meh"
+    elif change == "latin-1 csv":
+        frames["train"].loc[0, "text"] = "caf\u00e9 cr\u00e8me"
+        for name, df in frames.items():
+            (folder / f"{name}.csv").write_bytes(df.to_csv(index=False).encode("latin-1", errors="replace"))
+        return folder
+    elif change == "malformed jsonl":
+        ext = "jsonl"
+        (folder / "train.jsonl").write_text('{"text": "fine", "label": "fresh"}\n{"text": "broken, "label"\n')
+        frames["validation"].to_json(folder / "validation.jsonl", orient="records", lines=True)
+        return folder
+    elif change == "truncated parquet":
+        frames["train"].to_parquet(folder / "train.parquet")
+        data = (folder / "train.parquet").read_bytes()
+        (folder / "train.parquet").write_bytes(data[: len(data) // 2])
+        frames["validation"].to_parquet(folder / "validation.parquet")
+        return folder
+    elif change == "NER tags as CSV text":
+        ner = pd.DataFrame({"tokens": ["['a', 'b']"] * 8, "tags": ["['O', 'O']"] * 4 + ["['B-x', 'O']"] * 4})
+        ner.to_csv(folder / "train.csv", index=False)
+        ner.to_csv(folder / "validation.csv", index=False)
+        return folder
+    for name, df in frames.items():
+        getattr(df, f"to_{ext}")(folder / f"{name}.{ext}")
+    return folder
+
+
+DATA_CASES = {
+    "missing texts": (r"train split of '.*data' has missing texts in column 'text' \(rows 3, 7\)", None),
+    "empty texts": (r"train split of '.*data': every text in column 'text' is empty", None),
+    "one label": (r"train split of '.*data' has 1 label\(s\); need at least 2", None),
+    "unseen label": (r"validation split of '.*data' has label 'meh', not among train's labels", None),
+    "latin-1 csv": (r"cannot read .*train.csv: 'utf-8' codec can't decode", None),
+    "malformed jsonl": (r"cannot read .*train.jsonl", None),
+    "truncated parquet": (r"cannot read .*train.parquet", None),
+    "NER tags as CSV text": (r"column 'tokens' must hold lists \(rows 0, 1, 2, 3, 4, \.\.\.\); CSV cannot hold lists", "token_classification"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pattern, task = DATA_CASES[case]
+    folder = data_folder(tmp_path, case)
+    text = BASE if task is None else BASE.replace("data: {", "data: {task: token_classification, ")
+    spec = write_spec(tmp_path, text, dataset=str(folder))
+    code, err = run_main(["teachers", "train", str(spec)], capsys)
+    one_line_error(code, err, pattern)
+    assert not (tmp_path / "wd" / "teachers").exists()
+
+
+# -- CLI misuse -------------------------------------------------------------------------------
+def test_cli_misuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path)
+    cases = [
+        (["frobnicate"], r"invalid choice: 'frobnicate'"),
+        (["run", str(spec), "--methd", "grid"], r"unrecognized arguments: --methd grid"),
+        (["run", str(spec), "--method", "bayes"], r"argument --method: invalid choice: 'bayes'"),
+        (["distill"], r"distill needs a spec: SPEC or --config SPEC"),
+        (["jobs", "status"], r"jobs status needs a job id"),
+        (["recommend"], r"recommend needs --data DATASET \(or --loo\)"),
+        (["export", str(tmp_path)], r"the following arguments are required: --cell, --out"),
+        (["results", str(spec)], r"no search at '.*spec.yaml': it is a file, not a search folder"),
+        (["compare", str(tmp_path / "nowhere")], r"no search at '.*nowhere': the folder does not exist"),
+        (["run", str(tmp_path / "missing.yaml")], r"spec file '.*missing.yaml' does not exist"),
+        (["run", str(spec), "--resume", str(tmp_path)], r"cannot resume '.*': it is not a kdsearch search folder"),
+        (["run", str(spec), "--resume", "--method", "grid"], r"--method: a resumed search keeps its method"),
+        (["recommend", "--data", "rotten_tomatoes", "--store", str(tmp_path / "none")], r"store '.*none' does not exist"),
+    ]
+    for args, pattern in cases:
+        code, err = run_main(args, capsys)
+        one_line_error(code, err, pattern)
+    assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists()
+
+
+def test_storage_and_workdir_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spec = write_spec(tmp_path)
+    code, err = run_main(["run", str(spec), "--set", f"search.storage={blocker}/searches"], capsys)
+    one_line_error(code, err, r"search.storage: cannot write to .*a-file/searches")
+    code, err = run_main(["run", str(spec), "--set", f"workdir={blocker}/wd"], capsys)
+    one_line_error(code, err, r"workdir: cannot write to .*a-file/wd")
+    if os.geteuid() != 0:  # root writes through permission bits; the file case above covers it there
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        code, err = run_main(["run", str(spec), "--set", f"search.storage={ro}/searches"], capsys)
+        one_line_error(code, err, r"search.storage: cannot write to .*read-only/searches \(Permission denied\)")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_huge_unbroken_word_does_not_stall_the_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import random
+
+    from kdsearch.data.prepare import prepare_data
+    from kdsearch.spec import DataSpec, TokenizerSpec
+
+    rng = random.Random(0)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2_000_000))  # hours for WordPiece's trainer
+    frames = {"train": pd.DataFrame({"text": ["a fine film"] * 20 + [word] + ["a dull film"] * 20, "label": ["a"] * 21 + ["b"] * 20}),
+              "validation": pd.DataFrame({"text": ["fine", "dull"], "label": ["a", "b"]})}
+    (tmp_path / "data").mkdir()
+    for name, df in frames.items():
+        df.to_parquet(tmp_path / "data" / f"{name}.parquet")
+    lines: list[str] = []
+    data = prepare_data(DataSpec(dataset=str(tmp_path / "data"), tokenizer=TokenizerSpec(vocab_size=200)), tmp_path / "wd", log=lines.append)
+    assert data.splits["train"].lengths[20] == 3  # [CLS] [UNK] [SEP]
+    assert any("training a WordPiece tokenizer" in ln for ln in lines) and any("tokenized train" in ln for ln in lines)
+
+
+# -- a finished search, then damage to each kind of file kdsearch writes ----------------------
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished greedy search (2 configs + baseline) and its spec; copied per test."""
+    from tests.conftest import running_ray
+
+    tmp = tmp_path_factory.mktemp("searched")
+    spec = write_spec(tmp)
+    with running_ray():
+        assert main(["run", str(spec)]) == 0
+    (folder,) = (tmp / "searches").glob("bad-*")
+    return folder, spec
+
+
+@pytest.fixture
+def search(searched: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    folder, spec = searched
+    copy = tmp_path / "searches" / folder.name
+    shutil.copytree(folder, copy, symlinks=True)
+    return copy, spec
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("command", ["results", "compare", "export"])
+def test_truncated_trials_table(search, command: str, tmp_path: Path, capsys) -> None:
+    folder, _ = search
+    truncate(folder / "trials.parquet")
+    args = {"results": ["results", str(folder)], "compare": ["compare", str(folder), "--out", str(tmp_path / "report")],
+            "export": ["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(tmp_path / "student")]}[command]
+    code, err = run_main(args, capsys)
+    one_line_error(code, err, r"trials.parquet: not a readable Parquet table .* damaged or truncated: restore it from a copy")
+    assert not (tmp_path / "report" / "report.md").exists() and not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_damaged_stored_spec(search, damage: str, capsys) -> None:
+    folder, spec = search
+    text = (folder / "spec.yaml").read_text()
+    if damage == "truncated":
+        (folder / "spec.yaml").write_text(text[: len(text) // 2])
+        pattern = r"spec.yaml: has lost its last line"
+    else:
+        (folder / "spec.yaml").write_text(text.replace("alpha: 0.5", "alpha: 0.9"))
+        pattern = r"spec.yaml: does not match its checksum \(was it edited\?\)"
+    for args in (["results", str(folder)], ["run", str(spec), "--resume", str(folder)]):
+        code, err = run_main(args, capsys)
+        one_line_error(code, err, pattern)
+
+
+def test_damaged_search_json(search, capsys) -> None:
+    folder, spec = search
+    (folder / "search.json").write_text('{"search_id": "bad-')
+    code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+    one_line_error(code, err, r"search.json: is not valid JSON")
+    code, err = run_main(["recommend", "--data", "rotten_tomatoes", "--store", str(folder)], capsys)
+    one_line_error(code, err, r"search.json: is not valid JSON")
+
+
+def test_damaged_tune_state(search, capsys) -> None:
+    folder, spec = search
+    for state in (folder / "tune").glob("experiment_state-*.json"):
+        truncate(state)
+    code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+    one_line_error(code, err, r"cannot resume .*: Ray Tune's state .*experiment_state-.*json is missing or damaged")
+
+
+def test_planted_pickle_is_never_loaded(search, tmp_path: Path, capsys) -> None:
+    import pickle
+
+    folder, spec = search
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (state,) = sorted((folder / "tune").glob("searcher-state-*.pkl"))[-1:]
+    assert json.loads(state.read_text())["format"].startswith("kdsearch-searcher-state")  # kdsearch writes JSON
+    state.write_bytes(pickle.dumps(Payload()))
+    code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+    one_line_error(code, err, r"searcher-state-.*\.pkl: not kdsearch's JSON searcher state .* kdsearch does not unpickle it")
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_folder_others_can_write(search, capsys) -> None:
+    folder, spec = search
+    tuner = folder / "tune" / "tuner.pkl"
+    tuner.chmod(tuner.stat().st_mode | stat.S_IWOTH)
+    code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+    one_line_error(code, err, r"cannot resume .*: .*tuner.pkl is writable by every user; .* whoever can write there can run code as you")
+    tuner.chmod(tuner.stat().st_mode & ~stat.S_IWOTH)
+    if os.geteuid() == 0:  # only root can give a file away
+        os.chown(folder / "tune", 4242, -1)
+        code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+        one_line_error(code, err, r"cannot resume .*: .*tune is owned by uid 4242, not by you")
+
+
+def test_resume_may_change_resources_and_nothing_else(search, capsys) -> None:
+    folder, spec = search
+    before = (folder / "spec.yaml").read_text()
+    code, err = run_main(["run", str(spec), "--resume", str(folder), "--set", "distill.alpha=1.0"], capsys)
+    one_line_error(code, err, r"--set distill.alpha: --resume continues .* only search.resources.\* may change")
+    code, err = run_main(["run", str(spec), "--resume", str(folder), "--set", "search.resources.cpu=1000"], capsys)
+    one_line_error(code, err, r"search.resources.cpu: 1000 CPU per trial asked, but this machine has")
+    assert (folder / "spec.yaml").read_text() == before  # a refused change is not written
+
+
+def test_export_refuses_a_folder_that_holds_something(search, tmp_path: Path, capsys) -> None:
+    folder, _ = search
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "model.safetensors").write_text("the old model")
+    code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out)], capsys)
+    one_line_error(code, err, r"--out .*student: exists and is not empty; pass --force to replace it")
+    assert (out / "model.safetensors").read_text() == "the old model"
+    code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(folder.parent), "--force"], capsys)
+    one_line_error(code, err, r"--out .*: holds the search .* itself")
+    assert code == 2 and (folder / "trials.parquet").is_file()
+
+
+def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) -> None:
+    folder, _ = search
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older export")
+    (out / "model.safetensors").write_text("the old model")
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    assert f"written: {out}" in capsys.readouterr().out
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").read_bytes() != b"the old model"
+    assert {"config.json", "kdsearch.yaml", "README.md", "metrics.json"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]  # no temporary folder left
+
+
+def test_damaged_exported_spec(search, tmp_path: Path, capsys) -> None:
+    folder, _ = search
+    out = tmp_path / "student"
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (out / "kdsearch.yaml").write_text((out / "kdsearch.yaml").read_text().replace("teacher: t_ll", "teacher: [t_ll"))
+    code, err = run_main(["distill", "--config", str(out / "kdsearch.yaml")], capsys)
+    one_line_error(code, err, r"kdsearch.yaml: not valid YAML at line \d+")
+
+
+# -- caches heal; the pool index and checkpoints are named --------------------------------------
+CACHES = {  # what the warning calls it, its folder under cache/, the file damaged
+    "teacher output": ("teacher_outputs", "train.safetensors"),
+    "tokenized data": ("data", "train.safetensors"),
+    "tokenizer": ("tokenizers", "tokenizer.json"),
+}
+
+
+@pytest.mark.parametrize("which", list(CACHES))
+def test_a_damaged_cache_heals(search, which: str, capsys) -> None:
+    import yaml
+
+    folder, spec = search
+    wd = Path(yaml.safe_load((folder / "spec.yaml").read_text())["workdir"])
+    sub, name = CACHES[which]
+    damaged = sorted((wd / "cache" / sub).glob(f"*/{name}"))
+    assert damaged
+    for f in damaged:
+        truncate(f)
+    capsys.readouterr()
+    assert main(["distill", str(spec), "--json"]) == 0
+    out = capsys.readouterr()
+    warned = [ln for ln in out.err.splitlines() if ln.startswith("kdsearch: warning:")]
+    assert any(ln.startswith(f"kdsearch: warning: {which} cache") and "is damaged" in ln and ln.endswith("rebuilding it")
+               for ln in warned), out.err
+    assert json.loads(out.out[out.out.index("{"):])["status"] == "ok"
+    assert "Traceback" not in out.err
+
+
+def test_damaged_pool_index_and_checkpoint(search, capsys) -> None:
+    import yaml
+
+    folder, spec = search
+    wd = Path(yaml.safe_load((folder / "spec.yaml").read_text())["workdir"])
+    (index,) = (wd / "teachers").glob("*/pool.json")
+    saved = index.read_text()
+    index.write_text(saved[:20])
+    code, err = run_main(["teachers", "list", str(spec)], capsys)
+    one_line_error(code, err, r"pool.json: the teacher pool's index is damaged .* delete it to retrain the pool")
+    index.write_text(saved)
+    checkpoint = Path(json.loads(saved)[-1]["path"]) / "model.safetensors"
+    backup = checkpoint.read_bytes()
+    try:
+        truncate(checkpoint)
+        code, err = run_main(["distill", str(spec), "--set", f"distill.teacher={json.loads(saved)[-1]['name']}"], capsys)
+        one_line_error(code, err, r"cannot load model '.*epoch1'")
+    finally:
+        checkpoint.write_bytes(backup)
