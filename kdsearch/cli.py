@@ -17,9 +17,14 @@ from kdsearch.progress import StepProgress
 from kdsearch.search.methods import METHODS
 
 def _load(args: argparse.Namespace):
+    from kdsearch.errors import SpecError
+    from kdsearch.paths import shipped_spaces
     from kdsearch.spec import load_spec
 
-    return load_spec(spec_path(args.spec), args.set)
+    path = spec_path(args.spec)
+    if not Path(path).is_file():
+        raise SpecError(f"spec file {path!r} does not exist (shipped spaces, by name: {', '.join(shipped_spaces())})")
+    return load_spec(path, args.set)
 
 
 def _prepare(spec):
