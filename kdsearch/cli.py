@@ -241,14 +241,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from kdsearch.bench import kd_loop
+    import importlib
 
-    if args.target == "kd-loop":
-        kd_loop.main(args)
-    else:
-        from kdsearch.bench import search
-
-        search.main(args)
+    defaults = {"kd-loop": {"batch_size": 64, "storage": None}, "search": {"batch_size": 64, "storage": "results/bench/search-runs"},
+                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}}[args.target]
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    importlib.import_module(f"kdsearch.bench.{args.target.replace('-', '_')}").main(args)
     return 0
 
 
@@ -349,17 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     res.set_defaults(func=cmd_results)
 
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop", "search"])
+    b.add_argument("target", choices=["kd-loop", "search", "fused"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
     b.add_argument("--examples", type=int, default=2048, help="train examples (kd-loop: per timed variant)")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--batch-size", type=int, default=None, help="default 64 (kd-loop, search), 32 (fused)")
     b.add_argument("--max-length", type=int, default=64)
     b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml)")
     b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config")
     b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
-    b.add_argument("--storage", default="results/bench/search-runs", help="search: where the two searches go")
+    b.add_argument("--storage", default=None, help="search, fused: where their searches go")
+    b.add_argument("--k", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16, 64], metavar="K,K,...",
+                   help="fused: population sizes")
+    b.add_argument("--steps", type=int, default=40, help="fused: training steps per timed pass")
+    b.add_argument("--single-per-gpu", type=int, default=8, help="fused: single trials sharing one GPU")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="search: a spec override")
     b.set_defaults(func=cmd_bench)
     return p

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import transformers
 from transformers import BertConfig, PreTrainedModel
@@ -65,6 +66,11 @@ def check_model_name(name: str) -> str | None:
     return None
 
 
+def build_for(name: str, data: Any, dropout: float | None = None) -> PreTrainedModel:
+    """:func:`build_model` for a prepared dataset (its task, labels, vocabulary, length)."""
+    return build_model(name, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length, dropout)
+
+
 def build_model(
     name: str,
     task: str,
@@ -72,8 +78,13 @@ def build_model(
     vocab_size: int,
     pad_token_id: int,
     max_length: int,
+    dropout: float | None = None,
 ) -> PreTrainedModel:
-    """A model for ``task``: a preset built from config, or a checkpoint loaded by name."""
+    """A model for ``task``: a preset built from config, or a checkpoint loaded by name.
+
+    ``dropout`` sets the hidden and attention dropout (None: the preset's or checkpoint's).
+    """
+    drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     id2label = dict(enumerate(label_names))
     label2id = {v: k for k, v in id2label.items()}
     cls = _head_class(task)
@@ -89,12 +100,13 @@ def build_model(
             pad_token_id=pad_token_id,
             id2label=id2label,
             label2id=label2id,
+            **drop,
         )
         return cls.from_config(config, attn_implementation="sdpa")
     problem = check_model_name(name)
     if problem:
         raise ModelError(problem)
-    model = load_model(name, task, label_names)
+    model = load_model(name, task, label_names, drop)
     if model.config.vocab_size < vocab_size:
         raise ModelError(
             f"model {name!r} has a vocabulary of {model.config.vocab_size} but the data's tokenizer has "
@@ -103,7 +115,7 @@ def build_model(
     return model
 
 
-def load_model(name: str, task: str, label_names: list[str]) -> PreTrainedModel:
+def load_model(name: str, task: str, label_names: list[str], config_changes: dict[str, Any] | None = None) -> PreTrainedModel:
     """Load a checkpoint; a head trained on other labels is refused, a missing one is added."""
     cls = _head_class(task)
     try:
@@ -126,6 +138,7 @@ def load_model(name: str, task: str, label_names: list[str]) -> PreTrainedModel:
             id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
             attn_implementation="sdpa",
+            **(config_changes or {}),
         )
     except Exception as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None

@@ -26,6 +26,7 @@ from kdsearch.tasks import COLUMN_ROLES, TASKS
 
 MAX_LENGTH = 8192  # tokens: beyond any BERT-style encoder kdsearch builds (its position table grows with it)
 MAX_SEED = 2**32
+MAX_MEMBERS = 1024  # students in one fused population
 
 
 @dataclass
@@ -234,16 +235,24 @@ def with_knobs(distill: Any, train: Any, config: Mapping[str, Any]) -> tuple[Any
 
 @dataclass
 class StudentSpec:
-    """The student model (a size preset, a local folder or a hub name) and its training."""
+    """The student model (a size preset, a local folder or a hub name) and its training.
+
+    ``dropout`` sets its hidden and attention dropout (None: the model's own, 0.1 for the
+    presets); 0 makes a population's members equal their single trials (vmap draws
+    dropout masks its own way).
+    """
 
     model: str = "xs"
     train: OptimSpec = field(default_factory=OptimSpec)
     seed: int = 0
+    dropout: float | None = None
 
     def check(self, where: str) -> None:
         _check_model(self.model, f"{where}.model")
         self.train.check(f"{where}.train")
         _check_seeds([self.seed], f"{where}.seed")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise SpecError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
 
 
 def _check_seeds(seeds: list[int], where: str) -> None:
@@ -328,7 +337,10 @@ class SearchSpec:
     ``data`` section; empty means ``[data]``. ``students`` empty means
     ``[student.model]``. ``space`` maps each knob, in greedy order, to its choices (or,
     for Optuna and random, a range). ``budget`` is configs per cell for Optuna and
-    random (default: as many as greedy needs), a cap for greedy and grid.
+    random (default: as many as greedy needs), a cap for greedy and grid. ``fuse``:
+    ``auto`` trains up to as many (config, seed) points as fit the GPU as one population
+    per trial when trials get a GPU, and one per trial on CPU; ``off``; or a number of
+    members per population.
     """
 
     method: str = "greedy"
@@ -346,6 +358,7 @@ class SearchSpec:
     storage: str = "results/searches"
     asha: AshaSpec | None = None
     search_seed: int = 0
+    fuse: Union[bool, int, str] = "auto"  # YAML reads a bare `off` as false
 
     def check(self, where: str) -> None:
         method = METHODS.get(self.method)
@@ -378,6 +391,12 @@ class SearchSpec:
             self.asha.check(f"{where}.asha")
         if not self.storage:
             raise SpecError(f"{where}.storage: must be a path")
+        if self.fuse is False:
+            self.fuse = "off"
+        if self.fuse is True or isinstance(self.fuse, str) and self.fuse not in ("auto", "off"):
+            raise SpecError(f"{where}.fuse: must be auto, off or a number of members >= 1, got {self.fuse!r}")
+        if isinstance(self.fuse, int) and not 1 <= self.fuse <= MAX_MEMBERS:
+            raise SpecError(f"{where}.fuse: members per population must be in 1..{MAX_MEMBERS}, got {self.fuse}")
 
 
 def check_space(space: Mapping[str, Any], where: str, method: str) -> None:

@@ -17,3 +17,16 @@ def test_kd_loop_writes_ratios(tmp_path: Path) -> None:
     assert result["speedup_vs_naive"] == eps["cached"] / eps["naive_hf_trainer"]
     assert result["speedup_vs_online_teacher"] == eps["cached"] / eps["online_teacher"]
     assert 0 < result["peak_fraction"] < 1.5 and result["peak_gflops"] > 0
+
+
+def test_committed_fused_bench_has_its_keys() -> None:
+    """results/bench/fused.json: what `kdsearch bench fused` measured here, side by side."""
+    result = json.loads((Path(__file__).resolve().parents[1] / "results/bench/fused.json").read_text())
+    assert {"fused_vs_single", "fused_vs_hf_peer", "gpu_util_mean", "device", "auto_fuses_on_cpu"} <= set(result)
+    grid = result["grid"]
+    for way in ("fused", "single", "hf_peer"):
+        assert grid[way]["configs"] == 24 and grid[way]["wall_s"] > 0
+    assert result["fused_vs_single"] == grid["fused"]["configs_per_hour"] / grid["single"]["configs_per_hour"]
+    # auto keeps fusion off on CPU, which is what the CPU figure says
+    assert result["device"] != "cpu" or (not result["auto_fuses_on_cpu"] and result["fused_vs_single"] < 0.9)
+    assert [r["K"] for r in result["member_steps_per_s"]] == [1, 1, 4, 16, 64]

@@ -26,7 +26,7 @@ from kdsearch.data.batching import make_batch, train_order
 from kdsearch.data.prepare import PreparedData, prepare_data
 from kdsearch.distill.teacher_signal import CachedTeacher, OnlineTeacher, predict
 from kdsearch.distill.trainer import Trainer
-from kdsearch.models import build_model, count_parameters
+from kdsearch.models import build_for, count_parameters
 from kdsearch.spec import DataSpec, DistillSpec, OptimSpec
 
 KD = DistillSpec(alpha=0.5, loss="kl", tau_t=2.0, tau_s=2.0)
@@ -50,7 +50,7 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (512, 1024, 2048), repeats: int 
 
 def _student(data: PreparedData, name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(name, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length)
+    return build_for(name, data)
 
 
 def _timed_epoch(trainer: Trainer) -> float:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         optim = OptimSpec(epochs=1, batch_size=args.batch_size, learning_rate=1e-3)
         torch.manual_seed(123)
-        teacher_model = build_model(args.teacher, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length)
+        teacher_model = build_for(args.teacher, data)
         t0 = time.perf_counter()
         cached = CachedTeacher(
             {s: predict(teacher_model, data, e).logits for s, e in data.splits.items()},

@@ -20,41 +20,45 @@ class StudentLogits:
     """Student logits with log-probabilities computed at most once per temperature."""
 
     logits: torch.Tensor
-    _cache: dict[float, torch.Tensor] = field(default_factory=dict)
+    _cache: dict[float | int, torch.Tensor] = field(default_factory=dict)
 
-    def log_probs(self, tau: float = 1.0) -> torch.Tensor:
-        if tau not in self._cache:
-            z = self.logits if tau == 1.0 else self.logits / tau
-            self._cache[tau] = F.log_softmax(z.float(), dim=-1)
-        return self._cache[tau]
+    def log_probs(self, tau: float | torch.Tensor = 1.0) -> torch.Tensor:
+        key = tau if isinstance(tau, float) else id(tau)  # a tensor of temperatures: by identity
+        if key not in self._cache:
+            z = self.logits if isinstance(tau, float) and tau == 1.0 else self.logits / tau
+            self._cache[key] = F.log_softmax(z.float(), dim=-1)
+        return self._cache[key]
 
 
-Distance = Callable[[StudentLogits, torch.Tensor, float, float], torch.Tensor]
+Temperature = float | torch.Tensor  # a population passes one per member, shaped to broadcast
+Distance = Callable[[StudentLogits, torch.Tensor, Temperature, Temperature], torch.Tensor]
 LOSSES: dict[str, Distance] = {}
 
 
 register_loss = registrar(LOSSES, "loss")
-"""``@register_loss(name)`` adds ``D(student, teacher_logits, tau_t, tau_s) -> scalar``."""
+"""``@register_loss(name)`` adds ``D(student, teacher_logits, tau_t, tau_s) -> [positions]``:
+the distance at each position (the last dimension is the classes); callers average it over
+the positions that count, so one single trial and every member of a population share it."""
 
 
 @register_loss("ce")
-def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
-    """-sum_c softmax(z_t/tau_t)_c * log softmax(z_s/tau_s)_c, mean over positions."""
+def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+    """-sum_c softmax(z_t/tau_t)_c * log softmax(z_s/tau_s)_c."""
     p_t = F.softmax(teacher.float() / tau_t, dim=-1)
-    return -(p_t * student.log_probs(tau_s)).sum(-1).mean()
+    return -(p_t * student.log_probs(tau_s)).sum(-1)
 
 
 @register_loss("kl")
-def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
-    """KL(softmax(z_t/tau_t) || softmax(z_s/tau_s)), mean over positions."""
+def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+    """KL(softmax(z_t/tau_t) || softmax(z_s/tau_s))."""
     log_p_t = F.log_softmax(teacher.float() / tau_t, dim=-1)
-    return (log_p_t.exp() * (log_p_t - student.log_probs(tau_s))).sum(-1).mean()
+    return (log_p_t.exp() * (log_p_t - student.log_probs(tau_s))).sum(-1)
 
 
 @register_loss("mse")
-def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: float, tau_s: float) -> torch.Tensor:
-    """Mean over positions and classes of (z_t/tau_t - z_s/tau_s)^2."""
-    return F.mse_loss(student.logits.float() / tau_s, teacher.float() / tau_t)
+def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+    """Mean over classes of (z_t/tau_t - z_s/tau_s)^2."""
+    return ((student.logits.float() / tau_s - teacher.float() / tau_t) ** 2).mean(-1)
 
 
 def kd_objective(
@@ -92,7 +96,7 @@ def kd_objective(
     if alpha > 0.0:
         if teacher_logits is None:
             raise ValueError("alpha > 0 needs teacher logits")
-        d = LOSSES[loss](student, teacher_logits, tau_t, tau_s)
+        d = LOSSES[loss](student, teacher_logits, tau_t, tau_s).mean()
         if tau2_scaling:
             d = d * tau_s**2
         total = total + alpha * d

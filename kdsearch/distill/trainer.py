@@ -24,7 +24,7 @@ from kdsearch.distill.losses import kd_objective
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
 from kdsearch.errors import SpecError
-from kdsearch.models import build_model
+from kdsearch.models import build_for
 from kdsearch.spec import DistillSpec, OptimSpec, Spec
 from kdsearch.tasks import get_task
 
@@ -39,10 +39,11 @@ class TrialConfig:
     train: OptimSpec = field(default_factory=OptimSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
     seed: int = 0
+    dropout: float | None = None
 
     @classmethod
     def from_spec(cls, spec: Spec) -> TrialConfig:
-        return cls(spec.student.model, spec.student.train, spec.distill, spec.student.seed)
+        return cls(spec.student.model, spec.student.train, spec.distill, spec.student.seed, spec.student.dropout)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -340,9 +341,7 @@ def train_student(
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     torch.manual_seed(config.seed)
     if model is None:
-        model = build_model(
-            config.student, data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length
-        )
+        model = build_for(config.student, data, config.dropout)
     trainer = Trainer(model, data, config.train, config.seed, config.distill, teacher, dev, progress=progress)
     epochs: list[dict[str, float]] = []
     try:

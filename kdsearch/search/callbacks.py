@@ -17,7 +17,8 @@ from ray.tune.experiment import Trial
 from kdsearch import knobs
 from kdsearch.knobs import KNOBS
 from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
-from kdsearch.search.trial import STATE_FILE, trial_point
+from kdsearch.search.populations import member_id
+from kdsearch.search.trial import STATE_FILE, trial_points
 
 INFO = ("cell", "seed", "teacher_name", "node", "node_ip", "node_id", "pid", "resumed", "device", "gpu_ids", "cpus")
 
@@ -70,13 +71,16 @@ class ResultRecorder(Callback):
     def store(self) -> ResultStore:
         return ResultStore(self.folder)
 
-    def _config_columns(self, trial: Trial) -> dict[str, Any]:
-        point = trial_point(trial.config)
+    def _config_columns(self, trial: Trial, index: int) -> dict[str, Any]:
+        points = trial_points(trial.config)
+        point = points[index]
         cell = point["cell"]
         values = {**self.defaults[cell], **{k: v for k, v in point.items() if k in KNOBS}}
         row: dict[str, Any] = {
             "search_id": self.search_id,
-            "trial_id": trial.trial_id,
+            "trial_id": member_id(trial.trial_id, index, len(points)),
+            "population": trial.trial_id,
+            "members": len(points),
             "cell": cell,
             **self.cell_info[cell],
             "method": self.method,
@@ -88,16 +92,25 @@ class ResultRecorder(Callback):
         }
         return row
 
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
-        if "epoch" not in result or result.get("status") == "diverged":
-            return
-        row = self._config_columns(trial)
-        row.update({k: v for k, v in result.items() if _is_metric(k) or k in INFO or k in ("epoch", "step", "status", "report_ts")})
-        self.store.append(EPOCHS, [row])
+    @staticmethod
+    def _member_results(trial: Trial, result: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each member's part of a report (a trial of one member reports for itself)."""
+        n = len(trial_points(trial.config))
+        return [result] if n == 1 else list(result.get("members") or [{} for _ in range(n)])
 
-    def _trial_row(self, trial: Trial, status: str, error: str | None) -> dict[str, Any]:
-        row = self._config_columns(trial)
-        last = trial.last_result or {}
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any) -> None:
+        rows = []
+        for index, member in enumerate(self._member_results(trial, result)):
+            # a member frozen in an earlier epoch (diverged, or cut by successive halving) adds no row
+            if "epoch" not in member or member.get("status") == "diverged" or member["epoch"] != result.get("epoch"):
+                continue
+            row = self._config_columns(trial, index)
+            row.update({k: v for k, v in member.items() if _is_metric(k) or k in INFO or k in ("epoch", "step", "status", "report_ts")})
+            rows.append(row)
+        self.store.append(EPOCHS, rows)
+
+    def _trial_row(self, trial: Trial, index: int, last: dict[str, Any], status: str, error: str | None) -> dict[str, Any]:
+        row = self._config_columns(trial, index)
         row.update({k: last.get(k) for k in INFO if k in last})
         row["status"] = status
         row["error"] = error
@@ -108,7 +121,7 @@ class ResultRecorder(Callback):
         row["diverged_at_step"] = last.get("diverged_at_step") if status == "diverged" else None
         epochs = self.store.epochs()
         if status == "ok" and not epochs.empty:
-            mine = epochs[epochs["trial_id"] == trial.trial_id]
+            mine = epochs[epochs["trial_id"] == row["trial_id"]]
             if len(mine) and "val_score" in mine:
                 best = mine.loc[mine["val_score"].astype(float).idxmax()]
                 row.update({f"best_{k}": best[k] for k in mine.columns if k.startswith("val_")})
@@ -118,12 +131,13 @@ class ResultRecorder(Callback):
         return row
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        last = trial.last_result or {}
-        status = last.get("status", "ok")
-        self.store.append(TRIALS, [self._trial_row(trial, status, last.get("error"))])
+        members = self._member_results(trial, trial.last_result or {})
+        self.store.append(TRIALS, [self._trial_row(trial, i, m, m.get("status", "ok"), m.get("error")) for i, m in enumerate(members)])
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.store.append(TRIALS, [self._trial_row(trial, "failed", _error_text(trial))])
+        error = _error_text(trial)
+        members = self._member_results(trial, trial.last_result or {})
+        self.store.append(TRIALS, [self._trial_row(trial, i, m, "failed", error) for i, m in enumerate(members)])
 
 
 def _is_metric(k: str) -> bool:
@@ -151,33 +165,37 @@ class ProgressPrinter(Callback):
         done = st.count(Trial.TERMINATED)
         return f"[{done} done, {st.count(Trial.RUNNING)} running, {st.count(Trial.PENDING)} pending, {st.count(Trial.ERROR)} failed]"
 
-    def _describe(self, trial: Trial) -> str:
-        point = trial_point(trial.config)
+    @staticmethod
+    def _describe(point: dict[str, Any]) -> str:
         knobs = " ".join(f"{k}={v}" for k, v in point.items() if k in KNOBS)
         stage = point.get("stage")
         return f"{point['cell']} seed {point['seed']}" + (f" stage {stage}" if stage is not None else "") + f": {knobs}"
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         last = trial.last_result or {}
-        cell = trial_point(trial.config)["cell"]
-        value = last.get(self.metric)
-        if last.get("status") == "diverged" or value is None:
-            outcome = f"diverged ({last.get('error', 'no metric')})"
-        else:
-            outcome = f"{self.metric} {value:.4f}"
-            prev = self.best.get(cell)
-            better = prev is None or (value > prev[0] if self.mode == "max" else value < prev[0])
-            if better:
-                self.best[cell] = (float(value), self._describe(trial))
-        best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
-        self._print(f"{self._counts(trials)} {self._describe(trial)} -> {outcome} | {best}")
+        points = trial_points(trial.config)
+        results = [last] if len(points) == 1 else list(last.get("members") or [{} for _ in points])
+        where = f" (member {{}} of a population of {len(points)})" if len(points) > 1 else ""
+        for i, (point, result) in enumerate(zip(points, results)):
+            cell = point["cell"]
+            value = result.get(self.metric)
+            if result.get("status") == "diverged" or value is None or value != value:
+                outcome = f"diverged ({result.get('error', 'no metric')})"
+            else:
+                outcome = f"{self.metric} {value:.4f}"
+                prev = self.best.get(cell)
+                if prev is None or (value > prev[0] if self.mode == "max" else value < prev[0]):
+                    self.best[cell] = (float(value), self._describe(point))
+            best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
+            self._print(f"{self._counts(trials)} {self._describe(point)}{where.format(i + 1)} -> {outcome} | {best}")
         if last.get("gpu_ids") and last.get("device") == "cpu" and not self.warned_cpu_fallback:
             self.warned_cpu_fallback = True
             self._print(f"warning: Ray gave trials GPU {last['gpu_ids']} on {last.get('node', 'a node')}, but torch there "
                         "sees no CUDA device, so they ran on CPU (a CPU-only torch build?)")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._print(f"{self._counts(trials)} {self._describe(trial)} -> FAILED: {_error_text(trial)}")
+        for point in trial_points(trial.config):
+            self._print(f"{self._counts(trials)} {self._describe(point)} -> FAILED: {_error_text(trial)}")
 
 
 class CheckpointJanitor(Callback):

@@ -6,7 +6,7 @@ trial per seed, reports the mean over seeds back to the inner searcher once all 
 are in (any failed seed makes the config count as failed, i.e. the worst), adds the
 alpha = 0 baseline of every cell, and interleaves cells so they share the cluster.
 A config suggested again in a cell is not run again: the inner searcher is told the
-known result at once.
+known result at once, or when the running one finishes.
 """
 
 from __future__ import annotations
@@ -131,8 +131,7 @@ class CellSearcher(JsonStateSearcher):
             group.inner_ids.append(inner_id)
             if group.done:
                 self._tell(cell, inner_id, group)  # known: answer now, ask again
-            else:
-                return False  # running: its result goes to both asks
+            # running: its result goes to both asks; ask again (a population takes a batch)
         self.cell_done[cell] = True
         return False
 

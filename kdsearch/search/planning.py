@@ -8,12 +8,13 @@ object store. Nothing here imports Ray: the export reads ``cell_id`` from here.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from kdsearch import knobs
 from kdsearch.data.prepare import PreparedData
+from kdsearch.distill.population import unfusable
 from kdsearch.distill.teacher_signal import CachedTeacher
 from kdsearch.errors import SpecError
 from kdsearch.search.space import Space
@@ -38,6 +39,7 @@ class CellPlan:
     student: str
     distill: Any  # DistillSpec
     train: Any  # OptimSpec
+    dropout: float | None = None  # the student's dropout (None: its own)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class Payload:
     threads: int = 1
     device: str = "auto"
     metric: str = "val_score"  # the searched metric: a diverged trial reports it as NaN
+    mode: str = "max"
+    asha: dict[str, float] | None = None  # successive halving inside a population: grace_period, reduction_factor, max_t
 
 
 @dataclass
@@ -81,6 +85,16 @@ def teacher_keys(spec: Spec) -> list[str]:
     return list(dict.fromkeys(knobs.teacher_key({"teacher": t, "ensemble_k": k}) for t, k in combos))
 
 
+def _may_configs(spec: Spec, names: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Every combination of what ``names`` may take in this search, over the spec's values."""
+    base = Space(spec.search.space, spec.distill, spec.student.train).base
+    for combo in itertools.product(*(_candidates(spec, base, n) for n in names)):
+        yield {**base, **dict(zip(names, combo))}
+
+
+_TERMS = ("alpha", "inter_map", "inter_weight", "inter_features", "augment", "augment_p")
+
+
 def teacher_needs(spec: Spec) -> tuple[bool, bool]:
     """Whether any trial may need the teachers' hidden states, or the teachers themselves.
 
@@ -88,14 +102,16 @@ def teacher_needs(spec: Spec) -> tuple[bool, bool]:
     model its weights, and most searches need neither. The model goes along for
     augmentation and for attention maps, for which the teacher runs in the trial.
     """
-    names = ("alpha", "inter_map", "inter_weight", "inter_features", "augment", "augment_p")
-    base = Space(spec.search.space, spec.distill, spec.student.train).base
     features = model = False
-    for combo in itertools.product(*(_candidates(spec, base, n) for n in names)):
-        config = {**base, **dict(zip(names, combo))}
+    for config in _may_configs(spec, _TERMS):
         features |= knobs.hidden_term(config)
         model |= knobs.live_teacher(config)
     return features, model
+
+
+def unfusable_reasons(spec: Spec) -> list[str]:
+    """Why some of this search's configs will train alone even when others share a population."""
+    return sorted({why for config in _may_configs(spec, _TERMS) if (why := unfusable(config))})
 
 
 def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[str, Any]] | None = None) -> Plan:
@@ -144,11 +160,23 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
             cid = cell_id(dspec, student)
             if cid in cells:
                 raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
-            cells[cid] = CellPlan(cid, data.source, data.key, student, spec.distill, spec.student.train)
+            cells[cid] = CellPlan(cid, data.source, data.key, student, spec.distill, spec.student.train, spec.student.dropout)
             spaces[cid] = Space(spec.search.space, spec.distill, spec.student.train, (prefer or {}).get(data.source))
             cell_info[cid] = {"dataset": data.source, "student": student, "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}
+    asha = spec.search.asha
     payload = Payload(cells, data_by_key, teachers, names, threads=max(1, int(spec.search.resources.cpu)),
-                      device=spec.device, metric=spec.search.metric)
+                      device=spec.device, metric=spec.search.metric, mode=spec.search.mode,
+                      asha=None if asha is None else {"grace_period": asha.grace_period, "reduction_factor": asha.reduction_factor,
+                                                      "max_t": spec.student.train.epochs})
     return Plan(payload, spaces, cell_info, defaults, picked)
+
+
+def sample_student(spec: Spec, p: Plan) -> Any:
+    """One student of the search's first cell, as trials build it (sizes a member's memory)."""
+    from kdsearch.models import build_for
+
+    cell = next(iter(p.payload.cells.values()))
+    data = p.payload.data[cell.data_key]
+    return build_for(cell.student, data, cell.dropout)

@@ -33,7 +33,8 @@ from kdsearch.search._state import read_state
 from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
 from kdsearch.search.cells import CellSearcher
 from kdsearch.search.methods import METHODS, BuildContext
-from kdsearch.search.planning import Plan, plan
+from kdsearch.search.planning import Plan, plan, sample_student, unfusable_reasons
+from kdsearch.search.populations import PopulationSearcher, fusion, populations
 from kdsearch.search.trial import run_trial
 from kdsearch.spec import Spec, dump_spec
 from kdsearch.trust import check_trusted
@@ -172,6 +173,7 @@ def run_search(
         log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_models)} student(s), seeds {s.seeds}")
         log(f"   results: {folder}")
         p = plan(spec, log, prefer)
+        cap = _fusion(spec, p, log)
         if local:
             started_ray = init_ray(None)
         cpus = ray.cluster_resources().get("CPU", 1)
@@ -191,7 +193,7 @@ def run_search(
             except Exception as e:  # noqa: BLE001 - tuner.pkl unreadable: Tune raises many kinds
                 raise KDSearchError(f"cannot resume {folder}: Ray Tune cannot restore its state ({str(e).splitlines()[0][:200]})") from None
         else:
-            tuner = _new_tuner(spec, p, folder, search_id, trainable, concurrent, log)
+            tuner = _new_tuner(spec, p, folder, search_id, trainable, concurrent, cap, log)
         start = time.time()
         tuner.fit()
         log(f"== search finished in {time.time() - start:.0f} s")
@@ -209,7 +211,23 @@ def run_search(
     return folder
 
 
-def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str) -> CellSearcher:
+def _fusion(spec: Spec, p: Plan, log: Callable[..., None]) -> int:
+    """Members per population, said with why and what trains alone."""
+    import torch
+
+    gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    cap, why = fusion(spec, sample_student(spec, p), gpu)
+    if cap == 1:
+        log(f"== populations: off, one student per trial ({why})")
+        return 1
+    log(f"== populations: up to {cap} (config, seed) points per trial as one fused model ({why}); "
+        "members share a cell, its epochs and batch size")
+    for reason in unfusable_reasons(spec):
+        log(f"   some configs train alone: {reason}")
+    return cap
+
+
+def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str, cap: int) -> PopulationSearcher:
     s = spec.search
     method = METHODS[s.method]
     # every cell searches the spec's one space: the budget is the same for all
@@ -218,15 +236,9 @@ def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str) -> CellSearcher
         cid: method.build(BuildContext(space, cid, f"{search_id}/{cid}", folder, s.search_seed, budget))
         for cid, space in p.spaces.items()
     }
-    return CellSearcher(
-        inner,
-        s.seeds,
-        s.metric,
-        s.mode,
-        baseline=BASELINE if s.baseline else None,
-        budget=budget,
-        base={cid: space.base for cid, space in p.spaces.items()},
-    )
+    base = {cid: space.base for cid, space in p.spaces.items()}
+    cells = CellSearcher(inner, s.seeds, s.metric, s.mode, baseline=BASELINE if s.baseline else None, budget=budget, base=base)
+    return PopulationSearcher(cells, cap, base)
 
 
 def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
@@ -241,7 +253,8 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
     return points
 
 
-def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any, concurrent: int, log: Callable[..., None]) -> Any:
+def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any, concurrent: int, cap: int,
+               log: Callable[..., None]) -> Any:
     s = spec.search
     callbacks = [
         ResultRecorder(str(folder), search_id, s.method, p.defaults, p.cell_info),
@@ -258,10 +271,11 @@ def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any
     )
     if METHODS[s.method].grid_points:
         points = grid_points(spec, p)
-        log(f"   full grid: {len(points)} trials")
+        groups = populations(points, {cid: space.base for cid, space in p.spaces.items()}, cap)
+        log(f"   full grid: {len(points)} (config, seed) points in {len(groups)} trials")
         return tune.Tuner(
             trainable,
-            param_space={"point": tune.grid_search(points)},
+            param_space={"members": tune.grid_search(groups)},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True),
             run_config=run_config,
         )
@@ -280,7 +294,7 @@ def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(spec, p, folder, search_id),
+            search_alg=_searcher(spec, p, folder, search_id, cap),
             scheduler=scheduler,
             num_samples=-1,
             max_concurrent_trials=concurrent,

@@ -21,7 +21,7 @@ from tests.conftest import running_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL_COLUMNS = {
-    "search_id", "trial_id", "cell", "dataset", "student", "method", "stage", "teacher", "loss", "alpha", "tau_t",
+    "search_id", "trial_id", "population", "members", "val_collapsed", "tau_s_same", "cpus", "cell", "dataset", "student", "method", "stage", "teacher", "loss", "alpha", "tau_t",
     "tau_s", "seed", "status", "error", "val_score", "val_accuracy", "val_loss", "val_agreement", "val_kl",
     "best_val_score", "test_score", "test_accuracy", "wall_s", "node", "teacher_name", "config_key",
 }
@@ -84,6 +84,43 @@ def test_greedy_search_end_to_end(local_ray, tiny_spec, capsys) -> None:
     trials = pd.read_parquet(folder / "trials.parquet")
     assert out.count("rotten_tomatoes/xs") >= len(trials) + trials.config_key.nunique()  # each trial, each config
     assert ("best rotten_tomatoes/xs:" in out or "rotten_tomatoes/xs: every config collapsed" in out) and "configs (mean val_score over seeds)" in out
+
+
+def test_fused_greedy_picks_the_same_winners(local_ray, tiny_spec) -> None:
+    """Populations change how trials run, not what the search finds (dropout off: members equal singles)."""
+    runs = {}
+    for fuse in ("off", "8"):
+        spec = load_spec(tiny_spec(name=f"fuse{fuse}", epochs=2), [f"search.fuse={fuse}", "student.dropout=0.0"])
+        folder = run_search(spec, log=lambda *a, **k: None)
+        runs[fuse] = pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "epochs.parquet")
+    (alone, alone_epochs), (fused, fused_epochs) = runs["off"], runs["8"]
+    assert TRIAL_COLUMNS | {"population", "members"} <= set(fused.columns)
+    assert (alone.members == 1).all() and (alone.population == alone.trial_id).all()
+    # the baselines and stage 0 (2 teachers) x 2 seeds were ready together: one population of 6;
+    # stages 1 and 2 add one config each: populations of its 2 seeds
+    assert sorted(fused.groupby("population").size()) == [2, 2, 6] and fused.members.max() == 6
+    assert (fused.groupby("population").members.first() == fused.groupby("population").size()).all()
+    assert fused.trial_id.is_unique and len(fused_epochs) == 2 * len(fused)
+    assert not fused_epochs.duplicated(["trial_id", "epoch"]).any()
+    by = lambda t: t.set_index(["config_key", "seed"]).sort_index()  # noqa: E731
+    a, f = by(alone), by(fused)
+    assert list(a.index) == list(f.index)  # the same (config, seed) points, so the same winners
+    assert (a.val_score - f.val_score).abs().max() < 1e-6 and (a.val_loss - f.val_loss).abs().max() < 1e-4
+    assert set(fused.stage) == set(alone.stage) and (fused.status == "ok").all()
+
+
+def test_asha_freezes_members_inside_a_population(local_ray, tiny_spec) -> None:
+    spec = load_spec(tiny_spec(name="halving", method="optuna", seeds="[0]", budget=4, epochs=2),
+                     ["search.fuse=8", "search.asha={grace_period: 1, reduction_factor: 2}"])
+    folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    # baseline + 4 Optuna configs asked together: one population; at the epoch-1 rung the best
+    # ceil(5 / 2) = 3 go on, the other 2 stop there, in the same process
+    assert len(trials) == 5 and trials.population.nunique() == 1 and (trials.status == "ok").all()
+    assert sorted(trials.epochs_run) == [1, 1, 2, 2, 2]
+    rung = pd.read_parquet(folder / "epochs.parquet").query("epoch == 1").set_index("trial_id").val_score
+    stopped, kept = trials[trials.epochs_run == 1].trial_id, trials[trials.epochs_run == 2].trial_id
+    assert rung[stopped].max() <= rung[kept].min()
 
 
 def test_full_grid(local_ray, tiny_spec) -> None:
@@ -197,6 +234,34 @@ def test_resume_after_kill_9(tiny_spec, tmp_path: Path) -> None:
     assert set(before.trial_id) <= set(after.trial_id)
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(epochs) == 2 * 5 and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_mid_population(tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(name="killpop", train=768, epochs=3, seeds="[0, 1]")
+    args = ["--set", "search.fuse=16", "--set", "search.space={loss: [ce, mse]}"]
+    p = kdsearch("run", str(spec), *args, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        found = list((tmp_path / "searches").glob("killpop-*/epochs.parquet"))
+        if found and len(pd.read_parquet(found[0])) >= 6:  # the population's first epoch: 6 member rows
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "the search ended before it could be killed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    (folder,) = (tmp_path / "searches").glob("killpop-*")
+    before = pd.read_parquet(folder / "epochs.parquet")
+    assert not (folder / "trials.parquet").exists() and set(before.epoch) <= {1, 2}
+    r = kdsearch("run", str(spec), "--resume")
+    out, _ = r.communicate(timeout=400)
+    assert r.returncode == 0, out
+    trials, epochs = pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "epochs.parquet")
+    # baseline + ce + mse, 2 seeds: 6 members of one population, then stage 1's mse was already run
+    assert len(trials) == 6 and trials.population.nunique() == 1 and (trials.status == "ok").all()
+    assert len(epochs) == 3 * 6 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    resumed = epochs[epochs.epoch > before.epoch.max()]
+    assert len(resumed) and resumed.resumed.all()  # went on from the checkpoint, not from scratch
 
 
 @pytest.mark.slow
