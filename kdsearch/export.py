@@ -49,8 +49,9 @@ def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
     values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
     if row.get("tau_s_same"):
         values["tau_s"] = knobs.SAME  # written back as the search had it
-    distill, train = with_knobs(spec.distill, spec.student.train, values)
-    student = dataclasses.replace(spec.student, model=row["student"], train=train, seed=int(row["seed"]))
+    cell_student = next((st for st in spec.student_specs if st.model == row["student"]), spec.student)
+    distill, train = with_knobs(spec.distill, cell_student.train, values)
+    student = dataclasses.replace(cell_student, train=train, seed=int(row["seed"]))
     return dataclasses.replace(spec, name=f"{spec.name}-best", data=cell_data, student=student, distill=distill,
                                search=dataclasses.replace(spec.search, datasets=[], students=[]))
 

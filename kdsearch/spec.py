@@ -39,8 +39,12 @@ class TokenizerSpec:
     lowercase: bool = True
 
     def check(self, where: str) -> None:
+        from kdsearch.fetch import FETCHABLE
+
         if self.kind == "pretrained" and not self.name:
             raise SpecError(f"{where}.name: a pretrained tokenizer needs a folder or hub name")
+        if self.kind == "pretrained" and self.name in FETCHABLE:  # not resolved to a folder: not fetched
+            raise SpecError(f"{where}.name: {self.name} is not fetched into this workdir: run `kdsearch models fetch {self.name}`")
         if self.vocab_size < 100:
             raise SpecError(f"{where}.vocab_size: must be at least 100, got {self.vocab_size}")
 
@@ -334,8 +338,10 @@ class SearchSpec:
 
     A cell is one (dataset, student size) pair, searched on its own. ``datasets`` entries
     are a dataset name or a mapping of ``data`` fields that override the top-level
-    ``data`` section; empty means ``[data]``. ``students`` empty means
-    ``[student.model]``. ``space`` maps each knob, in greedy order, to its choices (or,
+    ``data`` section; empty means ``[data]``. ``students`` entries are a model name or a
+    mapping of ``student`` fields (its own ``train``: a pretrained student wants another
+    learning rate than one from scratch) over the top-level ``student``; empty means
+    ``[student]``. ``space`` maps each knob, in greedy order, to its choices (or,
     for Optuna and random, a range). ``budget`` is configs per cell for Optuna and
     random (default: as many as greedy needs), a cap for greedy and grid. ``fuse``:
     ``auto`` trains up to as many (config, seed) points as fit the GPU as one population
@@ -345,7 +351,7 @@ class SearchSpec:
 
     method: str = "greedy"
     datasets: list[DataSpec] = field(default_factory=list)
-    students: list[str] = field(default_factory=list)
+    students: list[StudentSpec] = field(default_factory=list)
     space: dict[str, Union[list[Union[float, str, bool]], RangeSpec]] = field(default_factory=dict)
     baseline: bool = True
     metric: str = "val_score"
@@ -366,8 +372,8 @@ class SearchSpec:
             raise SpecError(f"{where}.method: must be one of {', '.join(METHODS)}, got {self.method!r}")
         for i, d in enumerate(self.datasets):
             d.check(f"{where}.datasets[{i}]")
-        for i, m in enumerate(self.students):
-            _check_model(m, f"{where}.students[{i}]")
+        for i, st in enumerate(self.students):
+            st.check(f"{where}.students[{i}]")
         check_space(self.space, f"{where}.space", method.name)
         if self.metric != "val_score" and not self.metric.startswith("val_"):
             raise SpecError(f"{where}.metric: must be a validation metric (val_...), got {self.metric!r}")
@@ -444,8 +450,9 @@ class Spec:
         return self.search.datasets or [self.data]
 
     @property
-    def student_models(self) -> list[str]:
-        return self.search.students or [self.student.model]
+    def student_specs(self) -> list[StudentSpec]:
+        """Each cell's student: ``search.students`` (each over the ``student`` section), or ``[student]``."""
+        return self.search.students or [self.student]
 
     def check(self) -> None:
         if not NAME.fullmatch(self.name) or ".." in self.name:
@@ -596,6 +603,7 @@ def spec_from_text(text: str, path: Path, overrides: list[str] | None = None) ->
     for item in overrides or []:
         apply_override(raw, item)
     _merge_datasets(raw)
+    _merge_students(raw)
     spec = from_dict(Spec, raw)
     resolve_paths(spec, Path(path).parent.resolve(), Path.cwd())
     spec.check()
@@ -625,6 +633,31 @@ def _merge_datasets(raw: dict[str, Any]) -> None:
     search["datasets"] = merged
 
 
+def _merge_students(raw: dict[str, Any]) -> None:
+    """Each ``search.students`` entry (a model name or a partial ``student`` mapping) over ``student``."""
+    search = raw.get("search")
+    if not isinstance(search, dict) or search.get("students") is None:
+        return
+    items = search["students"]
+    if not isinstance(items, list):
+        raise SpecError(f"search.students: expected a list, got {items!r}")
+    base = raw.get("student") or {}
+    if not isinstance(base, dict):
+        raise SpecError(f"student: expected a mapping, got {base!r}")
+    merged = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"model": item}
+        if not isinstance(item, dict):
+            raise SpecError(f"search.students[{i}]: expected a model name or a mapping, got {item!r}")
+        entry = {**base, **item}
+        train = base.get("train") or {}
+        if isinstance(train, dict) and isinstance(item.get("train"), dict):
+            entry["train"] = {**train, **item["train"]}
+        merged.append(entry)
+    search["students"] = merged
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``dotted.key=value`` override to a raw spec mapping."""
     if "=" not in item:
@@ -650,6 +683,18 @@ def _looks_local(s: str) -> bool:
     return s.startswith((".", "/", "~")) or os.sep in s and Path(s).exists()
 
 
+def _fetched_name(name: str, workdir: str) -> str:
+    """A fetched model's name (``minilm-l6``, maybe cut: ``minilm-l6:first2``) as its folder in ``workdir``."""
+    from kdsearch.fetch import FETCHABLE, fetched
+    from kdsearch.models import split_cut
+
+    base, how, k = split_cut(name)
+    folder = fetched(workdir, base) if base in FETCHABLE else None
+    if folder is None:
+        return name  # not fetched: the check names the command that fetches it
+    return str(folder) + (f":{how}{k}" if how else "")
+
+
 def resolve_paths(spec: Spec, base: Path, cwd: Path) -> None:
     """Make local paths absolute: data and models against ``base``, workdir against ``cwd``."""
 
@@ -658,17 +703,21 @@ def resolve_paths(spec: Spec, base: Path, cwd: Path) -> None:
         return str(q if q.is_absolute() else (against / q).resolve())
 
     spec.workdir = fix(os.environ.get("KDSEARCH_WORKDIR", spec.workdir), cwd)
+
+    def model(name: str) -> str:
+        return fix(name) if _looks_local(name) else _fetched_name(name, spec.workdir)
+
     for data in [spec.data, *spec.search.datasets]:
         if _looks_local(data.dataset):
             data.dataset = fix(data.dataset)
         if data.files:
             data.files = {k: fix(v) for k, v in data.files.items()}
-        if data.tokenizer.name and _looks_local(data.tokenizer.name):
-            data.tokenizer.name = fix(data.tokenizer.name)
+        if data.tokenizer.name:
+            data.tokenizer.name = model(data.tokenizer.name)
     for m in (spec.teachers, spec.student):
-        if _looks_local(m.model):
-            m.model = fix(m.model)
-    spec.search.students = [fix(m) if _looks_local(m) else m for m in spec.search.students]
+        m.model = model(m.model)
+    for st in spec.search.students:
+        st.model = model(st.model)
     # storage is where every node writes: always absolute, against where the user runs
     if "://" not in spec.search.storage:
         spec.search.storage = fix(os.environ.get("KDSEARCH_STORAGE", spec.search.storage), cwd)

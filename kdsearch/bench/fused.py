@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in (fused, single, peer):
         r["configs_per_hour"] = 3600 * r["configs"] / r["wall_s"]
     auto_cap, auto_why = fusion(dataclasses.replace(spec, search=dataclasses.replace(spec.search, fuse="auto",
-                                resources=dataclasses.replace(spec.search.resources, gpu=0.0))), None, None)
+                                resources=dataclasses.replace(spec.search.resources, gpu=0.0))), list, None)
     return {
         "device": device.type,
         "gpu": gpu_name,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from kdsearch.errors import SpecError
 from kdsearch.registry import registrar
 
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -80,27 +81,44 @@ def feature_mi_alpha(student: torch.Tensor, teacher: torch.Tensor, mi_alpha: flo
     return -mi_alpha_bound(s @ t.T / CRITIC_TEMPERATURE, mi_alpha)
 
 
-def _skip(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+def _none(n_student: int, n_teacher: int, origin: list[int] | None = None) -> list[tuple[int, int]]:
+    return []
+
+
+def _skip(n_student: int, n_teacher: int, origin: list[int] | None = None) -> list[tuple[int, int]]:
     return [(i, max(1, round(i * n_teacher / n_student))) for i in range(1, n_student + 1)]
 
 
-def _last(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+def _last(n_student: int, n_teacher: int, origin: list[int] | None = None) -> list[tuple[int, int]]:
     return [(i, max(1, n_teacher - n_student + i)) for i in range(1, n_student + 1)]
 
 
 INTER_FEATURES = ("hidden", "attention", "both")
 
 
-LAYER_MAPS: dict[str, Callable[[int, int], list[tuple[int, int]]]] = {
-    "none": lambda n_student, n_teacher: [],
+def _init(n_student: int, n_teacher: int, origin: list[int] | None = None) -> list[tuple[int, int]]:
+    """Each student layer to the teacher layer it was cut from (a student cut from a pretrained model)."""
+    if not origin:
+        raise SpecError("distill.inter_map: init needs a student cut from a pretrained model (e.g. minilm-l6:first2)")
+    if max(origin) > n_teacher:
+        raise SpecError(f"distill.inter_map: init maps to layers {origin} the student was cut from, but the teacher has {n_teacher}")
+    return [(i, origin[i - 1]) for i in range(1, n_student + 1)]
+
+
+LAYER_MAPS: dict[str, Callable[..., list[tuple[int, int]]]] = {
+    "none": _none,
     "skip": _skip,
     "last": _last,
+    "init": _init,
 }
 
 
-def layer_map(kind: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """(student layer, teacher layer) pairs, 1-based: hidden-state indices past the embeddings."""
-    return LAYER_MAPS[kind](n_student, n_teacher)
+def layer_map(kind: str, n_student: int, n_teacher: int, student_config: object = None) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs, 1-based: hidden-state indices past the embeddings.
+
+    ``init`` reads which layers a cut student came from off its config (``kdsearch_layers``).
+    """
+    return LAYER_MAPS[kind](n_student, n_teacher, getattr(student_config, "kdsearch_layers", None))
 
 
 def pool_hidden(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:

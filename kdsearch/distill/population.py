@@ -46,8 +46,7 @@ from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
 from kdsearch.distill.losses import LOSSES, StudentLogits
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, positions_index
-from kdsearch.distill.trainer import linear_schedule, logit_scores, resolve_device
-from kdsearch.tasks import get_task
+from kdsearch.distill.trainer import Schedule, logit_scores, resolve_device
 
 GPU_LENGTH_STEP = 16
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the single trial uses them
@@ -125,7 +124,6 @@ class Population:
                 raise ValueError(f"a member cannot join a population: {why}")
         self.device = device or resolve_device()
         self.data = data
-        self.task = get_task(data.task)
         self.members = members
         self.k = len(members)
         self.max_grad_norm = max_grad_norm
@@ -157,11 +155,9 @@ class Population:
         self.loss_names = sorted({m.distill.loss for m in members if m.distill.alpha > 0})
         self.loss_id = per_member(lambda m: self.loss_names.index(m.distill.loss) if m.distill.alpha > 0 else -1)
 
-        train = data.splits["train"]
-        self.steps_per_epoch = math.ceil(len(train) / optim.batch_size)
-        self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.schedule = linear_schedule(int(optim.warmup_ratio * self.total_steps), self.total_steps)
+        schedule = Schedule.of(optim, len(data.splits["train"]))
+        self.steps_per_epoch, self.total_steps, self.epochs = schedule.steps_per_epoch, schedule.total_steps, schedule.epochs
+        self.schedule = schedule.factor()
         # batch order depends on each member's seed alone, as in its single trial
         self.generators = [torch.Generator().manual_seed(m.seed) for m in members]
         self.active = torch.ones(self.k, dtype=torch.bool, device=self.device)

@@ -80,6 +80,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How long training runs: steps per epoch, total steps, epochs; and the LR factor per step."""
+
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    warmup: int
+
+    @classmethod
+    def of(cls, optim: OptimSpec, n_train: int) -> Schedule:
+        per_epoch = math.ceil(n_train / optim.batch_size)
+        total = optim.max_steps or optim.epochs * per_epoch
+        return cls(per_epoch, total, math.ceil(total / per_epoch), int(optim.warmup_ratio * total))
+
+    def factor(self) -> Callable[[int], float]:
+        """Linear warm-up then linear decay to 0 at the last step."""
+        return linear_schedule(self.warmup, self.total_steps)
+
+
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -157,9 +177,8 @@ class Trainer:
         self.max_grad_norm = max_grad_norm
         self.progress = progress
         train = data.splits["train"]
-        self.steps_per_epoch = math.ceil(len(train) / optim.batch_size)
-        self.total_steps = optim.max_steps or optim.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        schedule = Schedule.of(optim, len(train))
+        self.steps_per_epoch, self.total_steps, self.epochs = schedule.steps_per_epoch, schedule.total_steps, schedule.epochs
         if distill.live_teacher and getattr(teacher, "model", None) is not None:
             teacher.model.to(self.device)  # type: ignore[union-attr]
         if distill.attention_term:
@@ -181,8 +200,7 @@ class Trainer:
                 torch.Generator().manual_seed(seed + 1_000_003),
                 self.task.per_token,
             )
-        warmup = int(optim.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule.factor())
         # batch order depends on the seed alone, so configs are compared seed by seed
         self.generator = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -195,7 +213,7 @@ class Trainer:
             raise ValueError("an intermediate term needs the teacher's hidden states (cached features)")
         t_layers, t_width = shape
         cfg = self.model.config
-        pairs = layer_map(self.distill.inter_map, cfg.num_hidden_layers, t_layers)
+        pairs = layer_map(self.distill.inter_map, cfg.num_hidden_layers, t_layers, cfg)
         return FeatureProjector(pairs, cfg.hidden_size, t_width, project=self.distill.hidden_term).to(self.device)
 
     def _loss(self, split: str, batch: Batch) -> torch.Tensor:

@@ -13,7 +13,6 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from kdsearch import atomic
 from kdsearch.errors import KDSearchError
 
 STATE_FORMAT = "kdsearch-searcher-state/1"
@@ -29,8 +28,10 @@ class JsonStateSearcher(Searcher):
         raise NotImplementedError
 
     def save(self, checkpoint_path: str) -> None:
+        # Tune hands a temporary name and renames it itself; a temporary file of ours beside it
+        # would race Tune's sync of this folder to storage
         state = {"format": STATE_FORMAT, "state": self.get_state()}
-        atomic.write_text(Path(checkpoint_path), json.dumps(state, allow_nan=True))
+        Path(checkpoint_path).write_text(json.dumps(state, allow_nan=True))
 
     def restore(self, checkpoint_path: str) -> None:
         self.set_state(read_state(Path(checkpoint_path)))

@@ -156,13 +156,13 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                     "better than the majority class, so its soft labels carry nothing; train the pool longer")
             picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
                                                        "collapsed": rec.collapsed}
-        for student in spec.student_models:
-            cid = cell_id(dspec, student)
+        for st in spec.student_specs:
+            cid = cell_id(dspec, st.model)
             if cid in cells:
                 raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
-            cells[cid] = CellPlan(cid, data.source, data.key, student, spec.distill, spec.student.train, spec.student.dropout)
-            spaces[cid] = Space(spec.search.space, spec.distill, spec.student.train, (prefer or {}).get(data.source))
-            cell_info[cid] = {"dataset": data.source, "student": student, "task": data.task}
+            cells[cid] = CellPlan(cid, data.source, data.key, st.model, spec.distill, st.train, st.dropout)
+            spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source))
+            cell_info[cid] = {"dataset": data.source, "student": st.model, "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}
     asha = spec.search.asha
@@ -173,10 +173,12 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
     return Plan(payload, spaces, cell_info, defaults, picked)
 
 
-def sample_student(spec: Spec, p: Plan) -> Any:
-    """One student of the search's first cell, as trials build it (sizes a member's memory)."""
+def sample_students(p: Plan) -> list[Any]:
+    """One student of each kind the cells train, as trials build them (sizes a member's memory)."""
     from kdsearch.models import build_for
 
-    cell = next(iter(p.payload.cells.values()))
-    data = p.payload.data[cell.data_key]
-    return build_for(cell.student, data, cell.dropout)
+    seen: dict[str, Any] = {}
+    for cell in p.payload.cells.values():
+        if cell.student not in seen:
+            seen[cell.student] = build_for(cell.student, p.payload.data[cell.data_key], cell.dropout)
+    return list(seen.values())

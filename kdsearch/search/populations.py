@@ -13,7 +13,7 @@ so greedy's winners, the Optuna study and the grid do not change with fusion.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -155,12 +155,13 @@ def member_bytes(model: Any, batch_size: int, max_length: int) -> int:
     return 16 * params + activations
 
 
-def fusion(spec: Any, student: Any, local_gpu_bytes: int | None) -> tuple[int, str]:
+def fusion(spec: Any, students: Callable[[], list[Any]], local_gpu_bytes: int | None) -> tuple[int, str]:
     """Members per population for ``spec``, and why (one line for the plan).
 
     Args:
         spec: the search's spec (``search.fuse``, resources, batch size, max length).
-        student: one student model of the search (sizes the estimate).
+        students: builds a student model of each kind the search trains (the largest sizes
+            the estimate); called only when the estimate is needed.
         local_gpu_bytes: this machine's GPU memory, None without one.
     """
     fuse, gpu = spec.search.fuse, spec.search.resources.gpu
@@ -172,7 +173,8 @@ def fusion(spec: Any, student: Any, local_gpu_bytes: int | None) -> tuple[int, s
         return 1, f"search.fuse: auto, and trials get no GPU (on CPU fusion is {CPU_FUSION}: it measured no faster there)"
     total = local_gpu_bytes if local_gpu_bytes else UNKNOWN_GPU_BYTES
     share = total * min(gpu, 1.0)
-    need = member_bytes(student, spec.student.train.batch_size, max(d.max_length for d in spec.data_specs))
+    batch = max(st.train.batch_size for st in spec.student_specs)
+    need = max(member_bytes(m, batch, max(d.max_length for d in spec.data_specs)) for m in students())
     cap = max(1, min(MAX_AUTO_MEMBERS, int(0.6 * share // need)))
     seen = "" if local_gpu_bytes else " (assumed: no GPU visible here)"
     return cap, (f"search.fuse: auto, {gpu:g} GPU per trial of {total / 2**30:.0f} GiB{seen}, "

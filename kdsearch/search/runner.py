@@ -33,7 +33,7 @@ from kdsearch.search._state import read_state
 from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
 from kdsearch.search.cells import CellSearcher
 from kdsearch.search.methods import METHODS, BuildContext
-from kdsearch.search.planning import Plan, plan, sample_student, unfusable_reasons
+from kdsearch.search.planning import Plan, plan, sample_students, unfusable_reasons
 from kdsearch.search.populations import PopulationSearcher, fusion, populations
 from kdsearch.search.trial import run_trial
 from kdsearch.spec import Spec, dump_spec
@@ -170,7 +170,7 @@ def run_search(
             log(f"   resources per trial now: {dataclasses.asdict(spec.search.resources)}")
         if folder is None:
             folder, search_id, claimed = claim_folder(spec)
-        log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_models)} student(s), seeds {s.seeds}")
+        log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_specs)} student(s), seeds {s.seeds}")
         log(f"   results: {folder}")
         p = plan(spec, log, prefer)
         cap = _fusion(spec, p, log)
@@ -216,7 +216,7 @@ def _fusion(spec: Spec, p: Plan, log: Callable[..., None]) -> int:
     import torch
 
     gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
-    cap, why = fusion(spec, sample_student(spec, p), gpu)
+    cap, why = fusion(spec, lambda: sample_students(p), gpu)
     if cap == 1:
         log(f"== populations: off, one student per trial ({why})")
         return 1

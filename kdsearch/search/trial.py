@@ -85,7 +85,7 @@ def _report(state: dict[str, Any], finished: bool, metrics: dict[str, Any], extr
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _restore(load: Any, device: torch.device, extra: str | None = None) -> dict[str, Any] | bool | Any:
+def _restore(load: Any, device: torch.device, extra: str | None = None) -> Any:
     """Load the last checkpoint into ``load``: True (or the ``extra`` file's content), the
     final report of a finished trial, or False when there is none.
 
@@ -126,12 +126,7 @@ def _run_single(point: dict[str, Any], payload: Payload) -> None:
     teacher = payload.teachers[plan.data_key][teacher_key]
     torch.manual_seed(seed)
     model = build_for(plan.student, data, plan.dropout)
-    first_step: list[float] = []
-
-    def on_step(epoch: int, step: int, total: int) -> None:
-        if not first_step:
-            first_step.append(time.time())
-
+    first_step, on_step = _first_step()
     device = resolve_device(payload.device)
     trainer = Trainer(model, data, train, seed, distill, teacher, device, progress=on_step)
     resumed = _restore(trainer.load_state_dict, trainer.device)
@@ -158,6 +153,17 @@ def _run_single(point: dict[str, Any], payload: Payload) -> None:
         # the searchers count the config as the worst, and no weights are kept
         tune.report({**info, "epoch": trainer.epoch, "diverged_at_step": e.step, "status": "diverged", "error": str(e),
                      payload.metric: math.nan, "report_ts": time.time()})
+
+
+def _first_step() -> tuple[list[float], Any]:
+    """A list that gets the time of the first training step, and the progress hook that fills it."""
+    first: list[float] = []
+
+    def on_step(epoch: int, step: int, total: int) -> None:
+        if not first:
+            first.append(time.time())
+
+    return first, on_step
 
 
 def _where(device: torch.device, started: float, resumed: bool) -> dict[str, Any]:
@@ -201,12 +207,7 @@ def _run_population(points: list[dict[str, Any]], payload: Payload) -> None:
         models.append(build_for(plan.student, data, plan.dropout))
         members.append(Member(distill, train, seed, payload.teachers[plan.data_key][key]))
         names.append(payload.teacher_names[plan.data_key][key])
-    first_step: list[float] = []
-
-    def on_step(epoch: int, step: int, total: int) -> None:
-        if not first_step:
-            first_step.append(time.time())
-
+    first_step, on_step = _first_step()
     pop = Population(models, data, members, device, progress=on_step)
     resumed = _restore(pop.load_state_dict, pop.device, MEMBERS_FILE)
     if isinstance(resumed, dict):

@@ -19,10 +19,11 @@ from kdsearch.spec import load_spec
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_search(tiny_spec, tmp_path) -> None:
+def test_worker_node_killed_mid_search(tiny_spec, tmp_path, shared_ray) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    shared_ray.stop()
     with single_machine():  # every node on 127.0.0.1, as Ray would otherwise not keep it
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]

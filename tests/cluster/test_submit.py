@@ -53,39 +53,6 @@ def head():
     shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_submit_quick_search_to_a_local_head(head: dict, tmp_path: Path) -> None:
-    # everything the head serves is on loopback
-    assert head["jobs_address"].startswith("http://127.0.0.1:") and head["gcs_address"].startswith("127.0.0.1:")
-    storage, wd = tmp_path / "searches", tmp_path / "wd"
-    submitted = time.time()
-    r = run(
-        "-m", "kdsearch", "submit", "search_spaces/quick.yaml", "--address", head["jobs_address"], *TINY,
-        "--set", f"search.storage={storage}", "--set", f"workdir={wd}", "--wait", "500", timeout=560,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    job_id = r.stdout.split()[1]
-    assert f"{job_id}: SUCCEEDED" in r.stdout
-    (folder,) = storage.glob("quick-*")
-    trials = pd.read_parquet(folder / "trials.parquet")
-    # baseline + stage 0 (t_hs, t_ll) + stage 1 (mse), one seed
-    assert len(trials) == 4 and (trials.status == "ok").all()
-    first = pd.read_parquet(folder / "epochs.parquet").trial_start_ts.min()
-    print(f"submit-to-first-trial latency: {first - submitted:.1f} s")
-    # the job is listed, its logs are readable, and no token is in them or in the results
-    r = run("-m", "kdsearch", "jobs", "list", "--address", head["jobs_address"])
-    assert r.returncode == 0 and job_id in r.stdout
-    r = run("-m", "kdsearch", "jobs", "logs", job_id, "--address", head["jobs_address"])
-    assert r.returncode == 0 and "search finished" in r.stdout
-    # the head's servers, agents, workers and the job's driver all listen on loopback only
-    sockets = listening_sockets(set(head["pids"]))
-    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
-    assert [s for s in sockets if not is_loopback(s[0])] == []
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    assert token not in r.stdout
-    assert all(token not in p.read_text(errors="ignore") for p in folder.rglob("*") if p.is_file() and p.stat().st_size < 5e6)
-
-
 def test_wrong_token_is_one_line(head: dict) -> None:
     r = run("-m", "kdsearch", "jobs", "list", "--address", head["jobs_address"], env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert r.returncode == 2
@@ -112,10 +79,15 @@ def test_unreachable_head_at_submit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_driver_killed_then_submit_resume(head: dict, tmp_path: Path) -> None:
+def test_submit_kill_the_driver_then_resume(head: dict, tmp_path: Path) -> None:
+    """A search submitted to a local head: listed, on loopback while it runs, its driver
+    killed mid-search, then finished by `submit --resume` with one row per (config, seed)."""
+    # everything the head serves is on loopback
+    assert head["jobs_address"].startswith("http://127.0.0.1:") and head["gcs_address"].startswith("127.0.0.1:")
     storage, wd = tmp_path / "searches", tmp_path / "wd"
     args = ["search_spaces/quick.yaml", "--address", head["jobs_address"], *TINY, "--set", f"search.storage={storage}",
             "--set", f"workdir={wd}", "--set", "data.max_train_examples=768", "--set", "student.train.epochs=2"]
+    submitted = time.time()
     r = run("-m", "kdsearch", "submit", *args)
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = r.stdout.split()[1]
@@ -126,6 +98,15 @@ def test_driver_killed_then_submit_resume(head: dict, tmp_path: Path) -> None:
         if rows >= 2:
             break
         time.sleep(0.5)
+    (folder,) = storage.glob("quick-*")
+    first = pd.read_parquet(folder / "epochs.parquet").trial_start_ts.min()
+    print(f"submit-to-first-trial latency: {first - submitted:.1f} s")
+    r = run("-m", "kdsearch", "jobs", "list", "--address", head["jobs_address"])
+    assert r.returncode == 0 and job_id in r.stdout
+    # the head's servers, agents, workers and the job's driver all listen on loopback only, mid-search
+    sockets = listening_sockets(set(head["pids"]))
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
+    assert [s for s in sockets if not is_loopback(s[0])] == []
     drivers = [
         p for p in psutil.process_iter(["pid", "name", "cmdline"])
         if "kdsearch run spec.yaml" in " ".join(p.info["cmdline"] or []) and p.info["name"].startswith("python")
@@ -135,14 +116,20 @@ def test_driver_killed_then_submit_resume(head: dict, tmp_path: Path) -> None:
     from kdsearch import jobs
 
     assert jobs.wait(job_id, head["jobs_address"], timeout_s=120, poll_s=1) == "FAILED"
-    (folder,) = storage.glob("quick-*")
     before = pd.read_parquet(folder / "trials.parquet")
     assert 2 <= len(before) < 4
     r = run("-m", "kdsearch", "submit", *args, "--resume", str(folder), "--wait", "500", timeout=560)
     assert r.returncode == 0 and "SUCCEEDED" in r.stdout, r.stdout + r.stderr
+    resumed_id = r.stdout.split()[1]
     after = pd.read_parquet(folder / "trials.parquet")
     ok = after[after.status == "ok"]
     # baseline + t_hs + t_ll + mse: exactly one finished row per (config, seed)
     assert len(ok) == 4 and len(after) == 4 and not ok.duplicated(["config_key", "seed"]).any()
     assert set(before.trial_id) <= set(after.trial_id)
     print(f"driver kill: {len(before)} trial rows before, {len(after)} after resume")
+    # its logs are readable, and no token is in them or in the results
+    r = run("-m", "kdsearch", "jobs", "logs", resumed_id, "--address", head["jobs_address"])
+    assert r.returncode == 0 and "search finished" in r.stdout
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert token not in r.stdout
+    assert all(token not in p.read_text(errors="ignore") for p in folder.rglob("*") if p.is_file() and p.stat().st_size < 5e6)

@@ -9,23 +9,11 @@ import pytest
 
 from kdsearch.cli import main
 from kdsearch.reports import analysis
-from kdsearch.search.runner import run_search
-from kdsearch.spec import load_spec
 
 
 @pytest.fixture(scope="module")
-def searches(tmp_path_factory, workdir) -> list[Path]:
-    from tests.conftest import TINY, running_ray
-
-    tmp = tmp_path_factory.mktemp("compare")
-    folders = []
-    with running_ray():
-        for method in ("greedy", "grid"):
-            spec = tmp / f"{method}.yaml"
-            spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
-                                        workdir=workdir, storage=tmp / "searches"))
-            folders.append(run_search(load_spec(spec), log=lambda *a, **k: None))
-    return folders
+def searches(tiny_searches: dict[str, Path]) -> list[Path]:
+    return [tiny_searches["greedy"], tiny_searches["grid"]]
 
 
 def test_anytime_and_regret(searches: list[Path]) -> None:

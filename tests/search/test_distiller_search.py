@@ -10,15 +10,8 @@ import pytest
 
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
-from tests.conftest import running_ray
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    with running_ray():
-        yield
 
 
 def tiny_distiller(workdir: Path, storage: Path, *more: str):
