@@ -16,6 +16,7 @@ from typing import Any
 
 from kdsearch import atomic, knobs
 from kdsearch.errors import KDSearchError
+from kdsearch.fetch import label
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results.store import open_store
 from kdsearch.results.summary import config_table
@@ -49,7 +50,7 @@ def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
     values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
     if row.get("tau_s_same"):
         values["tau_s"] = knobs.SAME  # written back as the search had it
-    cell_student = next((st for st in spec.student_specs if st.model == row["student"]), spec.student)
+    cell_student = next((st for st in spec.student_specs if label(st.model) == row["student"]), spec.student)
     distill, train = with_knobs(spec.distill, cell_student.train, values)
     student = dataclasses.replace(cell_student, train=train, seed=int(row["seed"]))
     return dataclasses.replace(spec, name=f"{spec.name}-best", data=cell_data, student=student, distill=distill,

@@ -53,6 +53,18 @@ def model_dir(workdir: str | Path, name: str) -> Path:
     return Path(workdir) / MODELS_DIR / name
 
 
+def label(model: str) -> str:
+    """How results name ``model``: a fetched model's folder (``WORKDIR/models/minilm-l6:first2``) by its
+    fetched name (``minilm-l6:first2``), so rows read the same on every machine; anything else unchanged."""
+    base, sep, cut = model.rpartition(":")
+    if not sep:
+        base, cut = model, ""
+    folder = Path(base)
+    if folder.parent.name == MODELS_DIR and folder.name in FETCHABLE:
+        return folder.name + (f":{cut}" if cut else "")
+    return model
+
+
 def fetched(workdir: str | Path, name: str) -> Path | None:
     """The fetched folder of ``name`` in ``workdir``, or None (not fetched, or not whole)."""
     folder = model_dir(workdir, name)

@@ -2,7 +2,7 @@
 
 They are package data, so a wheel install finds them as a source checkout does. In the
 repository, ``search_spaces/`` is a link to ``kdsearch/spaces/``, and the default store's
-files link to the committed reproduction in ``results/reproduction/``.
+files link to the committed searches in ``results/reproduction/`` and ``results/pretrained/``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 SPACES = PACKAGE / "spaces"
-DEFAULT_STORE = PACKAGE / "store" / "reproduction"  # the committed reproduction's searches
+DEFAULT_STORE = PACKAGE / "store"  # the committed searches: reproduction/ and pretrained/
 
 
 def spec_path(name: str) -> str:

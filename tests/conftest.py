@@ -156,7 +156,8 @@ search:
 
 @pytest.fixture(scope="session")
 def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray: SharedRay) -> dict[str, Path]:
-    """A finished greedy search and full grid of TINY (2 paired seeds), read by several modules."""
+    """A finished greedy search and full grid of TINY (2 paired seeds), read by several modules.
+    Dropout is off, so a population's members equal these single trials (tests/search)."""
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
 
@@ -167,7 +168,7 @@ def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, share
         spec = tmp / f"{method}.yaml"
         spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
                                     workdir=workdir, storage=tmp / "searches"))
-        folders[method] = run_search(load_spec(spec), log=lambda *a, **k: None)
+        folders[method] = run_search(load_spec(spec, ["student.dropout=0.0"]), log=lambda *a, **k: None)
     return folders
 
 

@@ -97,6 +97,11 @@ def test_pretrained_teacher_and_truncated_students(fetched_workdir: Path, tmp_pa
     spec = load_spec(spec_file)
     folder = str(fetched_workdir / "models" / "minilm-l6")
     assert spec.teachers.model == folder and spec.student.model == f"{folder}:first2"
+    from kdsearch.fetch import label
+
+    # results name a fetched model by its name, the same on every machine; a local folder stays a path
+    assert label(spec.student.model) == "minilm-l6:first2" and label(folder) == "minilm-l6"
+    assert label(str(tmp_path / "my-teacher")) == str(tmp_path / "my-teacher") and label("xs") == "xs"
     first = build_model(spec.student.model, "classification", ["a", "b"], 405, 0, 32)
     alternate = build_model(f"{folder}:alternate2", "classification", ["a", "b"], 405, 0, 32)
     assert first.config.num_hidden_layers == 2 and first.config.kdsearch_layers == [1, 2]

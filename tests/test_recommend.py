@@ -147,3 +147,14 @@ def test_run_seeded_from_a_recommendation_records_it(store: Path, tiny_spec, cap
 def test_no_past_searches_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KDSearchError, match="no searches"):
         load_past([tmp_path])
+
+
+def test_a_cell_distilled_from_two_teacher_models_stays_two_cells() -> None:
+    """The shipped store holds rotten_tomatoes/xs from the from-scratch teacher and from MiniLM:
+    two experiments, so two cells, each config's regret within its own."""
+    from kdsearch.paths import DEFAULT_STORE
+
+    past = load_past([DEFAULT_STORE])
+    xs = {c for c in past.trials.cell.unique() if c.startswith("rotten_tomatoes/xs")}
+    assert xs == {"rotten_tomatoes/xs (teacher s)", "rotten_tomatoes/xs (teacher minilm-l6)"}
+    assert "rotten_tomatoes/minilm-l6:first2" in set(past.trials.cell)  # only one teacher: named as before

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kdsearch.errors import KDSearchError
+from kdsearch.fetch import label
 from kdsearch.recommend.features import DatasetFeatures, describe
 from kdsearch.knobs import BASELINE_STAGE
 from kdsearch.reports.analysis import config_means
@@ -92,10 +93,12 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     trials = load(folders)
     features: dict[str, DatasetFeatures] = {}
     modes = set()
+    teacher_of: dict[str, str] = {}  # search id -> its teacher model
     for folder in folders:
         store = ResultStore(folder)
         spec = store.spec()
         modes.add(spec.search.mode)
+        teacher_of[store.meta()["search_id"]] = label(spec.teachers.model)
         # the teachers a search used are in its search.json; the pool may be long gone
         teachers = store.meta().get("teachers") or {}
         for dspec in spec.data_specs:
@@ -107,6 +110,10 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
                 features[f.name] = f
     if len(modes) > 1:
         raise KDSearchError("past searches disagree on search.mode (max vs min); recommend from one kind")
+    # one cell (dataset/student) distilled from two teacher models is two experiments: keep them apart
+    teacher = trials["search_id"].map(teacher_of)
+    mixed = teacher.groupby(trials["cell"]).transform("nunique") > 1
+    trials.loc[mixed, "cell"] = trials.loc[mixed, "cell"] + " (teacher " + teacher[mixed] + ")"
     return PastSearches(trials, features, metric, modes.pop())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
         ax_t.set_xlabel("trial compute (minutes, summed over trials)")
         ax_t.set_title("against compute")
         ax_t.legend()
-        name = f"anytime_{cell.replace('/', '_')}.png"
+        # a file name safe everywhere and not read as a URL scheme in Markdown (minilm-l6:first2)
+        name = f"anytime_{re.sub(r'[^A-Za-z0-9_.-]', '_', cell)}.png"
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)

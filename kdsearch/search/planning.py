@@ -17,6 +17,7 @@ from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.population import unfusable
 from kdsearch.distill.teacher_signal import CachedTeacher
 from kdsearch.errors import SpecError
+from kdsearch.fetch import label
 from kdsearch.search.space import Space
 from kdsearch.spec import DataSpec, RangeSpec, Spec
 
@@ -162,7 +163,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                 raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
             cells[cid] = CellPlan(cid, data.source, data.key, st.model, spec.distill, st.train, st.dropout)
             spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source))
-            cell_info[cid] = {"dataset": data.source, "student": st.model, "task": data.task}
+            cell_info[cid] = {"dataset": data.source, "student": label(st.model), "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}
     asha = spec.search.asha

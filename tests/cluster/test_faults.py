@@ -30,7 +30,7 @@ def test_worker_node_killed_mid_search(tiny_spec, tmp_path, shared_ray) -> None:
         ray.init(address=cluster.address, log_to_driver=False)
     try:
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"} and len(ray.nodes()) == 3
-        spec = load_spec(tiny_spec(name="nodekill", train=1024, epochs=2, seeds="[0]"), ["search.max_failures=2"])
+        spec = load_spec(tiny_spec(name="nodekill", train=768, epochs=2, seeds="[0]"), ["search.max_failures=2"])
         out: dict = {}
         lines: list[str] = []
         runner = threading.Thread(target=lambda: out.setdefault("folder", run_search(spec, log=lambda *a, **k: lines.append(str(a)))))

@@ -29,7 +29,7 @@ CASES = {
     "unknown dataset": ("method: greedy", "method: greedy\n  datasets: [./no/such/data]", r"dataset folder .* does not exist"),
     "unknown student size": ("method: greedy", "method: greedy\n  students: [xs, huge]", r"search.students\[1\].model: unknown model .huge."),
     "budget 0": ("method: greedy", "method: optuna\n  budget: 0", r"search.budget: must be >= 1"),
-    "gpu without a GPU": ("method: greedy", "method: greedy\n  resources: {gpu: 0.5}", r"search.resources.gpu: 0.5 GPU per trial asked, but this machine has no GPU"),
+    "gpu without a GPU": ("method: greedy", "method: greedy\n  resources: {gpu: 0.5}", r"search.resources.gpu: 0.5 GPU per trial asked, but (this machine|the cluster) has no GPU"),
     "no seeds": ("method: greedy", "method: greedy\n  seeds: []", r"search.seeds: needs at least one seed"),
     "repeated seeds": ("method: greedy", "method: greedy\n  seeds: [0, 0]", r"search.seeds: seeds repeat"),
     "metric not on validation": ("method: greedy", "method: greedy\n  metric: test_score", r"search.metric: must be a validation metric"),
