@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -602,60 +602,56 @@ def spec_from_text(text: str, path: Path, overrides: list[str] | None = None) ->
         raise SpecError(f"{path}: the spec must be a YAML mapping, got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
-    _merge_datasets(raw)
-    _merge_students(raw)
+    _merge_entries(raw)
     spec = from_dict(Spec, raw)
     resolve_paths(spec, Path(path).parent.resolve(), Path.cwd())
     spec.check()
     return spec
 
 
-def _merge_datasets(raw: dict[str, Any]) -> None:
-    """Each ``search.datasets`` entry (a name or a partial ``data`` mapping) over ``data``."""
-    search = raw.get("search")
-    if not isinstance(search, dict) or search.get("datasets") is None:
-        return
-    items = search["datasets"]
-    if not isinstance(items, list):
-        raise SpecError(f"search.datasets: expected a list, got {items!r}")
-    base = raw.get("data") or {}
-    if not isinstance(base, dict):
-        raise SpecError(f"data: expected a mapping, got {base!r}")
-    merged = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"dataset": item}
-        if not isinstance(item, dict):
-            raise SpecError(f"search.datasets[{i}]: expected a dataset name or a mapping, got {item!r}")
-        entry = {k: v for k, v in base.items() if k not in ("dataset", "files", "columns", "task", "hub_config")}
-        entry.update(item)
-        merged.append(entry)
-    search["datasets"] = merged
+def _dataset_over_data(base: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    # what names the data itself is the entry's own; sizes, lengths and the tokenizer come from ``data``
+    return {**{k: v for k, v in base.items() if k not in ("dataset", "files", "columns", "task", "hub_config")}, **item}
 
 
-def _merge_students(raw: dict[str, Any]) -> None:
-    """Each ``search.students`` entry (a model name or a partial ``student`` mapping) over ``student``."""
+def _student_over_student(base: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    entry = {**base, **item}
+    train = base.get("train") or {}
+    if isinstance(train, dict) and isinstance(item.get("train"), dict):
+        entry["train"] = {**train, **item["train"]}  # an entry's lr keeps the section's epochs
+    return entry
+
+
+# search.<list>: (the section each entry is laid over, the field a bare name sets, what a name is, how)
+_ENTRY_LISTS: dict[str, tuple[str, str, str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]]] = {
+    "datasets": ("data", "dataset", "dataset name", _dataset_over_data),
+    "students": ("student", "model", "model name", _student_over_student),
+}
+
+
+def _merge_entries(raw: dict[str, Any]) -> None:
+    """Each ``search.datasets`` / ``search.students`` entry (a name or a partial mapping) over
+    its section (``data`` / ``student``)."""
     search = raw.get("search")
-    if not isinstance(search, dict) or search.get("students") is None:
+    if not isinstance(search, dict):
         return
-    items = search["students"]
-    if not isinstance(items, list):
-        raise SpecError(f"search.students: expected a list, got {items!r}")
-    base = raw.get("student") or {}
-    if not isinstance(base, dict):
-        raise SpecError(f"student: expected a mapping, got {base!r}")
-    merged = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            item = {"model": item}
-        if not isinstance(item, dict):
-            raise SpecError(f"search.students[{i}]: expected a model name or a mapping, got {item!r}")
-        entry = {**base, **item}
-        train = base.get("train") or {}
-        if isinstance(train, dict) and isinstance(item.get("train"), dict):
-            entry["train"] = {**train, **item["train"]}
-        merged.append(entry)
-    search["students"] = merged
+    for key, (section, field_name, what, over) in _ENTRY_LISTS.items():
+        items = search.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise SpecError(f"search.{key}: expected a list, got {items!r}")
+        base = raw.get(section) or {}
+        if not isinstance(base, dict):
+            raise SpecError(f"{section}: expected a mapping, got {base!r}")
+        merged = []
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                item = {field_name: item}
+            if not isinstance(item, dict):
+                raise SpecError(f"search.{key}[{i}]: expected a {what} or a mapping, got {item!r}")
+            merged.append(over(base, item))
+        search[key] = merged
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
