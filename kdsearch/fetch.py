@@ -9,6 +9,7 @@ or if anything fails, it is one line and nothing is left half-written.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,15 +54,23 @@ def model_dir(workdir: str | Path, name: str) -> Path:
     return Path(workdir) / MODELS_DIR / name
 
 
+# a student cut from a pretrained model: NAME:first2, NAME:alternate3 (see kdsearch.models)
+CUT = re.compile(r"(?P<base>.+):(?P<how>first|alternate)(?P<k>\d+)")
+
+
+def split_cut(name: str) -> tuple[str, str | None, int]:
+    """``NAME:first2`` -> (NAME, "first", 2); a name without a cut -> (name, None, 0)."""
+    m = CUT.fullmatch(name)
+    return (m["base"], m["how"], int(m["k"])) if m else (name, None, 0)
+
+
 def label(model: str) -> str:
     """How results name ``model``: a fetched model's folder (``WORKDIR/models/minilm-l6:first2``) by its
     fetched name (``minilm-l6:first2``), so rows read the same on every machine; anything else unchanged."""
-    base, sep, cut = model.rpartition(":")
-    if not sep:
-        base, cut = model, ""
+    base, how, k = split_cut(model)
     folder = Path(base)
     if folder.parent.name == MODELS_DIR and folder.name in FETCHABLE:
-        return folder.name + (f":{cut}" if cut else "")
+        return folder.name + (f":{how}{k}" if how else "")
     return model
 
 

@@ -22,7 +22,6 @@ layer to the teacher layer it was cut from (``inter_map: init``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import transformers
 from transformers import BertConfig, PreTrainedModel
 
 from kdsearch.errors import ModelError
+from kdsearch.fetch import FETCHABLE, split_cut
 from kdsearch.tasks import get_task
 
 
@@ -59,15 +59,6 @@ def _head_class(task: str) -> type:
     return getattr(transformers, get_task(task).head)
 
 
-CUT = re.compile(r"(?P<base>.+):(?P<how>first|alternate)(?P<k>\d+)")
-
-
-def split_cut(name: str) -> tuple[str, str | None, int]:
-    """``NAME:first2`` -> (NAME, "first", 2); a name without a cut -> (name, None, 0)."""
-    m = CUT.fullmatch(name)
-    return (m["base"], m["how"], int(m["k"])) if m else (name, None, 0)
-
-
 def cut_layers(how: str, k: int, n: int) -> list[int]:
     """The 1-based layers of an ``n``-layer model a ``how``/``k`` cut keeps."""
     if how == "first":
@@ -82,8 +73,6 @@ def is_local(name: str) -> bool:
 def check_model_name(name: str) -> str | None:
     """Why ``name`` names no model (None if it does): a preset, a folder, a fetched name
     (resolved to its folder when the spec is read) or ``org/name``, maybe with a cut."""
-    from kdsearch.fetch import FETCHABLE
-
     base, how, k = split_cut(name)
     if how is not None and (base in PRESETS or k < 1):
         return f"model {name!r}: a cut (:firstK, :alternateK, K >= 1) takes a pretrained model, not a preset"

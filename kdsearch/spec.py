@@ -681,8 +681,7 @@ def _looks_local(s: str) -> bool:
 
 def _fetched_name(name: str, workdir: str) -> str:
     """A fetched model's name (``minilm-l6``, maybe cut: ``minilm-l6:first2``) as its folder in ``workdir``."""
-    from kdsearch.fetch import FETCHABLE, fetched
-    from kdsearch.models import split_cut
+    from kdsearch.fetch import FETCHABLE, fetched, split_cut
 
     base, how, k = split_cut(name)
     folder = fetched(workdir, base) if base in FETCHABLE else None

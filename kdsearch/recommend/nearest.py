@@ -98,9 +98,10 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
         store = ResultStore(folder)
         spec = store.spec()
         modes.add(spec.search.mode)
-        teacher_of[store.meta()["search_id"]] = label(spec.teachers.model)
+        meta = store.meta()
+        teacher_of[meta["search_id"]] = label(spec.teachers.model)
         # the teachers a search used are in its search.json; the pool may be long gone
-        teachers = store.meta().get("teachers") or {}
+        teachers = meta.get("teachers") or {}
         for dspec in spec.data_specs:
             f = describe(dspec, spec.workdir)
             picked = teachers.get(f.name)
