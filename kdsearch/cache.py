@@ -4,6 +4,7 @@ A cache folder (a trained tokenizer, tokenized splits, a teacher's logits and fe
 complete only when its ``manifest.json`` says so, and only while every file still matches
 it. A folder that does not (truncated by a full disk, a killed copy, a stray edit, or made
 by an older kdsearch without a manifest) is removed and rebuilt, with one warning line.
+Fetched models are sealed the same way (:mod:`kdsearch.fetch`), but never rebuilt here.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def seal(folder: Path, files: Iterable[Path] | None = None) -> None:
-    """Write the manifest of ``folder``'s files (all but the manifest when ``files`` is None)."""
-    names = sorted(p.name for p in (files if files is not None else folder.iterdir()) if p.name != MANIFEST and p.is_file())
+def seal(folder: Path) -> None:
+    """Write the manifest of every file under ``folder`` (subfolders too, by relative path)."""
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     entries = {n: {"size": (folder / n).stat().st_size, "sha256": _digest(folder / n)} for n in names}
     atomic.write_text(folder / MANIFEST, json.dumps({"files": entries}, indent=1))
+
+
+# folders already checked whole in this process, by each file's (name, size, mtime): a search
+# checks a fetched model in planning and again in every trial, and hashing 90 MB each time would
+# cost more than a small trial trains
+_VERIFIED: set[tuple[str, tuple[tuple[str, int, int], ...]]] = set()
 
 
 def listed(folder: Path) -> set[str]:
@@ -43,8 +50,11 @@ def listed(folder: Path) -> set[str]:
         return set()
 
 
-def problem(folder: Path, required: Iterable[str] = ()) -> str | None:
-    """Why ``folder`` is not a complete cache (None when it is); ``required`` files must be listed."""
+def problem(folder: Path, required: Iterable[str] = (), full: bool = True) -> str | None:
+    """Why ``folder`` is not complete (None when it is); ``required`` files must be listed.
+
+    Without ``full`` only sizes are compared; with it, checksums too (once per process while
+    no file's size or time changes)."""
     try:
         entries = json.loads((folder / MANIFEST).read_text())["files"]
     except FileNotFoundError:
@@ -54,14 +64,22 @@ def problem(folder: Path, required: Iterable[str] = ()) -> str | None:
     for name in required:
         if name not in entries:
             return f"incomplete ({name} is not in its manifest)"
+    stamp = []
     for name, entry in entries.items():
         path = folder / name
         if not path.is_file():
             return f"incomplete ({name} is missing)"
-        if path.stat().st_size != entry["size"]:
-            return f"damaged ({name} has {path.stat().st_size} bytes, not {entry['size']})"
-        if _digest(path) != entry["sha256"]:
+        st = path.stat()
+        if st.st_size != entry["size"]:
+            return f"damaged ({name} has {st.st_size} bytes, not {entry['size']})"
+        stamp.append((name, st.st_size, st.st_mtime_ns))
+    seen = (str(folder.resolve()), tuple(stamp))
+    if not full or seen in _VERIFIED:
+        return None
+    for name, entry in entries.items():
+        if _digest(folder / name) != entry["sha256"]:
             return f"damaged ({name} does not match its checksum)"
+    _VERIFIED.add(seen)
     return None
 
 

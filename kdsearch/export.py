@@ -1,15 +1,20 @@
 """Export a search's best config and student: a rerunnable spec and a Hugging Face folder.
 
 The student is retrained from the config with the seed that scored best (trials drop
-their weights; the same seed gives the same student). The folder holds the weights
-(``save_pretrained``), the tokenizer, the label names in the model config, the spec
-(``kdsearch.yaml``, which ``kdsearch distill --config`` reruns) and a model card.
+their weights; the same seed gives the same student). A student that trained inside a
+population is retrained inside the same population (the same members, in the same order),
+since its dropout draws depend on its companions: either way the export is the student
+that was searched, and its validation score is checked against the search's row. The
+folder holds the weights (``save_pretrained``), the tokenizer, the label names in the model
+config, the spec (``kdsearch.yaml``, which ``kdsearch distill --config`` reruns) and a
+model card.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,114 +23,236 @@ from kdsearch import atomic, knobs
 from kdsearch.errors import KDSearchError
 from kdsearch.fetch import label
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
-from kdsearch.results.store import open_store
-from kdsearch.results.summary import config_table
-from kdsearch.search.planning import cell_id
+from kdsearch.results.store import META_FILE, SPEC_FILE, ResultStore, open_store
+from kdsearch.results.summary import best_per_cell, config_table
+from kdsearch.search.planning import CellPlan, cell_id, population_members
 from kdsearch.spec import Spec, dump_spec, with_knobs
 
 SPEC_NAME = "kdsearch.yaml"
+REPRODUCE_TOL = 1e-4  # how far a retrained validation score may sit from its search row
 
 
-def best_trial(folder: Path, cell: str) -> tuple[Spec, dict[str, Any], dict[str, Any]]:
-    """The search's spec, the cell's best config (mean over seeds) and its best seed's row."""
-    store = open_store(folder)
+@dataclasses.dataclass
+class Retrained:
+    """A student trained again from its search row: the model, its metrics, how it was trained."""
+
+    model: Any
+    metrics: dict[str, float]
+    how: str  # "alone", or "in its population of K"
+    teacher: str
+    data: Any  # the PreparedData it trained on (its tokenizer goes with it)
+
+
+def best_trial(store: ResultStore, cell: str, force: bool = False) -> tuple[Spec, dict[str, Any], dict[str, Any], bool]:
+    """The search's spec, the cell's best config (mean over seeds), its best seed's row, and
+    whether every config of the cell collapsed (refused unless ``force``)."""
     spec = store.spec()
     trials = store.trials()
     cells = sorted(trials["cell"].unique())
     if cell not in cells:
-        raise KDSearchError(f"no cell {cell!r} in {folder} (cells: {', '.join(cells)})")
-    table = config_table(trials, spec.search.metric)
-    table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & (table["stage"] != BASELINE_STAGE)]
+        raise KDSearchError(f"no cell {cell!r} in {store.folder} (cells: {', '.join(cells)})")
+    metric = spec.search.metric
+    table = config_table(trials, metric)
+    if not table.empty:
+        table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & (table["stage"] != BASELINE_STAGE)]
     if table.empty:
-        raise KDSearchError(f"cell {cell!r} has no finished distillation config to export")
+        raise KDSearchError(f"cell {cell!r} has no finished distillation config to export (every one failed or diverged)")
+    collapsed = best_per_cell(trials[trials["cell"] == cell], metric, spec.search.mode).get(cell, {}).get("status") == "every config collapsed"
+    if collapsed and not force:
+        raise KDSearchError(f"cell {cell!r}: every config collapsed (no better than predicting one class), so no student is "
+                            "worth exporting; pass --force to export the best of them anyway, marked as collapsed")
     best = table.loc[table["mean"].idxmax() if spec.search.mode == "max" else table["mean"].idxmin()]
     rows = trials[(trials["cell"] == cell) & (trials["config_key"] == best["config_key"]) & (trials["status"] == "ok")]
-    row = rows.loc[rows[spec.search.metric].idxmax() if spec.search.mode == "max" else rows[spec.search.metric].idxmin()]
-    return spec, row.to_dict(), best.to_dict()
+    row = rows.loc[rows[metric].idxmax() if spec.search.mode == "max" else rows[metric].idxmin()]
+    return spec, row.to_dict(), best.to_dict(), collapsed
+
+
+def _cell_student(spec: Spec, row: dict[str, Any]) -> Any:
+    return next((st for st in spec.student_specs if label(st.model) == row["student"]), spec.student)
+
+
+def _cell_data(spec: Spec, row: dict[str, Any]) -> Any:
+    return next(d for d in spec.data_specs if cell_id(d, row["student"]) == row["cell"])
+
+
+def _knob_values(row: dict[str, Any]) -> dict[str, Any]:
+    values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
+    if row.get("tau_s_same"):
+        values["tau_s"] = knobs.SAME  # written back as the search had it
+    return values
 
 
 def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
     """A complete single-config spec: the cell's data and student, the best knobs and seed."""
-    cell_data = next(d for d in spec.data_specs if cell_id(d, row["student"]) == row["cell"])
-    values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
-    if row.get("tau_s_same"):
-        values["tau_s"] = knobs.SAME  # written back as the search had it
-    cell_student = next((st for st in spec.student_specs if label(st.model) == row["student"]), spec.student)
-    distill, train = with_knobs(spec.distill, cell_student.train, values)
+    cell_student = _cell_student(spec, row)
+    distill, train = with_knobs(spec.distill, cell_student.train, _knob_values(row))
     student = dataclasses.replace(cell_student, train=train, seed=int(row["seed"]))
-    return dataclasses.replace(spec, name=f"{spec.name}-best", data=cell_data, student=student, distill=distill,
+    return dataclasses.replace(spec, name=f"{spec.name}-best", data=_cell_data(spec, row), student=student, distill=distill,
                                search=dataclasses.replace(spec.search, datasets=[], students=[]))
 
 
-def check_out(out: Path, folder: Path, force: bool) -> None:
-    """Refuse an ``--out`` that would hide or lose something, before anything is trained."""
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def check_out(out: Path, store: ResultStore, spec: Spec, force: bool) -> None:
+    """Refuse an ``--out`` that would hide or lose something, before anything is trained.
+
+    Never, even with ``--force``: the workdir (or a folder in it or around it), a search
+    folder, this search's storage, or a folder holding searches. An existing folder that is
+    not empty needs ``--force``, and is then replaced whole once the new one is complete.
+    """
     if out.exists() and not out.is_dir():
         raise KDSearchError(f"--out {out}: exists and is not a folder")
-    inside = folder.resolve() == out.resolve() or folder.resolve().is_relative_to(out.resolve())
-    if out.exists() and inside:
-        raise KDSearchError(f"--out {out}: holds the search {folder} itself; export somewhere else")
+    target = out.expanduser().resolve()
+    owned = {
+        "the search itself": store.folder.resolve(),
+        "the workdir": Path(spec.workdir).resolve(),
+        "the search's storage": Path(spec.search.storage).resolve() if "://" not in spec.search.storage else None,
+    }
+    for what, folder in owned.items():
+        if folder is not None and (_within(target, folder) or _within(folder, target)):
+            raise KDSearchError(f"--out {out}: is or holds {what} ({folder}), which kdsearch owns; export somewhere else "
+                                "(--force never replaces it)")
+    if target.is_dir() and any((target / f).is_file() for f in (SPEC_FILE, META_FILE)) or target.is_dir() and any(
+            (d / META_FILE).is_file() for d in target.iterdir() if d.is_dir()):
+        raise KDSearchError(f"--out {out}: is or holds kdsearch search folders; export somewhere else (--force never replaces them)")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KDSearchError(f"--out {out}: exists and is not empty; pass --force to replace it")
+
+
+def _population_points(store: ResultStore, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points of the row's population, in the order its trial built them."""
+    trials = store.trials()
+    mine = trials[trials["population"] == row["population"]].copy()
+    mine["index"] = mine["trial_id"].map(lambda t: int(str(t).rpartition("-")[2]))
+    return [{**_knob_values(r), "cell": r["cell"], "seed": int(r["seed"])} for r in mine.sort_values("index").to_dict("records")]
+
+
+def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any], log: Any = print) -> Retrained:
+    """Train the row's student again, as the search trained it: alone, or in its population.
+
+    ``spec`` and ``exported`` have their models' folders (see :mod:`kdsearch.preflight`).
+    """
+    from kdsearch.data.prepare import prepare_data
+    from kdsearch.distill.trainer import TrialConfig, resolve_device, train_student
+    from kdsearch.teachers import TeacherPool
+
+    data = prepare_data(exported.data, exported.workdir, log=log)
+    pool = TeacherPool(exported.workdir, data, exported.device)
+    for teacher_folder in exported.teachers.register:
+        pool.register(teacher_folder)
+    # a search read on another machine, or moved away from its workdir: the pool is trained as
+    # the search trained it (checkpoints already there are kept)
+    pool.train(exported.teachers, log=log)
+    d = exported.distill
+    members = row.get("members")
+    if members is None or members != members or int(members) <= 1:  # alone (or a search from before populations)
+        teacher, record = pool.signal(knobs.teacher_key(d.config()), features=d.hidden_term, with_model=d.live_teacher)
+        result = train_student(TrialConfig.from_spec(exported), data, teacher, exported.device)
+        if result.status != "ok":
+            raise KDSearchError(f"retraining the best config diverged: {result.error}")
+        return Retrained(result.model, {**result.final, **result.test}, "alone", record.name, data)
+    from kdsearch.distill.population import Population
+
+    points = _population_points(store, row)
+    index = int(str(row["trial_id"]).rpartition("-")[2])  # the member's place (see populations.member_id)
+    student = _cell_student(spec, row)
+    cell = CellPlan(row["cell"], data.source, data.key, student.model, spec.distill, student.train, student.dropout)
+    keys = {knobs.teacher_key(with_knobs(spec.distill, student.train, p)[0].config()) for p in points}
+    signals = {k: pool.signal(k)[0] for k in keys}
+    log(f"retraining it in its population of {len(points)} (its dropout draws depend on its companions)")
+    models, fused = population_members(points, cell, data, signals)
+    pop = Population(models, data, fused, resolve_device(exported.device))
+    epochs = int(row.get("epochs_run") or exported.student.train.epochs)
+    metrics: dict[str, Any] = {}
+    for epoch_metrics in pop.run():
+        metrics = epoch_metrics[index]
+        if pop.epoch >= epochs:
+            break
+    metrics = {**metrics, **pop.evaluate("test")[index]} if "test" in data.splits else metrics
+    teacher = pool.members(knobs.teacher_key(d.config()))[0].name
+    return Retrained(pop.member_model(index, models[index]), metrics, f"in its population of {len(points)}", teacher, data)
 
 
 def export(folder: str | Path, cell: str, out: str | Path, log: Any = print, force: bool = False) -> dict[str, Any]:
     """Write the best config and the retrained student of ``cell`` to ``out``.
 
     An ``out`` that exists and is not empty is refused unless ``force``; then it is replaced
-    as a whole, in one step, once the new folder is complete.
+    as a whole, in one step, once the new folder is complete. Folders kdsearch owns are
+    always refused (see :func:`check_out`).
     """
-    from kdsearch.data.prepare import prepare_data
-    from kdsearch.distill.trainer import TrialConfig, train_student
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.preflight import resolve_models
 
     folder, out = Path(folder), Path(out)
-    check_out(out, folder, force)
-    spec, row, best = best_trial(folder, cell)
+    store = open_store(folder)
+    check_out(out, store, store.spec(), force)
+    spec, row, best, collapsed = best_trial(store, cell, force)
     exported = export_spec(spec, row)
+    trained_spec, trained_exported = resolve_models(spec), resolve_models(exported)
     metric = spec.search.metric
     log(f"best config of {cell}: {metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['seeds']} seed(s); retraining seed {row['seed']}")
-    data = prepare_data(exported.data, exported.workdir)
-    pool = TeacherPool(exported.workdir, data, exported.device)
-    d = exported.distill
-    teacher, record = pool.signal(knobs.teacher_key(d.config()), features=d.hidden_term, with_model=d.live_teacher)
-    result = train_student(TrialConfig.from_spec(exported), data, teacher, exported.device)
-    if result.status != "ok":
-        raise KDSearchError(f"retraining the best config diverged: {result.error}")
-    metrics = {**result.final, **result.test}
+    student = retrain(store, trained_spec, trained_exported, row, log)
+    metrics, data = student.metrics, student.data
+    again = float(metrics.get(metric, math.nan))
+    # the loss as well as the score: a score (accuracy) can agree while the students differ
+    reproduced = all(abs(float(metrics.get(k, math.nan)) - float(row[k])) <= REPRODUCE_TOL
+                     for k in (metric, "val_loss") if k in row and row[k] == row[k])
+    if not reproduced:
+        log(f"warning: the retrained student scores {metric} {again:.4f}, its search row {float(row[metric]):.4f}: it does not "
+            "reproduce the searched student (another device, library version, or fetched model?); the model card says so")
     with atomic.new_dir(out, replace=True) as tmp:
-        result.model.save_pretrained(tmp)
+        student.model.save_pretrained(tmp)
         for f in data.tokenizer_dir.iterdir():
-            shutil.copy(f, tmp / f.name)
+            if f.name != "manifest.json":
+                shutil.copy(f, tmp / f.name)
         tok_config = tmp / "tokenizer_config.json"
         if tok_config.is_file():  # pipelines truncate as the student was trained
             cfg = json.loads(tok_config.read_text())
             cfg["model_max_length"] = data.max_length
             tok_config.write_text(json.dumps(cfg, indent=1))
         (tmp / SPEC_NAME).write_text(dump_spec(exported))
-        (tmp / "README.md").write_text(model_card(exported, cell, record.name, row, best, metrics, folder, metric))
-        (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics}, indent=1, default=str))
-    log(f"written: {out} (retrained {metric} {metrics.get(metric, float('nan')):.4f}, search row {row[metric]:.4f})")
-    return {"retrained": metrics, "search_row": row}
+        notes = _notes(collapsed, reproduced, again, row, metric, student.how)
+        (tmp / "README.md").write_text(model_card(exported, cell, student.teacher, row, best, metrics, folder, metric, notes))
+        (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics, "trained": student.how,
+                                                      "reproduces_search_row": reproduced, "collapsed": collapsed},
+                                                     indent=1, default=str))
+    log(f"written: {out} (retrained {metric} {again:.4f}, search row {row[metric]:.4f}; trained {student.how})")
+    return {"retrained": metrics, "search_row": row, "reproduced": reproduced}
+
+
+def _notes(collapsed: bool, reproduced: bool, again: float, row: dict[str, Any], metric: str, how: str) -> list[str]:
+    notes = []
+    if collapsed:
+        notes.append("**Collapsed.** Every config of this cell collapsed: its predictions are one class, or no better than the "
+                     "majority class. It was exported with `--force`; do not ship it.")
+    if not reproduced:
+        notes.append(f"**Does not reproduce its search row.** Retrained ({how}), validation {metric} is {again:.4f}; the "
+                     f"search's row says {float(row[metric]):.4f}. The device, the library versions or a fetched model differ "
+                     "from the search's.")
+    return notes
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 
 
-def model_card(spec: Spec, cell: str, teacher: str, row: dict, best: dict, metrics: dict, folder: Path, metric: str) -> str:
+def model_card(spec: Spec, cell: str, teacher: str, row: dict, best: dict, metrics: dict, folder: Path, metric: str,
+               notes: list[str] | None = None) -> str:
     d = spec.distill
     fmt = lambda k: f"{metrics[k]:.4f}" if k in metrics else "n/a"  # noqa: E731
     config = {**d.config(), **{k.name: getattr(spec.student.train, k.name) for k in knobs.section("train")}}
     applies = knobs.effective(config)
     rows = "\n".join(f"| `{k}` | {config[k]} | {KNOBS[k].help} |" for k in KNOBS if k in applies)
+    warnings = "".join(f"{n}\n\n" for n in notes or [])
     return f"""---
 library_name: transformers
 tags: [knowledge-distillation, kdsearch]
 ---
 # {cell}: a distilled student
 
-- **Data:** `{spec.data.dataset}` (max length {spec.data.max_length}, tokenizer {spec.data.tokenizer.kind}), labels in `config.id2label`.
-- **Student:** `{spec.student.model}`, seed {spec.student.seed}.
+{warnings}- **Data:** `{spec.data.dataset}` (max length {spec.data.max_length}, tokenizer {spec.data.tokenizer.kind}), labels in `config.id2label`.
+- **Student:** `{label(spec.student.model)}`, seed {spec.student.seed}.
 - **Teacher:** `{teacher}` (picked by `{d.teacher}`).
 - **Objective:** L = (1-α)·CE(y, p_s) + α·D(teacher/τt, student/τs){" + an intermediate term: " + d.describe_intermediate() if d.intermediate else ""}.
 

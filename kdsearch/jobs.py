@@ -16,6 +16,7 @@ library user sets ``RAY_AUTH_MODE`` before importing ray.
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -96,7 +97,7 @@ def submit(
         (Path(tmp) / "spec.yaml").write_text(dump_spec(spec))
         command = "python -m kdsearch run spec.yaml --address auto"
         if resume:
-            command += f" --resume {resume}"
+            command += f" --resume {shlex.quote(resume)}"
         runtime_env = {
             "working_dir": tmp,
             "py_modules": [str(package)],

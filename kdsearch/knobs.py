@@ -186,10 +186,13 @@ _KNOBS = (
 )
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS}
 
-RESULTS_FORMAT = 2
+RESULTS_FORMAT = 3
 """What a search writes, recorded in its ``search.json`` (missing: 1). 1: ``tau_s`` as text
 ("1.0", "same"); 2: ``tau_s`` a number with ``tau_s_same``, a sealed ``spec.yaml``, every knob
-of the table whose ``since`` is at most the format."""
+of the table whose ``since`` is at most the format; 3: ``spec.yaml`` names fetched models by
+name and holds paths relative to the search folder (readable on any machine), and
+``search.json`` records each dataset's train statistics and when the search finished."""
+PORTABLE_FORMAT = 3  # the first format whose spec.yaml reads the same on every machine
 
 BASELINE_STAGE = "baseline"  # the stage of the no-distillation trial of every cell
 BASELINE: Config = {"alpha": 0.0, "inter_map": "none", "augment": "none"}  # plain fine-tuning

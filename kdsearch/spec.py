@@ -39,12 +39,8 @@ class TokenizerSpec:
     lowercase: bool = True
 
     def check(self, where: str) -> None:
-        from kdsearch.fetch import FETCHABLE
-
         if self.kind == "pretrained" and not self.name:
-            raise SpecError(f"{where}.name: a pretrained tokenizer needs a folder or hub name")
-        if self.kind == "pretrained" and self.name in FETCHABLE:  # not resolved to a folder: not fetched
-            raise SpecError(f"{where}.name: {self.name} is not fetched into this workdir: run `kdsearch models fetch {self.name}`")
+            raise SpecError(f"{where}.name: a pretrained tokenizer needs a folder, a fetched model or a hub name")
         if self.vocab_size < 100:
             raise SpecError(f"{where}.vocab_size: must be at least 100, got {self.vocab_size}")
 
@@ -429,7 +425,8 @@ def check_space(space: Mapping[str, Any], where: str, method: str) -> None:
             raise SpecError(f"{at}: choices repeat: {choices}")
 
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_NAME = 100
+NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
 
 
 @dataclass
@@ -455,6 +452,8 @@ class Spec:
         return self.search.students or [self.student]
 
     def check(self) -> None:
+        if len(self.name) > MAX_NAME:
+            raise SpecError(f"name: {len(self.name)} characters; it names the result folder, at most {MAX_NAME}")
         if not NAME.fullmatch(self.name) or ".." in self.name:
             raise SpecError(
                 f"name: {self.name!r} names the result folder: letters, digits, '.', '_' or '-' only (no '/' or '..')"
@@ -581,7 +580,8 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
 
     Relative data and model paths are resolved against the spec file's folder, so a spec
     works from any current directory; ``workdir`` (or ``$KDSEARCH_WORKDIR``) against the
-    current directory, where the user runs.
+    current directory, where the user runs. Model names stay names (``minilm-l6:first2``):
+    what they load is looked up when something trains (:mod:`kdsearch.preflight`).
     """
     p = Path(path)
     if not p.is_file():
@@ -595,16 +595,31 @@ def load_spec(path: str | os.PathLike[str], overrides: list[str] | None = None) 
 
 def spec_from_text(text: str, path: Path, overrides: list[str] | None = None) -> Spec:
     """A spec from ``text`` as if read from ``path`` (relative paths resolve against its folder)."""
+    return spec_from_raw(parse_raw(text, path), path, overrides)
+
+
+def parse_raw(text: str, path: Path) -> dict[str, Any]:
+    """A spec file's YAML as a mapping (not yet checked), or one line naming ``path``."""
     raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def spec_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] | None = None, stored: bool = False) -> Spec:
+    """Override, merge, resolve paths and check a parsed spec read from ``path``.
+
+    A ``stored`` spec is a search's own ``spec.yaml``: its workdir and storage are relative
+    to the search folder it lies in, not to where the user runs.
+    """
     for item in overrides or []:
         apply_override(raw, item)
     _merge_entries(raw)
+    base = Path(path).parent.resolve()
+    resolve_paths(raw, base, base if stored else Path.cwd(), stored)
     spec = from_dict(Spec, raw)
-    resolve_paths(spec, Path(path).parent.resolve(), Path.cwd())
     spec.check()
     return spec
 
@@ -679,49 +694,107 @@ def _looks_local(s: str) -> bool:
     return s.startswith((".", "/", "~")) or os.sep in s and Path(s).exists()
 
 
-def _fetched_name(name: str, workdir: str) -> str:
-    """A fetched model's name (``minilm-l6``, maybe cut: ``minilm-l6:first2``) as its folder in ``workdir``."""
-    from kdsearch.fetch import FETCHABLE, fetched, split_cut
-
-    base, how, k = split_cut(name)
-    folder = fetched(workdir, base) if base in FETCHABLE else None
-    if folder is None:
-        return name  # not fetched: the check names the command that fetches it
-    return str(folder) + (f":{how}{k}" if how else "")
+PathKind = Literal["workdir", "storage", "dataset", "file", "model", "register"]
 
 
-def resolve_paths(spec: Spec, base: Path, cwd: Path) -> None:
-    """Make local paths absolute: data and models against ``base``, workdir against ``cwd``."""
+def walk_paths(raw: dict[str, Any], fn: Callable[[str, PathKind, str], str]) -> None:
+    """Apply ``fn(field, kind, value)`` to every field of a raw spec that names a path or a model, in place.
 
-    def fix(s: str, against: Path = base) -> str:
-        q = Path(s).expanduser()
-        return str(q if q.is_absolute() else (against / q).resolve())
+    One list of such fields, read by path resolution (:func:`resolve_paths`), by stored specs
+    (:func:`dump_spec` writes them relative to the search folder) and by the reader of older
+    stored searches. Values that are not strings are left for the checks to report.
+    """
 
-    spec.workdir = fix(os.environ.get("KDSEARCH_WORKDIR", spec.workdir), cwd)
+    def visit(node: Any, key: str, kind: PathKind, where: str) -> None:
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            node[key] = fn(f"{where}.{key}" if where else key, kind, node[key])
 
-    def model(name: str) -> str:
-        return fix(name) if _looks_local(name) else _fetched_name(name, spec.workdir)
+    def data(d: Any, where: str) -> None:
+        visit(d, "dataset", "dataset", where)
+        if isinstance(d, dict):
+            files = d.get("files")
+            if isinstance(files, dict):
+                for k in files:
+                    visit(files, k, "file", f"{where}.files")
+            visit(d.get("tokenizer"), "name", "model", f"{where}.tokenizer")
 
-    for data in [spec.data, *spec.search.datasets]:
-        if _looks_local(data.dataset):
-            data.dataset = fix(data.dataset)
-        if data.files:
-            data.files = {k: fix(v) for k, v in data.files.items()}
-        if data.tokenizer.name:
-            data.tokenizer.name = model(data.tokenizer.name)
-    for m in (spec.teachers, spec.student):
-        m.model = model(m.model)
-    for st in spec.search.students:
-        st.model = model(st.model)
-    # storage is where every node writes: always absolute, against where the user runs
-    if "://" not in spec.search.storage:
-        spec.search.storage = fix(os.environ.get("KDSEARCH_STORAGE", spec.search.storage), cwd)
-    spec.teachers.register = [fix(r) for r in spec.teachers.register]
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    visit(raw, "workdir", "workdir", "")
+    visit(search, "storage", "storage", "search")
+    data(raw.get("data"), "data")
+    for i, d in enumerate(search.get("datasets") or []):
+        data(d, f"search.datasets[{i}]")
+    for section in ("teachers", "student"):
+        visit(raw.get(section), "model", "model", section)
+    for i, st in enumerate(search.get("students") or []):
+        visit(st, "model", "model", f"search.students[{i}]")
+    teachers = raw.get("teachers")
+    if isinstance(teachers, dict) and isinstance(teachers.get("register"), list):
+        teachers["register"] = [fn(f"teachers.register[{i}]", "register", r) if isinstance(r, str) else r
+                                for i, r in enumerate(teachers["register"])]
 
 
-def dump_spec(spec: Spec) -> str:
-    """The spec as YAML, every default written out (``tau_s: same`` as the user wrote it)."""
+def resolve_paths(raw: dict[str, Any], base: Path, cwd: Path, stored: bool = False) -> None:
+    """Make local paths absolute: data and models against ``base``, workdir and storage against
+    ``cwd``; fetched and hub model names and built-in datasets stay names. ``$KDSEARCH_WORKDIR``
+    (and, for a new search, ``$KDSEARCH_STORAGE``) replace the spec's own."""
+    from kdsearch.fetch import split_cut
+
+    raw.setdefault("workdir", Spec.workdir)
+    if not stored:
+        if raw.get("search") is None:
+            raw["search"] = {}
+        search = raw["search"]
+        if isinstance(search, dict):
+            search.setdefault("storage", SearchSpec.storage)
+            if os.environ.get("KDSEARCH_STORAGE"):
+                search["storage"] = os.environ["KDSEARCH_STORAGE"]
+    if os.environ.get("KDSEARCH_WORKDIR"):
+        raw["workdir"] = os.environ["KDSEARCH_WORKDIR"]
+
+    def absolute(where: str, kind: PathKind, value: str) -> str:
+        def fix(s: str, against: Path) -> str:
+            q = Path(s).expanduser()
+            try:
+                return str(q if q.is_absolute() else (against / q).resolve())
+            except (RuntimeError, OSError) as e:  # Python 3.11 raises RuntimeError on a symlink loop
+                raise SpecError(f"{where}: {s!r} cannot be resolved ({'a symbolic link loop' if 'loop' in str(e).lower() else e})") from None
+
+        if kind == "workdir":
+            return fix(value, cwd)
+        if kind == "storage":  # where every node writes: always absolute
+            return value if "://" in value else fix(value, cwd)
+        if kind == "model":
+            name, how, k = split_cut(value)
+            return fix(name, base) + (f":{how}{k}" if how else "") if _looks_local(name) else value
+        if kind == "dataset":
+            return fix(value, base) if _looks_local(value) else value
+        return fix(value, base)  # files, registered teachers
+
+    walk_paths(raw, absolute)
+
+
+def dump_spec(spec: Spec, relative_to: Path | None = None) -> str:
+    """The spec as YAML, every default written out (``tau_s: same`` as the user wrote it).
+
+    With ``relative_to`` (a search folder), local paths are written relative to it, so the
+    stored spec reads the same wherever the folder is copied; model names stay names.
+    """
+    from kdsearch.fetch import split_cut
+
     raw = dataclasses.asdict(spec)
     if raw["distill"].pop("tau_s_same"):
         raw["distill"]["tau_s"] = knobs.SAME
+    if relative_to is not None:
+        here = Path(relative_to).resolve()
+
+        def relative(where: str, kind: PathKind, value: str) -> str:
+            name, how, k = split_cut(value) if kind == "model" else (value, None, 0)
+            if "://" in name or not Path(name).is_absolute():
+                return value
+            rel = os.path.relpath(name, here)
+            rel = rel if rel.startswith("..") else f"./{rel}"  # read back as a path, not a name
+            return rel + (f":{how}{k}" if how else "")
+
+        walk_paths(raw, relative)
     return yaml.safe_dump(raw, sort_keys=False)

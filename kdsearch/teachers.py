@@ -28,6 +28,7 @@ from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.teacher_signal import FEATURES_SUFFIX, CachedTeacher, predict
 from kdsearch.distill.trainer import Trainer, TrialConfig, logit_scores, resolve_device, train_student
 from kdsearch.errors import KDSearchError, ModelError
+from kdsearch.fetch import label
 from kdsearch.knobs import ENSEMBLE
 from kdsearch.models import load_model
 from kdsearch.spec import DistillSpec, TeacherSpec
@@ -141,10 +142,12 @@ class TeacherPool:
         log: Callable[[str], None],
         progress: Callable[[str], Callable[[int, int, int], None]] | None,
     ) -> list[TeacherRecord]:
-        run_key = _hash([spec.model, dataclasses.asdict(spec.train)])
+        # by the model's name (a fetched model's, not its folder's): the same pool on every machine
+        model = label(spec.model)
+        run_key = _hash([model, dataclasses.asdict(spec.train)])
         new = []
         for seed in spec.seeds:
-            prefix = f"{Path(spec.model).name}-{run_key[:6]}-seed{seed}"
+            prefix = f"{Path(model).name}-{run_key[:6]}-seed{seed}"
             done = [r for r in self.records if r.name.startswith(prefix + "-")]
             if len(done) >= spec.train.epochs:
                 log(f"teacher {prefix}: {len(done)} checkpoints already in the pool, skipped")

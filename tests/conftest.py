@@ -1,12 +1,39 @@
-"""Shared fixtures: small slices of the real built-in data, tiny real models, a tiny search spec."""
+"""Shared fixtures: small slices of the real built-in data, tiny real models, a tiny search spec.
+
+The whole session runs in a sandbox of its own, made before anything else is imported:
+HOME, the caches (XDG, Hugging Face, torch, matplotlib), the temp folder (Ray's sessions
+too) and the current directory (so a spec's default workdir ``.kdsearch``) are fresh
+folders. Nothing its author has on the machine (a fetched model, a teacher pool, a hub
+cache, a checkout's ``.kdsearch``) can make a test pass.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _sandbox() -> Path:
+    # short: Ray's unix sockets live under the temp folder, and their paths must stay < 108 bytes
+    root = Path(tempfile.mkdtemp(prefix="kds-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    for var, sub in {"HOME": "home", "XDG_CACHE_HOME": "cache", "HF_HOME": "hf", "TORCH_HOME": "torch",
+                     "MPLCONFIGDIR": "mpl", "TMPDIR": "t", "RAY_TMPDIR": "t"}.items():
+        (root / sub).mkdir(exist_ok=True)
+        os.environ[var] = str(root / sub)
+    for var in ("KDSEARCH_WORKDIR", "KDSEARCH_STORAGE", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "RAY_ADDRESS"):
+        os.environ.pop(var, None)
+    tempfile.tempdir = None  # read TMPDIR again
+    (root / "cwd").mkdir(exist_ok=True)
+    return root
+
+
+SANDBOX = _sandbox()
+
+
 
 import pytest
 import torch
@@ -19,6 +46,17 @@ from kdsearch.teachers import TeacherPool
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # as the CLI sets it; before ray is imported
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_cwd() -> Iterator[Path]:
+    """The current directory of every test: a fresh folder, so a spec's default workdir
+    (``.kdsearch``) and any relative output land in the sandbox, never in the checkout.
+    (A fixture, not at import: pytest finds its tests from where it was started.)"""
+    before = Path.cwd()
+    os.chdir(SANDBOX / "cwd")
+    yield SANDBOX / "cwd"
+    os.chdir(before)
 
 
 @contextlib.contextmanager
@@ -187,17 +225,18 @@ def tiny_spec(tmp_path: Path, workdir: Path):
     return make
 
 
-def tiny_bert_folder(folder: Path, layers: int = 4, hidden: int = 32) -> Path:
+def tiny_bert_folder(folder: Path, layers: int = 4, hidden: int = 32, words: int = 400) -> Path:
     """A pretrained-model folder in all-MiniLM-L6-v2's layout (a ``BertModel``, its fast
-    uncased WordPiece tokenizer), tiny and made here: nothing comes from a hub."""
+    uncased WordPiece tokenizer of the ``words`` commonest words), tiny and made here:
+    nothing comes from a hub."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     import pandas as pd
 
     texts = pd.read_parquet(Path(__file__).resolve().parents[1] / "kdsearch/data/builtin/rotten_tomatoes/train.parquet").text
-    words = pd.Series(" ".join(texts.iloc[:2000]).lower().split()).str.replace(r"[^a-z]", "", regex=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words[words.str.len() > 0].value_counts().index[:400]))]
+    found = pd.Series(" ".join(texts.iloc[:2000]).lower().split()).str.replace(r"[^a-z]", "", regex=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(found[found.str.len() > 0].value_counts().index[:words]))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -95,6 +95,10 @@ SPEC_CASES: dict[str, tuple[list[str] | tuple[str, str], str]] = {
     "override into a number": (["data.max_length.x=1"], r"override 'data.max_length.x=1': max_length is not a mapping"),
     "override of bad YAML": (["search.space={loss: [ce"], r"override 'search.space=\{loss: \[ce': value is not valid YAML"),
     "spec not a mapping": (("<ALL>", "- a\n- b\n"), r"the spec must be a YAML mapping, got list"),
+    "name over the length limit": ([f"name={'n' * 101}"], r"name: 101 characters; it names the result folder, at most 100"),
+    "a cut of no layers": (["student.model=minilm-l6:first0"], r"student.model: model 'minilm-l6:first0': :first0 keeps 0 layers; "
+                                                             r"a cut keeps K >= 1 of the model's layers"),
+    "a cut of a preset": (["student.model=xs:first1"], r"student.model: model 'xs:first1': a cut .* takes a pretrained model, not the preset xs"),
 }
 
 
@@ -132,6 +136,9 @@ def data_folder(tmp_path: Path, change: str) -> Path:
         frames["train"]["label"] = "fresh"
     elif change == "unseen label":
         frames["validation"].loc[2, "label"] = "meh"
+    elif change == "label lost to the subsample":  # one train row has it; max_train_examples leaves it out
+        frames["train"].loc[5, "label"] = "meh"
+        frames["validation"].loc[2, "label"] = "meh"
     elif change == "latin-1 csv":
         frames["train"].loc[0, "text"] = "caf\u00e9 cr\u00e8me"
         for name, df in frames.items():
@@ -162,7 +169,9 @@ DATA_CASES = {
     "missing texts": (r"train split of '.*data' has missing texts in column 'text' \(rows 3, 7\)", None),
     "empty texts": (r"train split of '.*data': every text in column 'text' is empty", None),
     "one label": (r"train split of '.*data' has 1 label\(s\); need at least 2", None),
-    "unseen label": (r"validation split of '.*data' has label 'meh', not among train's labels", None),
+    "unseen label": (r"validation split of '.*data' has label 'meh', not among train's labels \(fresh, rotten\)$", None),
+    "label lost to the subsample": (r"validation split of '.*data' has label 'meh', not among train's labels \(fresh, rotten\) "
+                                    r"\(train is a random 20 of its 40 rows: data.max_train_examples\)", None),
     "latin-1 csv": (r"cannot read .*train.csv: 'utf-8' codec can't decode", None),
     "malformed jsonl": (r"cannot read .*train.jsonl", None),
     "truncated parquet": (r"cannot read .*train.parquet", None),
@@ -175,6 +184,11 @@ def test_bad_data_file(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     pattern, task = DATA_CASES[case]
     folder = data_folder(tmp_path, case)
     text = BASE if task is None else BASE.replace("data: {", "data: {task: token_classification, ")
+    if case == "label lost to the subsample":
+        from kdsearch.data.sources import _subsample
+
+        assert "meh" not in set(_subsample(pd.read_parquet(folder / "train.parquet"), 20).label)
+        text = text.replace("max_train_examples: 64", "max_train_examples: 20")
     spec = write_spec(tmp_path, text, dataset=str(folder))
     code, err = run_main(["teachers", "train", str(spec)], capsys)
     one_line_error(code, err, pattern)
@@ -203,6 +217,21 @@ def test_cli_misuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         code, err = run_main(args, capsys)
         one_line_error(code, err, pattern)
     assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists()
+
+
+def test_a_dataset_path_that_loops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    code, err = run_main(["run", str(write_spec(tmp_path, dataset="./loop"))], capsys)
+    one_line_error(code, err, r"data.dataset: './loop' cannot be resolved \(a symbolic link loop\)")
+    assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists()
+
+
+def test_a_max_length_with_no_room_for_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_main(["teachers", "train", str(write_spec(tmp_path)), "--set", "data.max_length=2"], capsys)
+    one_line_error(code, err, r"data.max_length: 2 token\(s\) leave no room for text: the tokenizer adds 2 special tokens "
+                              r"to every example; use at least 3")
+    assert not (tmp_path / "wd" / "teachers").exists() and not list((tmp_path / "wd").glob("cache/data/*"))
 
 
 def test_storage_and_workdir_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -361,8 +390,87 @@ def test_export_refuses_a_folder_that_holds_something(search, tmp_path: Path, ca
     one_line_error(code, err, r"--out .*student: exists and is not empty; pass --force to replace it")
     assert (out / "model.safetensors").read_text() == "the old model"
     code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(folder.parent), "--force"], capsys)
-    one_line_error(code, err, r"--out .*: holds the search .* itself")
+    one_line_error(code, err, r"--out .*: is or holds the search itself .* \(--force never replaces it\)")
     assert code == 2 and (folder / "trials.parquet").is_file()
+
+
+def test_force_never_replaces_what_kdsearch_owns(search, tmp_path: Path, capsys) -> None:
+    """--force replaces an export; never the workdir (or a folder in or around it), a search
+    folder, or the storage of searches."""
+    from kdsearch.results.store import ResultStore
+
+    folder, _ = search
+    wd = Path(ResultStore(folder).spec().workdir)  # the copy's: its workdir follows it
+    (wd / "cache").mkdir(parents=True, exist_ok=True)
+    other = tmp_path / "elsewhere" / "other-search"
+    shutil.copytree(folder, other)
+    cases = {
+        wd: r"is or holds the workdir",
+        wd / "cache": r"is or holds the workdir",
+        wd.parent: r"is or holds (the workdir|the search)",
+        folder.parent: r"is or holds the search itself",
+        folder: r"is or holds the search itself",
+        other: r"is or holds kdsearch search folders",
+        other.parent: r"is or holds kdsearch search folders",
+    }
+    before = {p: sorted(q.name for q in p.iterdir()) for p in cases}
+    for out, pattern in cases.items():
+        code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"], capsys)
+        one_line_error(code, err, rf"--out .*: {pattern}.*--force never replaces")
+    assert {p: sorted(q.name for q in p.iterdir()) for p in cases} == before
+
+
+def test_compare_refuses_an_existing_report_or_a_file(search, tmp_path: Path, capsys) -> None:
+    folder, _ = search
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("my notes")
+    code, err = run_main(["compare", str(folder), "--out", str(report)], capsys)
+    one_line_error(code, err, r"--out .*report: holds a report already; pass --force to replace it")
+    assert (report / "report.md").read_text() == "my notes" and sorted(p.name for p in report.iterdir()) == ["report.md"]
+    (tmp_path / "a-file").write_text("x")
+    code, err = run_main(["compare", str(folder), "--out", str(tmp_path / "a-file")], capsys)
+    one_line_error(code, err, r"--out .*a-file: exists and is not a folder")
+    assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_compare_of_no_rows_leaves_no_report_folder(search, tmp_path: Path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    folder, _ = search
+    table = pq.read_table(folder / "trials.parquet")
+    pq.write_table(table.slice(0, 0), folder / "trials.parquet")
+    code, err = run_main(["compare", str(folder), "--out", str(tmp_path / "report")], capsys)
+    one_line_error(code, err, r"no trial rows in .*: nothing to compare")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_search_json_of_another_tool(search, capsys) -> None:
+    folder, _ = search
+    (folder / "search.json").write_text(json.dumps({"runs": [1, 2], "tool": "someone else's"}))
+    for args in (["results", str(folder)], ["compare", str(folder)], ["recommend", "--loo", "--store", str(folder)]):
+        code, err = run_main(args, capsys)
+        one_line_error(code, err, r"search.json: not a kdsearch search \(it has no search_id")
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory: pytest.TempPathFactory, shared_ray) -> Path:
+    """A search whose every trial diverged (learning rate 1e9): its rows are there, no score is."""
+    tmp = tmp_path_factory.mktemp("diverged")
+    shared_ray.ensure()
+    assert main(["run", str(write_spec(tmp)), "--set", "student.train.learning_rate=1.0e9"]) == 2
+    (folder,) = (tmp / "searches").glob("bad-*")
+    return folder
+
+
+def test_a_search_whose_every_trial_diverged(diverged: Path, tmp_path: Path, capsys) -> None:
+    assert (pd.read_parquet(diverged / "trials.parquet").status == "diverged").all()
+    code, err = run_main(["compare", str(diverged), "--out", str(tmp_path / "report")], capsys)
+    one_line_error(code, err, r"no finished trial in .* \(every one failed or diverged\): nothing to compare")
+    code, err = run_main(["export", str(diverged), "--cell", "rotten_tomatoes/xs", "--out", str(tmp_path / "student")], capsys)
+    one_line_error(code, err, r"cell 'rotten_tomatoes/xs' has no finished distillation config to export \(every one failed or diverged\)")
+    assert not (tmp_path / "report").exists() and not (tmp_path / "student").exists()
+    assert main(["results", str(diverged)]) == 0
 
 
 def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) -> None:
@@ -371,7 +479,7 @@ def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) 
     out.mkdir()
     (out / "stale.txt").write_text("from an older export")
     (out / "model.safetensors").write_text("the old model")
-    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0  # (collapsed, too)
     assert f"written: {out}" in capsys.readouterr().out
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").read_bytes() != b"the old model"
     assert {"config.json", "kdsearch.yaml", "README.md", "metrics.json"} <= {p.name for p in out.iterdir()}
@@ -381,7 +489,7 @@ def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) 
 def test_damaged_exported_spec(search, tmp_path: Path, capsys) -> None:
     folder, _ = search
     out = tmp_path / "student"
-    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
     capsys.readouterr()
     (out / "kdsearch.yaml").write_text((out / "kdsearch.yaml").read_text().replace("teacher: t_ll", "teacher: [t_ll"))
     code, err = run_main(["distill", "--config", str(out / "kdsearch.yaml")], capsys)
@@ -398,10 +506,10 @@ CACHES = {  # what the warning calls it, its folder under cache/, the file damag
 
 @pytest.mark.parametrize("which", list(CACHES))
 def test_a_damaged_cache_heals(search, which: str, capsys) -> None:
-    import yaml
+    from kdsearch.spec import load_spec
 
     folder, spec = search
-    wd = Path(yaml.safe_load((folder / "spec.yaml").read_text())["workdir"])
+    wd = Path(load_spec(spec).workdir)
     sub, name = CACHES[which]
     damaged = sorted((wd / "cache" / sub).glob(f"*/{name}"))
     assert damaged
@@ -418,10 +526,10 @@ def test_a_damaged_cache_heals(search, which: str, capsys) -> None:
 
 
 def test_damaged_pool_index_and_checkpoint(search, capsys) -> None:
-    import yaml
+    from kdsearch.spec import load_spec
 
     folder, spec = search
-    wd = Path(yaml.safe_load((folder / "spec.yaml").read_text())["workdir"])
+    wd = Path(load_spec(spec).workdir)
     (index,) = (wd / "teachers").glob("*/pool.json")
     saved = index.read_text()
     index.write_text(saved[:20])

@@ -18,11 +18,17 @@ def searched(tiny_searches) -> Path:
     return tiny_searches["grid"]
 
 
-def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path) -> None:
+def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path, capsys) -> None:
     from transformers import pipeline
 
     out = tmp_path / "student"
-    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    # this tiny grid's students collapse (one class): refused, nothing written ...
+    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every config collapsed" in err[0] and "--force" in err[0] and not out.exists()
+    # ... unless forced, and then the card says so
+    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    assert "**Collapsed.**" in (out / "README.md").read_text()
     for f in ("config.json", "model.safetensors", "tokenizer.json", "kdsearch.yaml", "README.md"):
         assert (out / f).is_file(), f
     config = json.loads((out / "config.json").read_text())
@@ -30,6 +36,8 @@ def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Pa
     metrics = json.loads((out / "metrics.json").read_text())
     # the retrained student is the search's best-seed trial again (same seed, same numbers)
     assert metrics["retrained"]["val_score"] == pytest.approx(metrics["search_row"]["val_score"], abs=1e-6)
+    assert metrics["retrained"]["val_loss"] == pytest.approx(metrics["search_row"]["val_loss"], abs=1e-5)
+    assert metrics["reproduces_search_row"] and metrics["trained"] == "alone"
     # the exported spec is the best config, rerunnable as is
     exported = yaml.safe_load((out / "kdsearch.yaml").read_text())
     trials = pd.read_parquet(searched / "trials.parquet")
@@ -48,7 +56,7 @@ def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Pa
 
 def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "student"
-    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out)]) == 0
+    assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
     reported = json.loads((out / "metrics.json").read_text())["retrained"]["val_score"]
     capsys.readouterr()
     assert main(["distill", "--config", str(out / "kdsearch.yaml"), "--json"]) == 0

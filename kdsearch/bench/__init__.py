@@ -9,6 +9,16 @@ from typing import Any
 from kdsearch import atomic
 
 
+def portable(path: str | Path) -> str:
+    """How a result JSON names a file or folder: relative to where the bench ran, or to the
+    repository, never the absolute path of this machine (results are committed and compared)."""
+    p = Path(path).resolve()
+    for base in (Path.cwd().resolve(), Path(__file__).resolve().parents[2]):
+        if p.is_relative_to(base):
+            return str(p.relative_to(base))
+    return p.name
+
+
 def write_result(out: str | Path, result: dict[str, Any]) -> None:
     """Write a benchmark's result JSON atomically and say where."""
     atomic.write_text(Path(out), json.dumps(result, indent=1) + "\n")

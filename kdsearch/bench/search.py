@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import write_result
+from kdsearch.bench import portable, write_result
 from kdsearch.display import format_table
 from kdsearch.paths import SPACES
 from kdsearch.results.store import ResultStore
@@ -41,7 +41,7 @@ def _summary(folder: Path, metric: str) -> dict[str, Any]:
     search = trials[trials["stage"] != BASELINE_STAGE]
     (cell, best), = best_per_cell(trials, metric).items()
     return {
-        "folder": str(folder),
+        "folder": portable(folder),
         "cell": cell,
         "trials": int(len(search)),
         "configs": int(search["config_key"].nunique()),
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {"trial_fraction": 0.30, "gap_points": 0.5, "overhead_s": 1.0},
         "greedy": g,
         "grid": f,
-        "setup": {"spec": spec_path, "overrides": overrides, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()},
+        "setup": {"spec": portable(spec_path), "overrides": overrides, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count()},
     }
 
 

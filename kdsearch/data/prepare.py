@@ -13,18 +13,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from kdsearch import atomic, cache
 from kdsearch.data.sources import RawData, label_names, load_raw
+from kdsearch.data.stats import train_stats
 from kdsearch.data.tokenizer import get_tokenizer, tokenizer_key
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
 from kdsearch.tasks import IGNORE_INDEX, TASKS
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: pretrained tokenizers keyed by content; train statistics in meta.json
 
 
 @dataclass
@@ -74,6 +76,7 @@ class PreparedData:
     max_length: int
     mask_token_id: int | None = None
     special_ids: list[int] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # the train split's (see kdsearch.data.stats)
 
     @property
     def num_labels(self) -> int:
@@ -99,6 +102,7 @@ class PreparedData:
             max_length=meta["max_length"],
             mask_token_id=meta["mask_token_id"],
             special_ids=meta["special_ids"],
+            stats=meta.get("stats", {}),
         )
 
 
@@ -110,14 +114,14 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def _label_ids(values: list, names: list[str], split: str, source: str) -> list[int]:
+def _label_ids(values: list, names: list[str], split: str, raw: RawData) -> list[int]:
     index = {n: i for i, n in enumerate(names)}
     out = []
     for v in values:
         key = str(v)
         if key not in index:
             shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-            raise DataError(f"{split} split of {source!r} has label {key!r}, not among train's labels ({shown})")
+            raise DataError(f"{split} split of {raw.source!r} has label {key!r}, not among train's labels ({shown}){raw.subsampled}")
         out.append(index[key])
     return out
 
@@ -138,7 +142,7 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
         encs = backend.encode_batch(words, is_pretokenized=True)
         label_rows = []
         for enc, t in zip(encs, tags):
-            ids = _label_ids(t, names, split, raw.source)
+            ids = _label_ids(t, names, split, raw)
             row, seen = [], set()
             for wid in enc.word_ids:
                 # only a word's first sub-token carries its tag; the rest and specials are ignored
@@ -156,7 +160,7 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
             encs = backend.encode_batch(list(zip(texts, pairs)))
         else:
             encs = backend.encode_batch(texts)
-        labels = torch.tensor(_label_ids(df[cols["label"]].tolist(), names, split, raw.source))
+        labels = torch.tensor(_label_ids(df[cols["label"]].tolist(), names, split, raw))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = _pad([e.ids for e in encs], pad_id)
     lengths = torch.tensor([len(e.ids) for e in encs], dtype=torch.long)
@@ -182,7 +186,7 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
     cache_root = Path(workdir) / "cache"
     names = label_names(raw)
     if len(names) < 2:
-        raise DataError(f"train split of {raw.source!r} has {len(names)} label(s); need at least 2")
+        raise DataError(f"train split of {raw.source!r} has {len(names)} label(s); need at least 2{raw.subsampled}")
     key = data_key(spec, raw, names)
     folder = cache_root / "data" / key
     if cache.usable(folder, "tokenized data", required=["meta.json"]):
@@ -192,6 +196,10 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
         return data
     log(f"preparing {raw.source} (cached under {folder})")
     tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root, log)
+    specials = tokenizer.num_special_tokens_to_add(pair=raw.task == "pair_classification")
+    if spec.max_length <= specials:
+        raise DataError(f"data.max_length: {spec.max_length} token(s) leave no room for text: the tokenizer adds {specials} "
+                        f"special tokens to every example; use at least {specials + 1}")
     with atomic.new_dir(folder) as tmp:
         for split in raw.splits:
             start = time.perf_counter()
@@ -210,6 +218,7 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
             "max_length": spec.max_length,
             "mask_token_id": tokenizer.mask_token_id,
             "special_ids": sorted(set(tokenizer.all_special_ids)),
+            "stats": train_stats(raw),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         cache.seal(tmp)

@@ -36,6 +36,14 @@ class RawData:
     splits: dict[str, pd.DataFrame]
     fingerprint: str
     source: str
+    train_rows: int | None = None  # the train split's rows before data.max_train_examples took a sample
+
+    @property
+    def subsampled(self) -> str:
+        """How train was cut, for messages about labels it lacks ("" when it was whole)."""
+        if self.train_rows is None:
+            return ""
+        return f" (train is a random {len(self.splits['train'])} of its {self.train_rows} rows: data.max_train_examples)"
 
 
 def _read_file(path: Path) -> pd.DataFrame:
@@ -166,7 +174,9 @@ def load_raw(spec: DataSpec) -> RawData:
         _check_values(df, columns, roles, split, source)
         keep = [columns[r] for r in roles]
         splits[split] = df[keep].reset_index(drop=True)
-    if spec.max_train_examples:
+    train_rows = None
+    if spec.max_train_examples and len(splits["train"]) > spec.max_train_examples:
+        train_rows = len(splits["train"])
         splits["train"] = _subsample(splits["train"], spec.max_train_examples)
     if spec.max_eval_examples:
         for s in ("validation", "test"):
@@ -175,7 +185,7 @@ def load_raw(spec: DataSpec) -> RawData:
     key = json.dumps(
         [fingerprint, task, columns, spec.max_train_examples, spec.max_eval_examples, "random-subsample"], sort_keys=True
     )
-    return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], source)
+    return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], source, train_rows)
 
 
 def _rows(mask: pd.Series) -> str:

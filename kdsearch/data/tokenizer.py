@@ -21,12 +21,36 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def tokenizer_key(spec: TokenizerSpec, raw: RawData) -> str:
-    """What identifies a tokenizer: a trained one depends on the train split."""
+    """What identifies a tokenizer: a trained one depends on the train split, a pretrained one
+    on its content (vocabulary, normalisation, special tokens), never on its name or folder:
+    a model fetched again, or changed, never reuses tokens another tokenizer made."""
     if spec.kind == "pretrained":
-        ident = ["pretrained", spec.name]
+        assert spec.name is not None
+        ident = ["pretrained", 2, pretrained_fingerprint(spec.name)]
     else:
         ident = ["wordpiece", 2, spec.vocab_size, spec.lowercase, raw.fingerprint]
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+_FINGERPRINTS: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+
+
+def pretrained_fingerprint(name: str) -> str:
+    """A hash of what the pretrained tokenizer ``name`` does: its whole serialised fast
+    tokenizer and its special tokens (remembered per process while its files are unchanged)."""
+    folder = Path(name).expanduser()
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    stamp = (str(folder.resolve()) if files else name, tuple((f.name, *_size_time(f)) for f in files if f.is_file()))
+    if stamp not in _FINGERPRINTS:
+        tok = load_pretrained_tokenizer(name)
+        content = [type(tok).__name__, tok.backend_tokenizer.to_str(), tok.special_tokens_map, tok.model_max_length]
+        _FINGERPRINTS[stamp] = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    return _FINGERPRINTS[stamp]
+
+
+def _size_time(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 # WordPiece's trainer slows down with the square of a word's length (50,000 letters: 1 s; a

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kdsearch.data.prepare import data_key
-from kdsearch.data.sources import label_names, load_raw
-from kdsearch.errors import DataError
+from kdsearch.data.sources import load_raw
+from kdsearch.data.stats import train_stats
+from kdsearch.errors import KDSearchError
+from kdsearch.fetch import locate
 from kdsearch.spec import DataSpec
 from kdsearch.teachers import pool_index
 from kdsearch.tasks import TASKS
@@ -46,35 +48,23 @@ class DatasetFeatures:
         return asdict(self)
 
 
-def _entropy(labels: pd.Series) -> float:
-    p = labels.value_counts(normalize=True).to_numpy()
-    return float(-(p * np.log(p)).sum() / math.log(len(p))) if len(p) > 1 else 0.0
-
-
 def describe(spec: DataSpec, workdir: str | Path | None = None) -> DatasetFeatures:
-    """Features of ``spec``'s train split; ``workdir``'s teacher pool adds the teacher score."""
+    """Features of ``spec``'s train split; ``workdir``'s teacher pool adds the teacher score.
+
+    The pool is found by the data's cache key, which needs the spec's tokenizer: where that
+    cannot be loaded (a fetched model not fetched here), there is no teacher score.
+    """
     raw = load_raw(spec)
-    train = raw.splits["train"]
-    if len(train) == 0:
-        raise DataError(f"train split of {raw.source!r} is empty")
-    if TASKS[raw.task].per_token:
-        lengths = train[raw.columns["tokens"]].map(len)
-        labels = train[raw.columns["tags"]].explode()
-    else:
-        lengths = train[raw.columns["text"]].astype(str).str.split().map(len)
-        labels = train[raw.columns["label"]]
     teacher = None
     if workdir is not None:
-        pool = pool_index(workdir, data_key(spec, raw))
-        if pool.is_file():
+        try:
+            tok = spec.tokenizer
+            if tok.kind == "pretrained" and tok.name:
+                spec = dataclasses.replace(spec, tokenizer=dataclasses.replace(tok, name=locate(tok.name, workdir)))
+            pool = pool_index(workdir, data_key(spec, raw))
+        except KDSearchError:
+            pool = None
+        if pool is not None and pool.is_file():
             records = json.loads(pool.read_text())
             teacher = max((r["val_score"] for r in records), default=None)
-    return DatasetFeatures(
-        name=raw.source,
-        task=raw.task,
-        train_size=len(train),
-        labels=len(label_names(raw)),
-        mean_length=float(lengths.mean()),
-        label_entropy=_entropy(labels.astype(str)),
-        teacher_score=teacher,
-    )
+    return DatasetFeatures(**train_stats(raw), teacher_score=teacher)

@@ -100,10 +100,12 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
         modes.add(spec.search.mode)
         meta = store.meta()
         teacher_of[meta["search_id"]] = label(spec.teachers.model)
-        # the teachers a search used are in its search.json; the pool may be long gone
+        # the teachers a search used and its datasets' statistics are in its search.json: neither
+        # its workdir nor its data need to be here (older searches: described from their data)
         teachers = meta.get("teachers") or {}
-        for dspec in spec.data_specs:
-            f = describe(dspec, spec.workdir)
+        recorded = meta.get("datasets") or {}
+        described = [DatasetFeatures(**stats) for stats in recorded.values()] or [describe(d, spec.workdir) for d in spec.data_specs]
+        for f in described:
             picked = teachers.get(f.name)
             if picked:
                 f = dataclasses.replace(f, teacher_score=max(t["val_score"] for t in picked.values()))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
-from kdsearch.results.store import open_store
+from kdsearch.results.store import open_store, tau_s_as_number
 from kdsearch.results.summary import MIN_SEEDS, paired_difference
 
 RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
@@ -46,17 +46,8 @@ def load(folders: Sequence[str | Path]) -> pd.DataFrame:
         t["order"] = np.arange(len(t))
         frames.append(t)
     if len({str(t["tau_s"].dtype) for t in frames if "tau_s" in t}) > 1:
-        frames = [_tau_s_as_number(t) for t in frames]
+        frames = [tau_s_as_number(t) for t in frames]
     return pd.concat(frames, ignore_index=True)
-
-
-def _tau_s_as_number(t: pd.DataFrame) -> pd.DataFrame:
-    if "tau_s" not in t or t["tau_s"].dtype.kind == "f":
-        return t
-    same = t["tau_s"] == "same"
-    t["tau_s"] = np.where(same, t["tau_t"].astype(float), pd.to_numeric(t["tau_s"], errors="coerce"))
-    t["tau_s_same"] = same
-    return t
 
 
 def _sign(mode: str) -> float:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from kdsearch import atomic
+from kdsearch.display import format_value
+from kdsearch.errors import KDSearchError
 from kdsearch.reports import analysis
 from kdsearch.knobs import BASELINE_STAGE
 
@@ -17,10 +19,58 @@ def _md(df: pd.DataFrame) -> str:
     if df.empty:
         return "(none)\n"
     cols = list(df.columns)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(_cell(c, v) for c, v in zip(cols, row)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def _cell(column: str, v: object) -> str:
+    # NaN stays visible in a report ("nan"): a missing number there is itself a finding
+    return "nan" if isinstance(v, float) and v != v else format_value(column, v)
+
+
+def _telling(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``df`` without those of ``columns`` that hold one value everywhere (a spread of 0 with one
+    search per method says nothing)."""
+    return df.drop(columns=[c for c in columns if c in df and df[c].nunique(dropna=False) <= 1])
+
+
+def unique_searches(folders: Sequence[str | Path]) -> list[Path]:
+    """Each search once: a folder named twice, or two copies of one search (same ``search_id``)."""
+    from kdsearch.results.store import open_store
+
+    seen: set[str] = set()
+    out = []
+    for f in folders:
+        store = open_store(f)
+        ident = store.meta().get("search_id") or str(Path(f).resolve())
+        if ident not in seen:
+            seen.add(ident)
+            out.append(Path(f))
+    return out
+
+
+def metric_names(trials: pd.DataFrame) -> dict[str, str]:
+    """Cell -> what its score is (``accuracy``, ``f1``: the task's primary metric)."""
+    from kdsearch.tasks import TASKS
+
+    if "task" not in trials:
+        return {}
+    return {str(c): TASKS[t].primary_metric for c, t in trials.groupby("cell")["task"].first().items() if t in TASKS}
+
+
+def check_tasks(trials: pd.DataFrame) -> None:
+    """Refuse a cell whose rows come from two tasks (two datasets of one name): scores of
+    different metrics under one cell would be averaged together."""
+    if "task" not in trials:
+        return
+    tasks = trials.groupby("cell")["task"].nunique()
+    mixed = tasks[tasks > 1]
+    if len(mixed):
+        cell = mixed.index[0]
+        by = trials[trials["cell"] == cell].groupby("task")["search_id"].first()
+        raise KDSearchError(f"cell {cell!r} is {' in one search and '.join(f'{t} ({s})' for t, s in by.items())}: "
+                            "their scores are different metrics; compare those searches apart")
 
 
 def _verdict(d: dict) -> str:
@@ -62,13 +112,18 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
         names.append(name)
     ok = trials[trials["status"] == "ok"]
     if "val_agreement" in ok.columns and len(ok):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, fid in zip(axes, ("val_agreement", "val_kl")):
-            for stage_is_base, s in ok.groupby(ok["stage"] == BASELINE_STAGE):
-                ax.scatter(s[fid], s[metric], s=14, label="no KD" if stage_is_base else "KD")
-            ax.set_xlabel(fid)
-            ax.set_ylabel(metric)
-            ax.legend()
+        # one row of panels per task: accuracy and entity F1 are not one axis
+        tasks = sorted(ok["task"].dropna().unique()) if "task" in ok else [None]
+        fig, grid = plt.subplots(len(tasks), 2, figsize=(10, 4 * len(tasks)), squeeze=False)
+        for axes, task in zip(grid, tasks):
+            rows = ok if task is None else ok[ok["task"] == task]
+            named = f"{metric} ({metric_names(rows).get(str(rows['cell'].iloc[0]), metric)}, {task})" if task else metric
+            for ax, fid in zip(axes, ("val_agreement", "val_kl")):
+                for stage_is_base, s in rows.groupby(rows["stage"] == BASELINE_STAGE):
+                    ax.scatter(s[fid], s[metric], s=14, label="no KD" if stage_is_base else "KD")
+                ax.set_xlabel(fid)
+                ax.set_ylabel(named)
+                ax.legend()
         fig.suptitle("fidelity vs generalisation, one point per trial")
         fig.tight_layout()
         fig.savefig(out / "fidelity_vs_accuracy.png", dpi=100)
@@ -76,9 +131,10 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
         names.append("fidelity_vs_accuracy.png")
     if not costs.empty:
         fig, ax = plt.subplots(figsize=(6, 4))
-        labels = costs["cell"] + " " + costs["knob"]
+        unit = metric_names(trials)
+        labels = costs["cell"] + " " + costs["knob"] + costs["cell"].map(lambda c: f" ({unit[c]})" if c in unit else "")
         ax.barh(labels, costs["cost_points"])
-        ax.set_xlabel(f"cost of the worst choice ({metric} points)")
+        ax.set_xlabel("cost of the worst choice (points of each cell's own metric)")
         fig.tight_layout()
         fig.savefig(out / "knob_costs.png", dpi=100)
         plt.close(fig)
@@ -86,11 +142,31 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
     return names
 
 
+def check_out(out: Path, force: bool) -> None:
+    """A report goes into a folder; an existing report there is replaced only with ``force``."""
+    if out.exists() and not out.is_dir():
+        raise KDSearchError(f"--out {out}: exists and is not a folder (a report is a folder: report.md and its plots)")
+    if (out / "report.md").exists() and not force:
+        raise KDSearchError(f"--out {out}: holds a report already; pass --force to replace it")
+
+
 def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_score", mode: str = "max",
-            log: Callable[[str], None] = print) -> str:
-    """Write ``out/report.md`` and its plots; return the report text."""
+            log: Callable[[str], None] = print, force: bool = False) -> str:
+    """Write ``out/report.md`` and its plots; return the report text.
+
+    Every refusal (a damaged or empty search, nothing finished, two tasks under one cell, an
+    existing report without ``force``) comes before anything is written.
+    """
     out = Path(out)
-    trials = analysis.load(folders)  # damaged input is refused before anything is written
+    given = list(folders)
+    folders = unique_searches(given)  # damaged input is refused before anything is written
+    trials = analysis.load(folders)
+    if trials.empty:
+        raise KDSearchError(f"no trial rows in {', '.join(map(str, folders))}: nothing to compare")
+    if metric not in trials or not ((trials["status"] == "ok") & trials[metric].notna()).any():
+        raise KDSearchError(f"no finished trial in {', '.join(map(str, folders))} (every one failed or diverged): nothing to compare")
+    check_tasks(trials)
+    check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     curves = analysis.anytime(trials, metric, mode)
     reg = analysis.regret(curves, mode)
@@ -98,6 +174,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
         searches=("search_id", "nunique"), trials=("trials", "mean"), best=("best", "mean"),
         best_spread=("best", "std"), regret_points=("regret_points", "mean"),
     ).reset_index().fillna({"best_spread": 0.0})
+    by_method = _telling(by_method, ["searches", "best_spread"] if (by_method["searches"] <= 1).all() else [])
     costs = analysis.knob_costs(trials, metric, mode)
     rank = analysis.recommended_rank(trials, metric, mode)
     means = analysis.config_means(trials, metric)
@@ -110,7 +187,14 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                           "95% CI high": 100 * d["high"], "seeds": d["seeds"], "verdict": _verdict(d)})
     plots = _plots(trials, curves, costs, metric, out)
     text = "# kdsearch comparison\n\n"
-    text += f"Searches: {', '.join(Path(f).name for f in folders)}. Metric: {metric} ({mode}), mean over paired seeds.\n\n"
+    text += f"Searches: {', '.join(Path(f).name for f in folders)}. Metric: {metric} ({mode}), mean over paired seeds"
+    tasks = trials.groupby("task")["cell"].first().map(metric_names(trials)) if "task" in trials else pd.Series(dtype=str)
+    if tasks.nunique() > 1:
+        per = "; ".join(f"{task}: {name}" for task, name in tasks.items())
+        text += f"; each task scores its own way ({per}), so cells are compared within themselves, never averaged together"
+    text += ".\n\n"
+    if len(folders) < len(given):
+        text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
     text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
     text += "\n## KD against no KD, seed by seed (best config of each cell)\n\n" + _md(analysis.kd_gain(trials, metric, mode))
     text += "\n## Best against runner-up, seed by seed\n\n" + _md(pd.DataFrame(pairs))

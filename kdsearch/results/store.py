@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from kdsearch import atomic
 from kdsearch.errors import KDSearchError
-from kdsearch.knobs import KNOBS, RESULTS_FORMAT
+from kdsearch.knobs import KNOBS, PORTABLE_FORMAT, RESULTS_FORMAT
 
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
@@ -87,10 +88,8 @@ class ResultStore:
         old = self.read(table)
         df = new if old.empty else pd.concat([old, new], ignore_index=True)
         df = _normalise(df).drop_duplicates(subset=KEYS[table], keep="last").reset_index(drop=True)
-        tmp = self.folder / f".{table}.tmp-{os.getpid()}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.replace(tmp, self.path(table))
+        _write_table(self, table, df)
 
     def trials(self) -> pd.DataFrame:
         return self.read(TRIALS)
@@ -121,22 +120,38 @@ class ResultStore:
             if hashlib.sha256(body.encode()).hexdigest() != seal.strip():
                 raise _damaged(p, "does not match its checksum (was it edited?)")
             return body
-        if self.meta().get("results_format", 1) >= 2:  # sealed since format 2: a missing seal is a cut file
+        if self.format() >= 2:  # sealed since format 2: a missing seal is a cut file
             raise _damaged(p, "has lost its last line")
         return text
 
-    def spec(self) -> Any:
-        """The search's spec, as it began (a damaged one: one line naming the file)."""
-        from kdsearch.errors import SpecError
-        from kdsearch.spec import spec_from_text
+    def spec(self, overrides: list[str] | None = None) -> Any:
+        """The search's spec, as it began, read against this folder wherever it now is.
 
+        Reading never needs the models, the data or the workdir to exist (training checks
+        those). A spec of results format 1 or 2 names the paths of the machine that ran it,
+        and fetched models by their folders: it is read as format 3 would have written it
+        (see :func:`portable_raw`). A spec this kdsearch cannot read is one line.
+        """
+        from kdsearch.errors import SpecError
+        from kdsearch.spec import parse_raw, spec_from_raw
+
+        path = self.path(SPEC_FILE)
         try:
-            return spec_from_text(self.spec_text(), self.path(SPEC_FILE))
+            raw = parse_raw(self.spec_text(), path)
+            if self.format() < PORTABLE_FORMAT:
+                portable_raw(raw, self.meta().get("search_id") or self.folder.name)
+            return spec_from_raw(raw, path, overrides, stored=True)
         except SpecError as e:
-            raise _damaged(self.path(SPEC_FILE), f"is not a valid spec ({e})") from None
+            if overrides:
+                raise
+            raise KDSearchError(f"{path}: not a spec this kdsearch can read ({e}); was it written by a newer kdsearch?") from None
+
+    def format(self) -> int:
+        """The results format the search was written in (1: before formats were recorded)."""
+        return int(self.meta().get("results_format", 1))
 
     def meta(self) -> dict[str, Any]:
-        """``search.json``: the search's id, method, cells, teachers, results format."""
+        """``search.json``: the search's id, method, cells, teachers, datasets, results format."""
         p = self.path(META_FILE)
         if not p.is_file():
             return {}
@@ -146,10 +161,112 @@ class ResultStore:
             raise _damaged(p, f"is not valid JSON ({str(e)[:80]})") from None
         if not isinstance(meta, dict):
             raise _damaged(p, "is not a JSON object")
+        if "search_id" not in meta or not isinstance(meta.get("results_format", 1), int):
+            raise KDSearchError(f"{p}: not a kdsearch search (it has no search_id; another tool's search.json?)")
         return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.write_text(META_FILE, json.dumps({"results_format": RESULTS_FORMAT, **meta}, indent=1))
+
+    def finished(self) -> bool | None:
+        """Whether the search ran to its end (None: written before kdsearch recorded it)."""
+        meta = self.meta()
+        if "finished" in meta:
+            return bool(meta["finished"])
+        return True if self.path(BEST_FILE).is_file() else None if self.format() < PORTABLE_FORMAT else False
+
+    def mark_finished(self) -> None:
+        self.write_meta({**self.meta(), "finished": time.time()})
+
+
+def upgrade(folder: str | os.PathLike[str]) -> list[str]:
+    """Rewrite a stored search in the current results format; what changed, in words.
+
+    The old formats still read (:meth:`ResultStore.spec`); this makes the files themselves
+    portable: ``spec.yaml`` with names and relative paths (sealed again), ``tau_s`` as a
+    number beside ``tau_s_same`` (format 1), the datasets' train statistics and whether the
+    search finished in ``search.json``. Trial values are never touched.
+    """
+    store = open_store(folder)
+    meta = store.meta()
+    fmt = store.format()
+    if fmt >= RESULTS_FORMAT:
+        return []
+    from kdsearch.spec import dump_spec
+
+    spec = store.spec()
+    changes = [f"results format {fmt} -> {RESULTS_FORMAT}"]
+    before = store.spec_text()
+    after = dump_spec(spec, store.folder)
+    if before != after:
+        store.write_spec(after)
+        changes.append("spec.yaml: fetched models by name, paths relative to the search folder, sealed")
+    trials = store.trials()
+    if fmt < 2 and "tau_s" in trials and trials["tau_s"].dtype.kind not in "fiu":
+        trials = tau_s_as_number(trials)
+        _write_table(store, TRIALS, trials)
+        epochs = store.epochs()
+        if "tau_s" in epochs and epochs["tau_s"].dtype.kind not in "fiu":
+            _write_table(store, EPOCHS, tau_s_as_number(epochs))
+        changes.append("tau_s as a number beside tau_s_same")
+    if "datasets" not in meta:
+        from kdsearch.data.sources import load_raw
+        from kdsearch.data.stats import train_stats
+
+        try:
+            meta["datasets"] = {(st := train_stats(load_raw(d)))["name"]: st for d in spec.data_specs}
+            changes.append("search.json: the datasets' train statistics")
+        except KDSearchError as e:
+            changes.append(f"no train statistics ({e}): the recommender reads its data when it is there")
+    if "finished" not in meta and store.finished():
+        meta["finished"] = True  # when is not known
+    store.write_meta({**meta, "results_format": RESULTS_FORMAT})
+    return changes
+
+
+def tau_s_as_number(t: pd.DataFrame) -> pd.DataFrame:
+    """Format 1's ``tau_s`` text ("1.0", "same") as a number, with ``tau_s_same``."""
+    import numpy as np
+
+    if "tau_s" not in t or t["tau_s"].dtype.kind == "f":
+        return t
+    t = t.copy()
+    same = t["tau_s"] == "same"
+    t["tau_s"] = np.where(same, t["tau_t"].astype(float), pd.to_numeric(t["tau_s"], errors="coerce"))
+    t["tau_s_same"] = same
+    return t
+
+
+def _write_table(store: ResultStore, table: str, df: pd.DataFrame) -> None:
+    tmp = store.folder / f".{table}.tmp-{os.getpid()}"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    os.replace(tmp, store.path(table))
+
+
+def portable_raw(raw: dict[str, Any], search_id: str) -> None:
+    """A results-format 1 or 2 spec, in place, as format 3 writes it: fetched models by name
+    (``minilm-l6:first2``, not ``/home/x/.kdsearch/models/minilm-l6:first2``) and other paths
+    relative to the search folder as it was, so they follow it wherever it is read."""
+    from kdsearch.fetch import label
+    from kdsearch.spec import walk_paths
+
+    search = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+    storage = search.get("storage")
+    if not isinstance(storage, str) or "://" in storage:
+        return walk_paths(raw, lambda where, kind, v: label(v) if kind == "model" else v)
+    then = Path(storage) / search_id  # where the folder was: absolute, or relative to where it ran
+
+    def relative(where: str, kind: str, value: str) -> str:
+        if kind == "model" and label(value) != value:
+            return label(value)
+        if kind in ("model", "dataset") and not value.startswith(("/", ".")):
+            return value  # a preset, a built-in dataset or a hub name
+        if kind == "storage":
+            return ".."
+        rel = os.path.relpath(value, then) if kind in ("workdir",) or Path(value).is_absolute() else value
+        return rel if rel.startswith("..") else f"./{rel}"
+
+    walk_paths(raw, relative)
 
 
 def open_store(folder: str | os.PathLike[str]) -> ResultStore:

@@ -45,6 +45,7 @@ class Method:
         supports_asha: early stopping on epochs makes sense (configs of unequal promise).
         default_budget: configs per cell when ``search.budget`` is not set (None: until
             the method itself is done, as greedy's stages and the grid are).
+        most: the most distinct configs it runs per cell without a budget.
     """
 
     name: str
@@ -53,10 +54,16 @@ class Method:
     takes_ranges: bool
     supports_asha: bool
     default_budget: Callable[[Space], int | None]
+    most: Callable[[Space], int]
 
     def budget(self, space: Space, spec_budget: int | None) -> int | None:
         """Configs per cell: the spec's ``search.budget``, else this method's default."""
         return spec_budget or self.default_budget(space)
+
+    def configs(self, space: Space, spec_budget: int | None) -> int:
+        """The most distinct configs per cell it will run: its own bound, capped by the budget."""
+        budget = self.budget(space, spec_budget)
+        return min(self.most(space), budget) if budget else self.most(space)
 
     @property
     def grid_points(self) -> bool:
@@ -79,6 +86,11 @@ def _until_done(space: Space) -> None:
     return None
 
 
+def grid_size(space: Space) -> int:
+    """Distinct behaviours of the full grid (see :meth:`Space.grid`)."""
+    return sum(1 for _ in space.grid())
+
+
 def _as_many_as_greedy(space: Space) -> int:
     # so greedy and a sampler compare at equal budgets; ranges have no greedy size
     return 10 if space.ranges else greedy_size(space)
@@ -86,12 +98,15 @@ def _as_many_as_greedy(space: Space) -> int:
 
 _METHODS = (
     Method("greedy", "Sultan et al.'s greedy approximate grid: one knob per stage, in the space's order",
-           "kdsearch.search.greedy:build", takes_ranges=False, supports_asha=False, default_budget=_until_done),
+           "kdsearch.search.greedy:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
+           most=greedy_size),
     Method("grid", "every combination of the choices, each behaviour once",
-           None, takes_ranges=False, supports_asha=False, default_budget=_until_done),
+           None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size),
     Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
-           "kdsearch.search.study:build_tpe", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy),
+           "kdsearch.search.study:build_tpe", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy,
+           most=_as_many_as_greedy),
     Method("random", "random sampling, the same budget rule as optuna",
-           "kdsearch.search.study:build_random", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy),
+           "kdsearch.search.study:build_random", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy,
+           most=_as_many_as_greedy),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}

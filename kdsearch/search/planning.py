@@ -8,7 +8,7 @@ object store. Nothing here imports Ray: the export reads ``cell_id`` from here.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ class Plan:
     cell_info: dict[str, dict[str, Any]]
     defaults: dict[str, dict[str, Any]]
     teachers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # dataset -> selection -> record
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> train statistics (data.stats)
 
 
 def _candidates(spec: Spec, base: dict[str, Any], name: str) -> list[Any]:
@@ -132,6 +133,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
     keys = teacher_keys(spec)
     features, with_model = teacher_needs(spec)
     picked: dict[str, dict[str, dict[str, Any]]] = {}
+    stats: dict[str, dict[str, Any]] = {}
     for dspec in spec.data_specs:
         data = prepare_data(dspec, spec.workdir, log=log)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
@@ -141,6 +143,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
             pool.register(folder)
         pool.train(spec.teachers, log=log, progress=StepProgress)
         data_by_key[data.key] = data
+        stats[data.source] = data.stats
         teachers[data.key], names[data.key] = {}, {}
         loaded: dict[str, Any] = {}  # t_hs and t_ll often pick the same checkpoint: ship it once
         for key in keys:
@@ -171,7 +174,28 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                       device=spec.device, metric=spec.search.metric, mode=spec.search.mode,
                       asha=None if asha is None else {"grace_period": asha.grace_period, "reduction_factor": asha.reduction_factor,
                                                       "max_t": spec.student.train.epochs})
-    return Plan(payload, spaces, cell_info, defaults, picked)
+    return Plan(payload, spaces, cell_info, defaults, picked, stats)
+
+
+def population_members(points: list[dict[str, Any]], cell: CellPlan, data: PreparedData,
+                       teachers: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    """The students and :class:`~kdsearch.distill.population.Member` s of one population of
+    ``points`` (one cell), built in order as its trial builds them: each student seeded as
+    its single trial would be. ``teachers`` maps a teacher key to its signal."""
+    import torch
+
+    from kdsearch.distill.population import Member
+    from kdsearch.models import build_for
+    from kdsearch.spec import with_knobs
+
+    models, members = [], []
+    for point in points:
+        distill, train = with_knobs(cell.distill, cell.train, point)
+        seed = int(point["seed"])
+        torch.manual_seed(seed)
+        models.append(build_for(cell.student, data, cell.dropout))
+        members.append(Member(distill, train, seed, teachers[knobs.teacher_key(distill.config())]))
+    return models, members
 
 
 def sample_students(p: Plan) -> list[Any]:

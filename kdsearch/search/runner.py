@@ -13,21 +13,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from kdsearch import atomic
-from kdsearch.errors import KDSearchError
+from kdsearch.errors import Interrupted, KDSearchError
+from kdsearch.preflight import resolve_models
 from kdsearch.knobs import BASELINE, BASELINE_STAGE
 from kdsearch.ray_runtime import check_device, check_resources, cluster_nodes, init_ray, this_machine
-from kdsearch.results.store import BEST_FILE, SPEC_FILE, TUNE_DIR, ResultStore
+from kdsearch.results.store import BEST_FILE, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore
 from kdsearch.results.summary import best_per_cell, best_yaml, summary_lines
 from kdsearch.search._state import read_state
 from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
@@ -72,7 +77,7 @@ def claim_folder(spec: Spec) -> tuple[Path, str, list[Path]]:
     raise KDSearchError(f"search.storage: cannot make a new folder for {stamp} under {root}")
 
 
-def resolve_resume(spec: Spec, resume: str | bool) -> Path:
+def resolve_resume(spec: Spec | None, resume: str | bool) -> Path:
     """The folder to resume (the one named, or this spec's latest search), checked first.
 
     Refused: a folder that is not a search's, one recorded by an older kdsearch, one that
@@ -82,6 +87,7 @@ def resolve_resume(spec: Spec, resume: str | bool) -> Path:
     if isinstance(resume, str):
         folder = Path(resume).expanduser().resolve()
     else:
+        assert spec is not None, "--resume without a folder needs the spec to find its latest search"
         found = search_dirs(spec)
         if not found:
             raise KDSearchError(f"nothing to resume: no search named {spec.name!r} under {spec.search.storage}")
@@ -106,8 +112,6 @@ def resolve_resume(spec: Spec, resume: str | bool) -> Path:
 
 def resumed_spec(store: ResultStore, overrides: list[str]) -> tuple[Spec, bool]:
     """The search's own spec, and whether ``--set search.resources.*`` changed what a trial asks for."""
-    from kdsearch.spec import spec_from_text
-
     for item in overrides:
         key = item.partition("=")[0].strip()
         if not RESUMABLE.fullmatch(key):
@@ -118,7 +122,7 @@ def resumed_spec(store: ResultStore, overrides: list[str]) -> tuple[Spec, bool]:
     before = store.spec()
     if not overrides:
         return before, False
-    spec = spec_from_text(store.spec_text(), store.path(SPEC_FILE), overrides)
+    spec = store.spec(overrides)
     return spec, spec.search.resources != before.search.resources
 
 
@@ -129,7 +133,7 @@ def _writable(spec: Spec) -> None:
 
 
 def run_search(
-    spec: Spec,
+    spec: Spec | None,
     address: str | None = None,
     resume: str | bool | None = None,
     log: Callable[..., None] = print,
@@ -140,6 +144,8 @@ def run_search(
 
     ``prefer`` maps a dataset to a config (a recommendation) that the search starts from;
     ``overrides`` are the ``--set`` items, which a resume checks (see :func:`resumed_spec`).
+    ``spec`` may be None when ``resume`` names the folder: its own ``spec.yaml`` says all.
+    SIGINT and SIGTERM stop it as :class:`~kdsearch.errors.Interrupted`, resumable.
     """
     import ray
 
@@ -151,8 +157,10 @@ def run_search(
         spec, new_resources = resumed_spec(store, overrides or [])
         meta = store.meta()
         search_id, prefer = meta["search_id"], meta.get("prefer")
+    assert spec is not None, "a new search needs a spec"
     s = spec.search
     _writable(spec)
+    trained = resolve_models(spec)  # every model checked, before a folder is made or a teacher trains
     address = address or os.environ.get("RAY_ADDRESS") or None  # as ray.init() would: a job's driver has it
     local = address is None and not ray.is_initialized()
     check_device(spec, local)
@@ -162,53 +170,150 @@ def run_search(
     else:
         started_ray = init_ray(address)
     claimed: list[Path] = []  # folders made for a search that has not begun yet
+    stop = _StopSignals()
     try:
-        if not local:
-            check_resources(s.resources, cluster_nodes(), "the cluster's largest node")
-        if new_resources:  # checked: a later resume asks for the same
-            ResultStore(folder).write_spec(dump_spec(spec))
-            log(f"   resources per trial now: {dataclasses.asdict(spec.search.resources)}")
-        if folder is None:
-            folder, search_id, claimed = claim_folder(spec)
-        log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_specs)} student(s), seeds {s.seeds}")
-        log(f"   results: {folder}")
-        p = plan(spec, log, prefer)
-        cap = _fusion(spec, p, log)
-        if local:
-            started_ray = init_ray(None)
-        cpus = ray.cluster_resources().get("CPU", 1)
-        concurrent = s.max_concurrent or max(1, int(cpus // s.resources.cpu))
-        store = ResultStore(folder)
-        if claimed:
-            store.write_spec(dump_spec(spec))
-            store.write_meta({"search_id": search_id, "method": s.method, "cells": list(p.spaces), "started": time.time(),
-                              "prefer": prefer, "teachers": p.teachers})
-            claimed = []  # the folder is a search's now, resumable
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        trainable = tune.with_resources(tune.with_parameters(run_trial, payload=p.payload), s.resources.ray())
-        log(f"== trials: {concurrent} at a time, {s.resources.cpu:g} CPU / {s.resources.gpu:g} GPU each")
-        if resume:
-            try:
-                tuner = tune.Tuner.restore(str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False)
-            except Exception as e:  # noqa: BLE001 - tuner.pkl unreadable: Tune raises many kinds
-                raise KDSearchError(f"cannot resume {folder}: Ray Tune cannot restore its state ({str(e).splitlines()[0][:200]})") from None
-        else:
-            tuner = _new_tuner(spec, p, folder, search_id, trainable, concurrent, cap, log)
-        start = time.time()
-        tuner.fit()
+        with stop:
+            if not local:
+                check_resources(s.resources, cluster_nodes(), "the cluster's largest node")
+            if new_resources:  # checked: a later resume asks for the same
+                ResultStore(folder).write_spec(dump_spec(spec, folder))
+                log(f"   resources per trial now: {dataclasses.asdict(spec.search.resources)}")
+            if folder is None:
+                folder, search_id, claimed = claim_folder(spec)
+            log(f"== search {search_id}: {s.method} on {len(spec.data_specs)} dataset(s) x {len(spec.student_specs)} student(s), seeds {s.seeds}")
+            log(f"   results: {folder}")
+            p = plan(trained, log, prefer)
+            cap = _fusion(trained, p, log)
+            if local:
+                started_ray = init_ray(None)
+                stop.install()  # Ray's core takes SIGTERM when it starts (and aborts on it): take it back
+            cpus = ray.cluster_resources().get("CPU", 1)
+            concurrent = s.max_concurrent or max(1, int(cpus // s.resources.cpu))
+            store = ResultStore(folder)
+            if claimed:
+                store.write_spec(dump_spec(spec, folder))  # names and relative paths: readable anywhere
+                store.write_meta({"search_id": search_id, "method": s.method, "cells": list(p.spaces), "started": time.time(),
+                                  "prefer": prefer, "teachers": p.teachers, "datasets": p.datasets})
+                claimed = []  # the folder is a search's now, resumable
+            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+            # Tune's own start-up box and its TensorBoard hint (into Ray's session folder) give way
+            # to the plan below; TensorBoard's files are in the search folder, beside the rest
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            trainable = tune.with_resources(tune.with_parameters(run_trial, payload=p.payload), s.resources.ray())
+            for line in plan_lines(spec, p, folder, concurrent):
+                log(line)
+            if resume:
+                try:
+                    tuner = tune.Tuner.restore(str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=False)
+                except Exception as e:  # noqa: BLE001 - tuner.pkl unreadable: Tune raises many kinds
+                    raise KDSearchError(f"cannot resume {folder}: Ray Tune cannot restore its state ({str(e).splitlines()[0][:200]})") from None
+            else:
+                tuner = _new_tuner(spec, p, folder, search_id, trainable, concurrent, cap, log)
+            start = time.time()
+            with stop.tune_stops_gracefully():
+                tuner.fit()
+        if stop.signal is not None:
+            raise KeyboardInterrupt  # Tune stopped the trials and saved its state: resumable
         log(f"== search finished in {time.time() - start:.0f} s")
+    except KeyboardInterrupt:
+        if claimed:  # stopped before it became a search: leave nothing behind
+            _remove_claimed(claimed)
+            raise Interrupted(stop.signal, f"the search stopped before it began ({stop.name}); nothing was written") from None
+        raise Interrupted(stop.signal, interrupted_text(folder, stop.name)) from None
     except BaseException:
         if claimed:  # failed before it became a search: leave nothing behind
-            shutil.rmtree(claimed[0], ignore_errors=True)
-            for parent in claimed[1:]:
-                with contextlib.suppress(OSError):  # only while empty: another search may use it now
-                    parent.rmdir()
+            _remove_claimed(claimed)
         raise
     finally:
         if started_ray:
             ray.shutdown()
     finish(folder, spec, log)
     return folder
+
+
+def _remove_claimed(claimed: list[Path]) -> None:
+    shutil.rmtree(claimed[0], ignore_errors=True)
+    for parent in claimed[1:]:
+        with contextlib.suppress(OSError):  # only while empty: another search may use it now
+            parent.rmdir()
+
+
+def interrupted_text(folder: Path, why: str) -> str:
+    """What an interrupted search says: what stopped it, how far it got, the command that continues it."""
+    trials = ResultStore(folder).trials()
+    done = f"{len(trials)} trial(s) recorded" if not trials.empty else "no trial finished"
+    return (f"search {folder.name} interrupted ({why}) before it finished, {done}; continue it with: "
+            f"kdsearch run --resume {shlex.quote(str(folder))}")
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM, caught while a search runs.
+
+    Before the trials start a signal unwinds at once (KeyboardInterrupt). While Tune runs,
+    the first one asks Tune to stop as on Ctrl-C (its SIGUSR1 handler: trials stop, the
+    experiment state is saved, ``fit`` returns) and the search ends as interrupted, never as
+    finished; a second one unwinds at once. Only the main thread can take signals: elsewhere
+    (a test's worker thread) nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.in_fit = False
+        self.saved: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else "stopped"
+
+    def _on_signal(self, sig: int, frame: Any) -> None:
+        first = self.signal is None
+        self.signal = self.signal or sig
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if first and self.in_fit and callable(tune_stop) and tune_stop is not self._on_signal:
+            # Tune's own lines here would point at Tuner.restore; the interrupted line says what to run
+            logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+            tune_stop(sig, frame)
+            return
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        """Take SIGINT and SIGTERM (again: whatever took them since, Ray's core among them)."""
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours decides; Tune's SIGUSR1 still stops it
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.signal(sig, self._on_signal)
+                self.saved.setdefault(sig, previous)
+
+    def __enter__(self) -> _StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        self.saved = {}
+
+    @contextlib.contextmanager
+    def tune_stops_gracefully(self) -> Iterator[None]:
+        self.in_fit = True
+        try:
+            yield
+        finally:
+            self.in_fit = False
+
+
+def plan_lines(spec: Spec, p: Plan, folder: Path, concurrent: int) -> list[str]:
+    """What the search will do, said once before the trials: method, budget, where things go."""
+    s = spec.search
+    space = next(iter(p.spaces.values()))
+    configs = METHODS[s.method].configs(space, s.budget)
+    base = " + the no-KD baseline" if s.baseline else ""
+    return [
+        f"== plan: {s.method}, at most {configs} config(s) per cell x {len(s.seeds)} paired seed(s){base}, {len(p.spaces)} cell(s); "
+        f"{concurrent} trial(s) at a time, {s.resources.cpu:g} CPU / {s.resources.gpu:g} GPU each",
+        f"   rows: {folder / TRIALS}; Tune's state and TensorBoard logs: {folder / TUNE_DIR} "
+        f"(tensorboard --logdir {shlex.quote(str(folder / TUNE_DIR))})",
+    ]
 
 
 def _fusion(spec: Spec, p: Plan, log: Callable[..., None]) -> int:
@@ -312,6 +417,7 @@ def finish(folder: Path, spec: Spec, log: Callable[..., None] = print) -> dict[s
         raise KDSearchError(f"search in {folder} finished without a single trial row")
     best = best_per_cell(trials, spec.search.metric, spec.search.mode)
     store.write_text(BEST_FILE, best_yaml(best, spec.search.metric))
+    store.mark_finished()
     for line in summary_lines(trials, best, spec.search.metric):
         log(line)
     log(f"results: {folder}/trials.parquet, epochs.parquet, {BEST_FILE}")

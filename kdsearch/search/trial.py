@@ -28,8 +28,8 @@ from ray import tune
 from kdsearch import knobs
 from kdsearch.distill.trainer import Diverged, Trainer, resolve_device
 from kdsearch.models import build_for
-from kdsearch.distill.population import Member, Population
-from kdsearch.search.planning import Payload
+from kdsearch.distill.population import Population
+from kdsearch.search.planning import Payload, population_members
 from kdsearch.spec import with_knobs
 
 STATE_FILE = "trainer.pt"
@@ -198,15 +198,8 @@ def _run_population(points: list[dict[str, Any]], payload: Payload) -> None:
     plan = payload.cells[points[0]["cell"]]
     data = payload.data[plan.data_key]
     device = resolve_device(payload.device)
-    members, models, names = [], [], []
-    for point in points:
-        distill, train = with_knobs(plan.distill, plan.train, point)
-        key = knobs.teacher_key(distill.config())
-        seed = int(point["seed"])
-        torch.manual_seed(seed)
-        models.append(build_for(plan.student, data, plan.dropout))
-        members.append(Member(distill, train, seed, payload.teachers[plan.data_key][key]))
-        names.append(payload.teacher_names[plan.data_key][key])
+    models, members = population_members(points, plan, data, payload.teachers[plan.data_key])
+    names = [payload.teacher_names[plan.data_key][knobs.teacher_key(m.distill.config())] for m in members]
     first_step, on_step = _first_step()
     pop = Population(models, data, members, device, progress=on_step)
     resumed = _restore(pop.load_state_dict, pop.device, MEMBERS_FILE)

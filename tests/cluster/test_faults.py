@@ -23,7 +23,12 @@ def test_worker_node_killed_mid_search(tiny_spec, tmp_path, shared_ray) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+
     shared_ray.stop()
+    # token auth is on (RAY_AUTH_MODE=token): ray.init makes a token where there is none, Cluster
+    # does not, and its GCS aborts without one (a fresh HOME, as this suite's, has none)
+    ensure_token_if_auth_enabled()
     with single_machine():  # every node on 127.0.0.1, as Ray would otherwise not keep it
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]

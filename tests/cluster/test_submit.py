@@ -120,6 +120,7 @@ def test_submit_kill_the_driver_then_resume(head: dict, tmp_path: Path) -> None:
     assert 2 <= len(before) < 4
     r = run("-m", "kdsearch", "submit", *args, "--resume", str(folder), "--wait", "500", timeout=560)
     assert r.returncode == 0 and "SUCCEEDED" in r.stdout, r.stdout + r.stderr
+    assert f"results in {folder}\n" in r.stdout  # the folder it finishes, not a new one's pattern
     resumed_id = r.stdout.split()[1]
     after = pd.read_parquet(folder / "trials.parquet")
     ok = after[after.status == "ok"]

@@ -58,7 +58,9 @@ def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Pa
         assert section in first
     assert "too few paired seeds (2) to call" in first  # two seeds: no verdict either way
     assert (out / "anytime_rotten_tomatoes_xs.png").stat().st_size > 1000 and (out / "fidelity_vs_accuracy.png").is_file()
-    assert main(["compare", *map(str, searches), "--out", str(out)]) == 0
+    assert main(["compare", *map(str, searches), "--out", str(out)]) == 2  # a report is there already
+    assert "pass --force to replace it" in capsys.readouterr().err
+    assert main(["compare", *map(str, searches), "--out", str(out), "--force"]) == 0
     assert (out / "report.md").read_text() == first  # Parquet in, the same report out
     assert "greedy" in capsys.readouterr().out
 

@@ -82,3 +82,31 @@ def test_resume_without_a_search(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_results_of_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["results", str(tmp_path / "nope")]) == 2
     assert "the folder does not exist" in capsys.readouterr().err
+
+
+def test_stop_signals_unwind_before_the_trials_and_ask_tune_to_stop_during_them() -> None:
+    import os
+    import signal
+    import time
+
+    from kdsearch.search.runner import _StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = _StopSignals()
+    with pytest.raises(KeyboardInterrupt), stop:  # planning, teachers: nothing to save, unwind
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    assert stop.signal == signal.SIGTERM and stop.name == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before
+    asked: list[int] = []
+    tune_usr1 = signal.signal(signal.SIGUSR1, lambda sig, frame: asked.append(sig))  # as Tune's run registers it
+    try:
+        stop = _StopSignals()
+        with stop, stop.tune_stops_gracefully():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            assert asked == [signal.SIGINT] and stop.signal == signal.SIGINT  # Tune stops its trials and saves
+            with pytest.raises(KeyboardInterrupt):  # a second one does not wait
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+    finally:
+        signal.signal(signal.SIGUSR1, tune_usr1)

@@ -238,3 +238,35 @@ def test_two_runs_of_one_spec_started_together_both_finish(tiny_spec, tmp_path: 
     (pool,) = (tmp_path / "wd" / "teachers").glob("*/pool.json")
     assert len(json.loads(pool.read_text())) == 2  # 2 epochs of one seed
     assert sum("checkpoints already in the pool, skipped" in o for o in outs) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-search: exit 130,
+    one line naming the exact command that continues it, no "finished", no best.yaml."""
+    spec = tiny_spec(name="ctrlc", train=768, epochs=2, seeds="[0]")
+    p = subprocess.Popen([sys.executable, "-m", "kdsearch", "run", str(spec), "--set", "search.space={loss: [ce, mse]}"],
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        found = list((tmp_path / "searches").glob("ctrlc-*/epochs.parquet"))
+        if found and len(pd.read_parquet(found[0])) >= 1:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "the search ended before it could be interrupted"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=200)
+    (folder,) = (tmp_path / "searches").glob("ctrlc-*")
+    assert p.returncode == 130, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last == (f"kdsearch: search {folder.name} interrupted (SIGINT) before it finished, no trial finished; "
+                    f"continue it with: kdsearch run --resume {folder}"), err
+    assert "Traceback" not in err and "Tuner.restore" not in err and "search finished" not in out
+    assert not (folder / "best.yaml").exists() and "finished" not in json.loads((folder / "search.json").read_text())
+    assert last.endswith(f"kdsearch run --resume {folder}")  # what it prints is what runs next
+    r = subprocess.run([sys.executable, "-m", "kdsearch", "run", "--resume", str(folder)],
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "== search finished" in r.stdout and (folder / "best.yaml").is_file()
+    assert len(pd.read_parquet(folder / "trials.parquet")) == 3  # baseline, ce, mse: each once
