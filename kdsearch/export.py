@@ -29,7 +29,7 @@ from kdsearch.search.planning import CellPlan, cell_id, population_members
 from kdsearch.spec import Spec, dump_spec, with_knobs
 
 SPEC_NAME = "kdsearch.yaml"
-REPRODUCE_TOL = 1e-4  # how far a retrained validation score may sit from its search row
+REPRODUCE_TOL = 1e-5  # how far a retrained validation score or loss may sit from its search row
 
 
 @dataclasses.dataclass
@@ -134,10 +134,13 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
 
     ``spec`` and ``exported`` have their models' folders (see :mod:`kdsearch.preflight`).
     """
+    import torch
+
     from kdsearch.data.prepare import prepare_data
     from kdsearch.distill.trainer import TrialConfig, resolve_device, train_student
     from kdsearch.teachers import TeacherPool
 
+    torch.set_num_threads(max(1, int(spec.search.resources.cpu)))  # as its trial ran: sums in the same order
     data = prepare_data(exported.data, exported.workdir, log=log)
     pool = TeacherPool(exported.workdir, data, exported.device)
     for teacher_folder in exported.teachers.register:

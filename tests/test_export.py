@@ -68,3 +68,23 @@ def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsy
 def test_export_unknown_cell(searched: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(searched), "--cell", "imdb/xs", "--out", str(tmp_path / "x")]) == 2
     assert "no cell 'imdb/xs'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_student_from_a_fused_search_exports_as_searched(local_ray, tiny_spec, tmp_path: Path) -> None:
+    """Dropout on: a member's masks depend on its population, so the export retrains the whole
+    population and takes the member; its validation score and loss are the row's (a student
+    retrained alone misses the loss by ~2e-4 here)."""
+    from kdsearch.search.runner import run_search
+
+    spec = load_spec(tiny_spec(name="fusedexport", seeds="[0, 1]", train=256),
+                     ["search.fuse=4", "search.method=grid", "search.space={loss: [ce, mse]}", "student.dropout=0.1"])
+    folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert (trials.members > 1).any()
+    out = tmp_path / "student"
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trained"].startswith("in its population of ") and int(metrics["search_row"]["members"]) > 1
+    assert metrics["retrained"]["val_score"] == pytest.approx(metrics["search_row"]["val_score"], abs=1e-6)
+    assert metrics["retrained"]["val_loss"] == pytest.approx(metrics["search_row"]["val_loss"], abs=1e-6)
+    assert metrics["reproduces_search_row"]
