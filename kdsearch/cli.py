@@ -153,6 +153,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from kdsearch.spec import DataSpec
 
     past = load_past(args.store or [DEFAULT_STORE], args.metric)
+    if args.max_ms is not None:
+        past = past.within(args.max_ms)
+        fast = sorted(set(past.trials["student"]))
+        print(f"students that serve in at most {args.max_ms:g} ms (ONNX Runtime, batch 1, as measured): {', '.join(fast)}")
     print(f"past datasets ({len(past.features)}), from {len(set(past.trials['search_id']))} search(es):")
     print(format_table([f.to_dict() for f in past.features.values()]))
     if args.loo:
@@ -193,6 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from kdsearch.knobs import KNOBS
     from kdsearch.results.store import SPEC_FILE, open_store
+    from kdsearch.reports import tradeoff
     from kdsearch.results.summary import best_per_cell, config_table, summary_lines
 
     store = open_store(args.folder)
@@ -213,6 +218,15 @@ def cmd_results(args: argparse.Namespace) -> int:
     best = best_per_cell(trials, metric, mode)
     for line in summary_lines(trials, best, metric):
         print(line)
+    served = tradeoff.table(trials, store.costs(), metric, mode)
+    if not served.empty:
+        print("\nwhat each student keeps and costs (test score; ONNX Runtime and PyTorch latency, batch 1):")
+        cols = ["dataset", "model", "config", "test", "test_std", "seeds", "params", "embedding_share", "torch_ms_p50",
+                "onnx_ms_p50", "onnx_ms_p95", "int8_ms_p50", "onnx_per_s", "on_front"]
+        print(format_table(served[cols].to_dict("records")))
+        for line in tradeoff.keeps(served):
+            print(f"   {line}")
+        print(f"   {tradeoff.machine_line(store.costs())}")
     return 0
 
 
@@ -225,10 +239,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdsearch.export import export
+    from kdsearch.export import export, export_front
 
-    export(args.folder, args.cell, args.out, force=args.force)
+    onnx = args.onnx or args.quantize is not None
+    if args.pareto:
+        if args.cell:
+            raise KDSearchError("--cell and --pareto: --pareto exports every student on each dataset's front; give one")
+        export_front(args.folder, args.out, force=args.force, onnx=onnx, quantize=args.quantize)
+        return 0
+    if not args.cell:
+        raise KDSearchError("export needs --cell CELL (or --pareto)")
+    export(args.folder, args.cell, args.out, force=args.force, onnx=onnx, quantize=args.quantize)
     return 0
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from kdsearch.deploy.costs import measure_stored
+
+    for folder in args.folders:
+        rows = measure_stored(folder, args.threads)
+        print(format_table([{k: r.get(k) for k in COST_COLUMNS} for r in rows]))
+        print(f"written: {Path(folder) / 'costs.parquet'}")
+    return 0
+
+
+COST_COLUMNS = ("dataset", "role", "model", "params", "embedding_share", "seq_len", "torch_ms_p50", "onnx_ms_p50", "onnx_ms_p95",
+                "int8_ms_p50", "onnx_per_s", "threads")
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -305,7 +341,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     defaults = {"kd-loop": {"batch_size": 64, "storage": None}, "search": {"batch_size": 64, "storage": "results/bench/search-runs"},
-                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}}[args.target]
+                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}}[args.target]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -372,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of --spec")
     rc.add_argument("--workdir", default=".kdsearch", help="where teacher pools live (for the teacher score)")
     rc.add_argument("--student", help="use only past cells of this student size")
+    rc.add_argument("--max-ms", type=float, help="use only past students whose measured ONNX batch-1 latency is at most this")
     rc.add_argument("--metric", default="val_score")
     rc.add_argument("--loo", action="store_true", help="leave-one-dataset-out evaluation over the store's datasets")
     rc.add_argument("--json", action="store_true")
@@ -401,15 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="the best config of a cell and its retrained student, Hugging Face format")
     ex.add_argument("folder", help="a search's result folder")
-    ex.add_argument("--cell", required=True, help="e.g. rotten_tomatoes/xs")
+    ex.add_argument("--cell", help="e.g. rotten_tomatoes/xs")
+    ex.add_argument("--pareto", action="store_true", help="every student on each dataset's front (test score against latency)")
     ex.add_argument("--out", required=True, help="the folder to write (refused if it exists and is not empty)")
     ex.add_argument("--force", action="store_true", help="replace a non-empty --out, in one step once the new one is complete")
+    ex.add_argument("--onnx", action="store_true", help="also model.onnx (torch.onnx), checked against PyTorch on the test split")
+    ex.add_argument("--quantize", choices=["int8"], help="also model_int8.onnx (ONNX Runtime's dynamic quantisation); implies --onnx")
     ex.set_defaults(func=cmd_export)
 
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")
     res.add_argument("folder", help="a search's result folder")
     res.add_argument("--trials", action="store_true", help="also print every trial")
     res.set_defaults(func=cmd_results)
+
+    co = sub.add_parser("costs", help="measure what each architecture of stored searches costs to serve -> costs.parquet")
+    co.add_argument("folders", nargs="+", help="search result folders")
+    co.add_argument("--threads", type=int, help="threads of every timing (default: the cores, at most 4)")
+    co.set_defaults(func=cmd_costs)
 
     up = sub.add_parser("upgrade", help="rewrite stored searches in the current results format (older ones still read)")
     up.add_argument("folders", nargs="+", help="search result folders")
@@ -424,14 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop", "search", "fused"])
+    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
     b.add_argument("--examples", type=int, default=2048, help="train examples (kd-loop: per timed variant)")
     b.add_argument("--batch-size", type=int, default=None, help="default 64 (kd-loop, search), 32 (fused)")
     b.add_argument("--max-length", type=int, default=64)
-    b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml)")
+    b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml); deploy: its teacher, "
+                   "students and first dataset (default: search_spaces/pretrained.yaml)")
+    b.add_argument("--threads", type=int, help="deploy: threads of every timing (default: the cores, at most 4)")
     b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config")
     b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
     b.add_argument("--storage", default=None, help="search, fused: where their searches go")
@@ -439,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused: population sizes")
     b.add_argument("--steps", type=int, default=40, help="fused: training steps per timed pass")
     b.add_argument("--single-per-gpu", type=int, default=8, help="fused: single trials sharing one GPU")
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="search: a spec override")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="search, deploy: a spec override")
     b.set_defaults(func=cmd_bench)
     return p
 

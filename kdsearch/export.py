@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,11 @@ class Retrained:
     data: Any  # the PreparedData it trained on (its tokenizer goes with it)
 
 
-def best_trial(store: ResultStore, cell: str, force: bool = False) -> tuple[Spec, dict[str, Any], dict[str, Any], bool]:
-    """The search's spec, the cell's best config (mean over seeds), its best seed's row, and
-    whether every config of the cell collapsed (refused unless ``force``)."""
+def best_trial(store: ResultStore, cell: str, force: bool = False,
+               baseline: bool = False) -> tuple[Spec, dict[str, Any], dict[str, Any], bool]:
+    """The search's spec, the cell's best config (mean over seeds; with ``baseline``, its no-KD
+    config), its best seed's row, and whether every config of the cell collapsed (refused
+    unless ``force``)."""
     spec = store.spec()
     trials = store.trials()
     cells = sorted(trials["cell"].unique())
@@ -54,9 +57,11 @@ def best_trial(store: ResultStore, cell: str, force: bool = False) -> tuple[Spec
     metric = spec.search.metric
     table = config_table(trials, metric)
     if not table.empty:
-        table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & (table["stage"] != BASELINE_STAGE)]
+        stage = (table["stage"] == BASELINE_STAGE) if baseline else (table["stage"] != BASELINE_STAGE)
+        table = table[(table["cell"] == cell) & (table["failed"] == 0) & (table["seeds"] > 0) & stage]
     if table.empty:
-        raise KDSearchError(f"cell {cell!r} has no finished distillation config to export (every one failed or diverged)")
+        what = "no-KD baseline" if baseline else "distillation config"
+        raise KDSearchError(f"cell {cell!r} has no finished {what} to export (every one failed or diverged)")
     collapsed = best_per_cell(trials[trials["cell"] == cell], metric, spec.search.mode).get(cell, {}).get("status") == "every config collapsed"
     if collapsed and not force:
         raise KDSearchError(f"cell {cell!r}: every config collapsed (no better than predicting one class), so no student is "
@@ -178,23 +183,79 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
     return Retrained(pop.member_model(index, models[index]), metrics, f"in its population of {len(points)}", teacher, data)
 
 
-def export(folder: str | Path, cell: str, out: str | Path, log: Any = print, force: bool = False) -> dict[str, Any]:
-    """Write the best config and the retrained student of ``cell`` to ``out``.
+def export(folder: str | Path, cell: str, out: str | Path, log: Any = print, force: bool = False, onnx: bool = False,
+           quantize: str | None = None) -> dict[str, Any]:
+    """Write the best config and the retrained student of ``cell`` to ``out`` (with ``onnx``,
+    ONNX graphs too: fp32, and ``quantize`` int8).
 
     An ``out`` that exists and is not empty is refused unless ``force``; then it is replaced
     as a whole, in one step, once the new folder is complete. Folders kdsearch owns are
-    always refused (see :func:`check_out`).
+    always refused (see :func:`check_out`). A failed check writes nothing.
     """
-    from kdsearch.preflight import resolve_models
-
     folder, out = Path(folder), Path(out)
     store = open_store(folder)
     check_out(out, store, store.spec(), force)
-    spec, row, best, collapsed = best_trial(store, cell, force)
+    with atomic.new_dir(out, replace=True) as tmp:
+        done = write_export(store, cell, tmp, log, force, onnx or quantize is not None, quantize)
+    log(f"written: {out} ({done['summary']})")
+    return done
+
+
+def export_front(folder: str | Path, out: str | Path, log: Any = print, force: bool = False, onnx: bool = False,
+                 quantize: str | None = None) -> list[dict[str, Any]]:
+    """Every student on a dataset's Pareto front (test score against ONNX latency, from the
+    search's ``costs.parquet``), each exported into ``out/DATASET/MODEL`` (``-nokd`` when its
+    no-KD baseline is the point on the front), and ``out/front.md`` listing them."""
+    from kdsearch.reports import tradeoff
+
+    folder, out = Path(folder), Path(out)
+    store = open_store(folder)
+    spec = store.spec()
+    check_out(out, store, spec, force)
+    costs = store.costs()
+    if costs.empty:
+        raise KDSearchError(f"{folder} has no costs.parquet (the search measured no costs): run `kdsearch costs {folder}` first")
+    trials = store.trials()
+    served = tradeoff.table(trials, costs, spec.search.metric, spec.search.mode)
+    front = served[served["on_front"] & (served["config"] != "teacher")] if not served.empty else served
+    if front.empty:
+        raise KDSearchError(f"no student of {folder} is on a front (every dataset's front is its teacher alone)")
+    done = []
+    with atomic.new_dir(out, replace=True) as tmp:
+        for r in front.itertuples():
+            cell = str(trials[(trials["dataset"] == r.dataset) & (trials["student"] == r.model)]["cell"].iloc[0])
+            sub = tmp / _safe(r.dataset) / (_safe(r.model) + ("-nokd" if r.config == "no KD" else ""))
+            sub.mkdir(parents=True)
+            log(f"== {cell} ({r.config}): on the front at test {r.test:.4f}, {getattr(r, tradeoff.LATENCY):.2f} ms")
+            result = write_export(store, cell, sub, log, force, onnx or quantize is not None, quantize, r.config == "no KD")
+            done.append({"dataset": r.dataset, "model": r.model, "config": r.config, "test": r.test,
+                         "onnx_ms_p50": getattr(r, tradeoff.LATENCY), "params": r.params,
+                         "folder": str(sub.relative_to(tmp)), "summary": result["summary"]})
+        lines = ["# Students on the front (test score against ONNX latency)\n", f"From `{folder.name}`. "
+                 + tradeoff.machine_line(costs) + "\n", "| dataset | student | config | test | ONNX ms | params (M) | folder |",
+                 "|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['dataset']} | {d['model']} | {d['config']} | {d['test']:.4f} | {d['onnx_ms_p50']:.2f} | "
+                  f"{d['params'] / 1e6:.1f} | `{d['folder']}` |" for d in done]
+        (tmp / "front.md").write_text("\n".join(lines) + "\n")
+    log(f"written: {out} ({len(done)} student(s) on the front; see {out / 'front.md'})")
+    return done
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool, onnx: bool, quantize: str | None,
+                 baseline: bool = False) -> dict[str, Any]:
+    """Retrain the cell's best config (or its no-KD baseline) and write its export into ``tmp``."""
+    from kdsearch.preflight import resolve_models
+
+    spec, row, best, collapsed = best_trial(store, cell, force, baseline)
     exported = export_spec(spec, row)
     trained_spec, trained_exported = resolve_models(spec), resolve_models(exported)
     metric = spec.search.metric
-    log(f"best config of {cell}: {metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['seeds']} seed(s); retraining seed {row['seed']}")
+    which = "no-KD baseline" if baseline else "best config"
+    log(f"{which} of {cell}: {metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['seeds']} seed(s); retraining seed {row['seed']}")
     student = retrain(store, trained_spec, trained_exported, row, log)
     metrics, data = student.metrics, student.data
     again = float(metrics.get(metric, math.nan))
@@ -204,24 +265,34 @@ def export(folder: str | Path, cell: str, out: str | Path, log: Any = print, for
     if not reproduced:
         log(f"warning: the retrained student scores {metric} {again:.4f}, its search row {float(row[metric]):.4f}: it does not "
             "reproduce the searched student (another device, library version, or fetched model?); the model card says so")
-    with atomic.new_dir(out, replace=True) as tmp:
-        student.model.save_pretrained(tmp)
-        for f in data.tokenizer_dir.iterdir():
-            if f.name != "manifest.json":
-                shutil.copy(f, tmp / f.name)
-        tok_config = tmp / "tokenizer_config.json"
-        if tok_config.is_file():  # pipelines truncate as the student was trained
-            cfg = json.loads(tok_config.read_text())
-            cfg["model_max_length"] = data.max_length
-            tok_config.write_text(json.dumps(cfg, indent=1))
-        (tmp / SPEC_NAME).write_text(dump_spec(exported))
-        notes = _notes(collapsed, reproduced, again, row, metric, student.how)
-        (tmp / "README.md").write_text(model_card(exported, cell, student.teacher, row, best, metrics, folder, metric, notes))
-        (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics, "trained": student.how,
-                                                      "reproduces_search_row": reproduced, "collapsed": collapsed},
-                                                     indent=1, default=str))
-    log(f"written: {out} (retrained {metric} {again:.4f}, search row {row[metric]:.4f}; trained {student.how})")
-    return {"retrained": metrics, "search_row": row, "reproduced": reproduced}
+    student.model.save_pretrained(tmp)
+    for f in data.tokenizer_dir.iterdir():
+        if f.name != "manifest.json":
+            shutil.copy(f, tmp / f.name)
+    tok_config = tmp / "tokenizer_config.json"
+    if tok_config.is_file():  # pipelines truncate as the student was trained
+        cfg = json.loads(tok_config.read_text())
+        cfg["model_max_length"] = data.max_length
+        tok_config.write_text(json.dumps(cfg, indent=1))
+    deployed = None
+    if onnx:
+        from kdsearch.deploy.ship import to_onnx
+
+        log("exporting to ONNX (torch.onnx), checking it against PyTorch" + (f", quantising to {quantize}" if quantize else ""))
+        deployed = to_onnx(student.model, data, tmp, quantize)
+    (tmp / SPEC_NAME).write_text(dump_spec(exported))
+    notes = _notes(collapsed, reproduced, again, row, metric, student.how)
+    (tmp / "README.md").write_text(model_card(exported, cell, student.teacher, row, best, metrics, store.folder, metric, notes,
+                                              deployed))
+    (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics, "trained": student.how,
+                                                  "reproduces_search_row": reproduced, "collapsed": collapsed,
+                                                  "deploy": deployed}, indent=1, default=str))
+    summary = f"retrained {metric} {again:.4f}, search row {row[metric]:.4f}; trained {student.how}"
+    if deployed:
+        summary += f"; ONNX agrees on {deployed['onnx']['agreement']:.2%} of {deployed['split']}"
+        if "int8" in deployed:
+            summary += f", int8 {deployed['int8']['delta_points']:+.2f} points"
+    return {"retrained": metrics, "search_row": row, "reproduced": reproduced, "deploy": deployed, "summary": summary}
 
 
 def _notes(collapsed: bool, reproduced: bool, again: float, row: dict[str, Any], metric: str, how: str) -> list[str]:
@@ -241,7 +312,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(spec: Spec, cell: str, teacher: str, row: dict, best: dict, metrics: dict, folder: Path, metric: str,
-               notes: list[str] | None = None) -> str:
+               notes: list[str] | None = None, deployed: dict[str, Any] | None = None) -> str:
     d = spec.distill
     fmt = lambda k: f"{metrics[k]:.4f}" if k in metrics else "n/a"  # noqa: E731
     config = {**d.config(), **{k.name: getattr(spec.student.train, k.name) for k in knobs.section("train")}}
@@ -275,4 +346,19 @@ The knobs that shaped this student (the others do not apply to this config):
 **How it was found:** a `{spec.search.method}` search by kdsearch ({folder.name}); this is the
 cell's best config by mean validation {metric} over paired seeds, retrained with its best seed.
 Rerun it with `kdsearch distill --config {SPEC_NAME}`.
+{_deploy_section(deployed, metric)}"""
+
+
+def _deploy_section(deployed: dict[str, Any] | None, metric: str) -> str:
+    if not deployed:
+        return ""
+    from kdsearch.deploy.ship import card_table
+
+    return f"""
+## Serving it: PyTorch, ONNX and int8
+
+{card_table(deployed, metric.replace('val_', ''))}
+`model.onnx` loads in `onnxruntime.InferenceSession` (inputs `input_ids`, `attention_mask`,
+`token_type_ids` from the tokenizer in this folder, batch and length dynamic; output
+`logits`); it was kept only after ONNX Runtime reproduced PyTorch on the {deployed['split']} split.
 """

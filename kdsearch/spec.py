@@ -361,6 +361,7 @@ class SearchSpec:
     asha: AshaSpec | None = None
     search_seed: int = 0
     fuse: Union[bool, int, str] = "auto"  # YAML reads a bare `off` as false
+    costs: bool = True  # measure what each architecture costs to serve (kdsearch.deploy.costs) when it ends
 
     def check(self, where: str) -> None:
         method = METHODS.get(self.method)

@@ -30,3 +30,35 @@ def test_committed_fused_bench_has_its_keys() -> None:
     # auto keeps fusion off on CPU, which is what the CPU figure says
     assert result["device"] != "cpu" or (not result["auto_fuses_on_cpu"] and result["fused_vs_single"] < 0.9)
     assert [r["K"] for r in result["member_steps_per_s"]] == [1, 1, 4, 16, 64]
+
+
+def test_deploy_bench_writes_its_keys_side_by_side(tmp_path: Path) -> None:
+    """`kdsearch bench deploy` on the pretrained space with a tiny fake MiniLM (nothing from a hub):
+    the keys the issue names, every figure produced and positive, the ratios from them."""
+    from kdsearch.bench import deploy
+    from tests.test_preflight import fetched
+
+    wd = fetched(tmp_path)
+    out = tmp_path / "deploy.json"
+    args = argparse.Namespace(out=str(out), spec=None, threads=1, set=[
+        f"workdir={wd}", "search.datasets=[{dataset: rotten_tomatoes, max_train_examples: 128}]", "data.max_eval_examples=64",
+        "teachers.train.epochs=1", "student.train.epochs=1"])
+    deploy.main(args)
+    result = json.loads(out.read_text())
+    assert set(result["models"]) == {"minilm-l6", "minilm-l6:first1", "minilm-l6:first2", "xs"}
+    for m in result["models"].values():
+        assert m["params"] > 0 and m["torch_ms_p50"] > 0 and m["onnx_ms_p50"] > 0 and m["int8_ms_p50"] > 0
+        assert m["int8_test_delta_points"] == m["int8_test_delta_points"]  # a number, maybe 0
+    t, f2 = result["models"]["minilm-l6"], result["models"]["minilm-l6:first2"]
+    assert result["onnx_vs_torch"] == t["torch_ms_p50"] / t["onnx_ms_p50"]
+    assert result["teacher_vs_first2"] == t["onnx_ms_p50"] / f2["onnx_ms_p50"]
+    assert result["teacher_torch_vs_first2_int8"] == t["torch_ms_p50"] / f2["int8_ms_p50"]
+    assert result["setup"]["machine"]["threads"] == 1 and result["setup"]["seq_len"] > 0
+
+
+def test_committed_deploy_bench_has_its_keys() -> None:
+    result = json.loads((Path(__file__).resolve().parents[1] / "results/bench/deploy.json").read_text())
+    assert {"onnx_vs_torch", "teacher_vs_first2", "teacher_torch_vs_first2_int8", "targets", "models", "setup"} <= set(result)
+    for m in result["models"].values():
+        assert {"params", "torch_ms_p50", "onnx_ms_p50", "int8_ms_p50", "int8_test_delta_points"} <= set(m)
+    assert result["setup"]["machine"]["cpu"] and result["setup"]["machine"]["threads"] >= 1

@@ -158,3 +158,15 @@ def test_a_cell_distilled_from_two_teacher_models_stays_two_cells() -> None:
     xs = {c for c in past.trials.cell.unique() if c.startswith("rotten_tomatoes/xs")}
     assert xs == {"rotten_tomatoes/xs (teacher s)", "rotten_tomatoes/xs (teacher minilm-l6)"}
     assert "rotten_tomatoes/minilm-l6:first2" in set(past.trials.cell)  # only one teacher: named as before
+
+
+def test_a_latency_budget_keeps_the_students_that_serve_within_it(store: Path, capsys: pytest.CaptureFixture) -> None:
+    past = load_past([store])
+    assert set(past.costs.role) == {"teacher", "student"} and (past.costs.onnx_ms_p50 > 0).all()
+    ms = float(past.costs[past.costs.role == "student"].onnx_ms_p50.max())
+    assert len(past.within(ms).trials) == len(past.trials)  # every student here is the same xs
+    assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store), "--max-ms", str(ms * 2)]) == 0
+    assert "students that serve in at most" in capsys.readouterr().out
+    assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store), "--max-ms", "0.000001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-ms: no past student serves in 1e-06 ms (the fastest measured:" in err[0]

@@ -45,6 +45,21 @@ class PastSearches:
     features: dict[str, DatasetFeatures]
     metric: str
     mode: str
+    costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each past architecture costs (costs.parquet)
+
+    def within(self, max_ms: float) -> PastSearches:
+        """Only the past cells whose student serves in at most ``max_ms`` (ONNX, batch 1, as measured)."""
+        from kdsearch.reports.tradeoff import LATENCY
+
+        if self.costs.empty:
+            raise KDSearchError("--max-ms: the past searches measured no serving costs (run `kdsearch costs DIR` on them)")
+        fast = self.costs[(self.costs["role"] == "student") & (self.costs[LATENCY] <= max_ms)]
+        keep = pd.Series(list(zip(self.trials["dataset"], self.trials["student"]))).isin(set(zip(fast["dataset"], fast["model"])))
+        trials = self.trials[keep.to_numpy()]
+        if trials.empty:
+            fastest = self.costs[self.costs["role"] == "student"][LATENCY].min()
+            raise KDSearchError(f"--max-ms: no past student serves in {max_ms:g} ms (the fastest measured: {fastest:.2f} ms)")
+        return dataclasses.replace(self, trials=trials)
 
 
 @dataclass
@@ -113,11 +128,14 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
                 features[f.name] = f
     if len(modes) > 1:
         raise KDSearchError("past searches disagree on search.mode (max vs min); recommend from one kind")
+    from kdsearch.reports.tradeoff import load_costs
+
+    costs = load_costs(folders)
     # one cell (dataset/student) distilled from two teacher models is two experiments: keep them apart
     teacher = trials["search_id"].map(teacher_of)
     mixed = teacher.groupby(trials["cell"]).transform("nunique") > 1
     trials.loc[mixed, "cell"] = trials.loc[mixed, "cell"] + " (teacher " + teacher[mixed] + ")"
-    return PastSearches(trials, features, metric, modes.pop())
+    return PastSearches(trials, features, metric, modes.pop(), costs)
 
 
 def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:

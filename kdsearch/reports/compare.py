@@ -11,7 +11,8 @@ import pandas as pd
 from kdsearch import atomic
 from kdsearch.display import format_value
 from kdsearch.errors import KDSearchError
-from kdsearch.reports import analysis
+from kdsearch.reports import analysis, tradeoff
+from kdsearch.tasks import TASKS
 from kdsearch.knobs import BASELINE_STAGE
 
 
@@ -52,8 +53,6 @@ def unique_searches(folders: Sequence[str | Path]) -> list[Path]:
 
 def metric_names(trials: pd.DataFrame) -> dict[str, str]:
     """Cell -> what its score is (``accuracy``, ``f1``: the task's primary metric)."""
-    from kdsearch.tasks import TASKS
-
     if "task" not in trials:
         return {}
     return {str(c): TASKS[t].primary_metric for c, t in trials.groupby("cell")["task"].first().items() if t in TASKS}
@@ -142,6 +141,22 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
     return names
 
 
+def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
+    """The report's cost section: per dataset, what each student keeps and what it costs."""
+    if served.empty:
+        return ""
+    text = "\n## What a student keeps and what it costs (test score; serving cost per architecture)\n\n"
+    text += tradeoff.machine_line(costs) + " Test scores are of each student's best KD config by validation (and of no KD), "
+    text += "mean ± std over its seeds; `front`: on the Pareto front of test score against ONNX latency.\n\n"
+    shown = served.assign(params_M=served["params"] / 1e6, front=served["on_front"].map({True: "yes", False: ""}))
+    cols = ["dataset", "model", "config", "test", "test_std", "seeds", "params_M", "embedding_share", "torch_ms_p50",
+            "onnx_ms_p50", "onnx_ms_p95", "int8_ms_p50", "onnx_per_s", "front"]
+    text += _md(shown[cols])
+    lines = tradeoff.keeps(served)
+    text += "\n" + "".join(f"- {line}\n" for line in lines) if lines else ""
+    return text
+
+
 def check_out(out: Path, force: bool) -> None:
     """A report goes into a folder; an existing report there is replaced only with ``force``."""
     if out.exists() and not out.is_dir():
@@ -186,6 +201,10 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
             pairs.append({"cell": cell, "best - runner-up (points)": 100 * d["mean"], "95% CI low": 100 * d["low"],
                           "95% CI high": 100 * d["high"], "seeds": d["seeds"], "verdict": _verdict(d)})
     plots = _plots(trials, curves, costs, metric, out)
+    served = tradeoff.table(trials, tradeoff.load_costs(folders), metric, mode)
+    if not served.empty:
+        task_metric = trials.groupby("dataset")["task"].first().map(lambda t: TASKS[t].primary_metric) if "task" in trials else {}
+        plots += tradeoff.plot(served, out, dict(task_metric))
     text = "# kdsearch comparison\n\n"
     text += f"Searches: {', '.join(Path(f).name for f in folders)}. Metric: {metric} ({mode}), mean over paired seeds"
     tasks = trials.groupby("task")["cell"].first().map(metric_names(trials)) if "task" in trials else pd.Series(dtype=str)
@@ -196,6 +215,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     if len(folders) < len(given):
         text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
     text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
+    text += cost_section(served, tradeoff.load_costs(folders))
     text += "\n## KD against no KD, seed by seed (best config of each cell)\n\n" + _md(analysis.kd_gain(trials, metric, mode))
     text += "\n## Best against runner-up, seed by seed\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)

@@ -30,11 +30,12 @@ from kdsearch.knobs import KNOBS, PORTABLE_FORMAT, RESULTS_FORMAT
 
 TRIALS = "trials.parquet"
 EPOCHS = "epochs.parquet"
+COSTS = "costs.parquet"  # what each architecture the search trained costs to serve (kdsearch.deploy.costs)
 SPEC_FILE = "spec.yaml"
 META_FILE = "search.json"
 BEST_FILE = "best.yaml"
 TUNE_DIR = "tune"
-KEYS = {TRIALS: ["trial_id"], EPOCHS: ["trial_id", "epoch"]}
+KEYS = {TRIALS: ["trial_id"], EPOCHS: ["trial_id", "epoch"], COSTS: ["dataset", "role", "model"]}
 
 # columns whose type must not drift between appends (None + str); knobs say their own
 STRING_COLUMNS = ("stage", "error", "status", "cell", "node", "teacher_name")
@@ -96,6 +97,10 @@ class ResultStore:
 
     def epochs(self) -> pd.DataFrame:
         return self.read(EPOCHS)
+
+    def costs(self) -> pd.DataFrame:
+        """``costs.parquet``: one row per (dataset, role, model); empty when none was measured."""
+        return self.read(COSTS)
 
     def write_text(self, name: str, text: str) -> None:
         atomic.write_text(self.folder / name, text)

@@ -159,7 +159,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                 log(f"warning: teacher {key} ({rec.name}) collapsed: its validation predictions are one class, or no "
                     "better than the majority class, so its soft labels carry nothing; train the pool longer")
             picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
-                                                       "collapsed": rec.collapsed}
+                                                       "collapsed": rec.collapsed, **_test_score(data, signal)}
         for st in spec.student_specs:
             cid = cell_id(dspec, st.model)
             if cid in cells:
@@ -196,6 +196,14 @@ def population_members(points: list[dict[str, Any]], cell: CellPlan, data: Prepa
         models.append(build_for(cell.student, data, cell.dropout))
         members.append(Member(distill, train, seed, teachers[knobs.teacher_key(distill.config())]))
     return models, members
+
+
+def _test_score(data: PreparedData, teacher: CachedTeacher) -> dict[str, float]:
+    """The teacher's test score, from its cached logits: what a student keeps of it is reported."""
+    from kdsearch.distill.trainer import logit_scores
+
+    logits = teacher.split_logits("test") if "test" in data.splits else None
+    return {} if logits is None else {"test_score": float(logit_scores(data, "test", logits)["score"])}
 
 
 def sample_students(p: Plan) -> list[Any]:

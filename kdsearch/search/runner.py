@@ -32,7 +32,7 @@ from kdsearch.errors import Interrupted, KDSearchError
 from kdsearch.preflight import resolve_models
 from kdsearch.knobs import BASELINE, BASELINE_STAGE
 from kdsearch.ray_runtime import check_device, check_resources, cluster_nodes, init_ray, this_machine
-from kdsearch.results.store import BEST_FILE, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore
+from kdsearch.results.store import BEST_FILE, COSTS, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore
 from kdsearch.results.summary import best_per_cell, best_yaml, summary_lines
 from kdsearch.search._state import read_state
 from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
@@ -228,7 +228,25 @@ def run_search(
         if started_ray:
             ray.shutdown()
     finish(folder, spec, log)
+    if s.costs:
+        record_costs(folder, trained, p, log)
     return folder
+
+
+def record_costs(folder: Path, trained: Spec, p: Plan, log: Callable[..., None] = print) -> None:
+    """``costs.parquet``: what the teacher and each student cost to serve (after the trials, so
+    the timings have the machine to themselves; cached per architecture and machine)."""
+    from kdsearch.deploy.costs import search_costs
+
+    log("== costs: parameters, weights, latency and throughput of each architecture (cached per machine)")
+    data = {d.source: d for d in p.payload.data.values()}
+    try:
+        rows = search_costs(trained, data, p.teachers, trained.workdir, log=log)
+    except KDSearchError as e:  # the search is whole without them: say why they are missing
+        log(f"warning: costs not measured ({e}); `kdsearch costs {shlex.quote(str(folder))}` measures them later")
+        return
+    ResultStore(folder).append(COSTS, rows)
+    log(f"costs: {folder / COSTS}")
 
 
 def _remove_claimed(claimed: list[Path]) -> None:

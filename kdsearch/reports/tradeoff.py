@@ -1,0 +1,169 @@
+"""What a student keeps and what it costs: test score against serving cost, per dataset.
+
+Read from the trials (each student's best KD config by validation, and its no-KD
+baseline, scored on test over their seeds) and ``costs.parquet`` (parameters, ONNX
+latency and throughput per architecture), never by measuring again. The Pareto front is
+over test score (higher is better) and ONNX batch-1 latency (lower is better).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdsearch.knobs import BASELINE_STAGE
+from kdsearch.results.store import open_store
+
+LATENCY = "onnx_ms_p50"  # what the front and the "x lower latency" lines compare
+
+
+def load_costs(folders: Sequence[str | Path]) -> pd.DataFrame:
+    """The ``costs.parquet`` rows of several searches, one per (dataset, role, model), newest last."""
+    frames = [open_store(f).costs() for f in folders]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    costs = pd.concat(frames, ignore_index=True)
+    if "measured_at" in costs:
+        costs = costs.sort_values("measured_at", kind="stable")
+    return costs.drop_duplicates(["dataset", "role", "model"], keep="last").reset_index(drop=True)
+
+
+def _seed_scores(rows: pd.DataFrame, column: str) -> pd.Series:
+    """One value per seed (a config run by two searches counts once)."""
+    return rows.groupby("seed")[column].mean()
+
+
+def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", mode: str = "max") -> pd.DataFrame:
+    """Per dataset: the teacher, then each student's best KD config and its no-KD baseline.
+
+    Columns: dataset, model, config ("teacher", "KD", "no KD"), test (mean over seeds),
+    test_std, seeds, params, embedding_share, the ONNX and PyTorch latencies, throughput.
+    """
+    if costs.empty or trials.empty or "test_score" not in trials:
+        return pd.DataFrame()
+    ok = trials[(trials["status"] == "ok") & trials[metric].notna()]
+    by_model = costs.set_index(["dataset", "role", "model"])
+    rows: list[dict[str, Any]] = []
+    for dataset in sorted(costs["dataset"].unique()):
+        teacher = costs[(costs["dataset"] == dataset) & (costs["role"] == "teacher")]
+        for t in teacher.to_dict("records"):
+            rows.append({"dataset": dataset, "model": t["model"], "config": "teacher", "test": t.get("test_score", math.nan),
+                         "test_std": math.nan, "seeds": math.nan, **_cost(t)})
+        mine = ok[ok["dataset"] == dataset]
+        for student, s in mine.groupby("student", sort=True):
+            if (dataset, "student", student) not in by_model.index:
+                continue
+            cost = _cost(by_model.loc[(dataset, "student", student)].to_dict())
+            kd = s[s["stage"] != BASELINE_STAGE]
+            if len(kd):
+                val = kd.groupby("config_key")[metric].mean()
+                best = val.idxmax() if mode == "max" else val.idxmin()
+                rows.append({"dataset": dataset, "model": student, "config": "KD", **_spread(kd[kd["config_key"] == best]), **cost})
+            base = s[s["stage"] == BASELINE_STAGE]
+            if len(base):
+                rows.append({"dataset": dataset, "model": student, "config": "no KD", **_spread(base), **cost})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["on_front"] = False
+    for dataset, g in out.groupby("dataset"):
+        out.loc[g.index, "on_front"] = pareto(g["test"].to_numpy(), g[LATENCY].to_numpy())
+    return out
+
+
+def _spread(rows: pd.DataFrame) -> dict[str, float]:
+    scores = _seed_scores(rows, "test_score")
+    return {"test": float(scores.mean()), "test_std": float(scores.std(ddof=1)) if len(scores) > 1 else math.nan,
+            "seeds": int(len(scores))}
+
+
+def _cost(c: dict[str, Any]) -> dict[str, Any]:
+    keys = ("params", "params_embedding", "embedding_share", "seq_len", "torch_ms_p50", "onnx_ms_p50", "onnx_ms_p95",
+            "onnx_per_s", "int8_ms_p50", "int8_per_s", "weights_mb", "int8_mb", "threads")
+    return {k: c.get(k, math.nan) for k in keys}
+
+
+def pareto(score: Sequence[float], latency: Sequence[float]) -> list[bool]:
+    """Which points no other beats: as good a score at no more latency, better in one."""
+    points = list(zip(score, latency))
+    out = []
+    for i, (s, lat) in enumerate(points):
+        if s != s or lat != lat:
+            out.append(False)
+            continue
+        beaten = any(j != i and s2 >= s and l2 <= lat and (s2 > s or l2 < lat) for j, (s2, l2) in enumerate(points)
+                     if s2 == s2 and l2 == l2)
+        out.append(not beaten)
+    return out
+
+
+def keeps(t: pd.DataFrame) -> list[str]:
+    """One line per student (its best KD config): what it keeps of the teacher's test score, at what saving."""
+    lines = []
+    for dataset, g in t.groupby("dataset", sort=True):
+        teacher = g[g["config"] == "teacher"]
+        if teacher.empty:
+            continue
+        tr = teacher.iloc[0]
+        for r in g[g["config"] == "KD"].itertuples():
+            share = f"keeps {r.test / tr.test:.0%} of the teacher's test score" if tr.test == tr.test and tr.test > 0 else \
+                "(the teacher's test score was not recorded)"
+            lines.append(f"{dataset}: {r.model} {share} ({r.test:.4f} against {tr.test:.4f}) at "
+                         f"{getattr(tr, LATENCY) / getattr(r, LATENCY):.1f}x lower latency and {tr.params / r.params:.1f}x fewer "
+                         f"parameters ({r.embedding_share:.0%} of its parameters are embeddings)")
+    return lines
+
+
+def machine_line(costs: pd.DataFrame) -> str:
+    """Where and how the latencies were taken: every figure is of one machine."""
+    if costs.empty:
+        return ""
+    first = costs.iloc[0]
+    cpus = ", ".join(sorted(set(costs["cpu"].astype(str)))) if "cpu" in costs else "?"
+    lengths = ", ".join(f"{d} {int(n)}" for d, n in costs.groupby("dataset")["seq_len"].first().items())
+    return (f"Latency: one example at a time at each dataset's median token length ({lengths} tokens), p50 (and p95) over "
+            f"{int(first.get('runs', 30))} timed runs after warm-up, {int(first['threads'])} thread(s), on {cpus} "
+            f"({int(first['cores'])} cores; torch {first['torch']}, onnxruntime {first['onnxruntime']}); throughput at "
+            "batch 32. A latency is a figure of this machine, not of the model alone.")
+
+
+def plot(t: pd.DataFrame, out: Path, metric_names: dict[str, str] | None = None) -> list[str]:
+    """One PNG per dataset: test score against ONNX latency (log), KD and no-KD points, the front."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for dataset, g in t.groupby("dataset", sort=True):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        markers = {"teacher": ("*", 180), "KD": ("o", 60), "no KD": ("s", 50)}
+        for i, (model, m) in enumerate(g.groupby("model", sort=True)):
+            for _, r in m.iterrows():
+                marker, size = markers[r["config"]]
+                face = "none" if r["config"] == "no KD" else f"C{i}"
+                ax.scatter(r[LATENCY], r["test"], marker=marker, s=size, facecolors=face, edgecolors=f"C{i}",
+                           label=f"{model} ({r['config']})")
+                if r["test_std"] == r["test_std"]:
+                    ax.errorbar(r[LATENCY], r["test"], yerr=r["test_std"], color=f"C{i}", alpha=0.5, capsize=2)
+        front = g[g["on_front"]].sort_values(LATENCY)
+        ax.step(front[LATENCY], front["test"], where="post", color="black", linestyle="--", linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("ONNX Runtime latency, batch 1 (ms, log scale)")
+        unit = (metric_names or {}).get(dataset, "score")
+        ax.set_ylabel(f"test {unit} (mean ± std over seeds)")
+        ax.set_title(f"what a student keeps and costs: {dataset}")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        name = f"tradeoff_{re.sub(r'[^A-Za-z0-9_.-]', '_', dataset)}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    return names

@@ -1,0 +1,92 @@
+"""Costs per architecture: produced, positive, recorded with the machine, cached, and read back
+by `results`, `compare` and `export --pareto` without measuring again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kdsearch.cli import main
+from kdsearch.deploy.costs import measure, median_length
+from kdsearch.models import build_for
+from kdsearch.reports.tradeoff import keeps, pareto, table
+
+
+def test_every_search_records_what_its_architectures_cost(tiny_searches: dict[str, Path]) -> None:
+    costs = pd.read_parquet(tiny_searches["grid"] / "costs.parquet")
+    assert set(zip(costs.role, costs.model)) == {("teacher", "xs"), ("student", "xs")}
+    for col in ("params", "params_embedding", "weights_mb", "torch_ms_p50", "torch_ms_p95", "torch_per_s", "onnx_ms_p50",
+                "onnx_ms_p95", "onnx_per_s", "int8_ms_p50", "int8_per_s", "onnx_mb", "int8_mb"):
+        assert (costs[col] > 0).all(), col
+    assert (costs.onnx_ms_p95 >= costs.onnx_ms_p50).all() and (costs.runs >= 30).all()
+    assert (costs.params_embedding + costs.params_non_embedding == costs.params).all()
+    assert costs.cpu.notna().all() and (costs.threads >= 1).all() and costs.torch.notna().all() and costs.onnxruntime.notna().all()
+    teacher = costs[costs.role == "teacher"].iloc[0]
+    meta = json.loads((tiny_searches["grid"] / "search.json").read_text())
+    assert teacher.test_score == meta["teachers"]["rotten_tomatoes"]["t_hs"]["test_score"]
+
+
+def test_a_measurement_is_cached_per_architecture_and_machine(rt_data, tmp_path: Path) -> None:
+    first = measure(build_for("xxs", rt_data), rt_data, 1, tmp_path, log=lambda s: None)
+    assert first["seq_len"] == median_length(rt_data) and first["threads"] == 1
+    again = measure(build_for("xxs", rt_data), rt_data, 1, tmp_path, log=lambda s: pytest.fail("measured again"))
+    assert again == first and len(list(tmp_path.glob("*.json"))) == 1
+    other = measure(build_for("xxxs", rt_data), rt_data, 1, tmp_path, log=lambda s: None)  # another architecture
+    assert other["params"] < first["params"] and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_the_pareto_front() -> None:
+    #           teacher  big-KD  big-noKD  small  dominated
+    score = [0.90, 0.85, 0.80, 0.70, 0.60]
+    latency = [10.0, 4.0, 4.0, 1.0, 2.0]
+    assert pareto(score, latency) == [True, True, False, True, False]
+    assert pareto([0.5, float("nan")], [1.0, 0.5]) == [True, False]
+
+
+def test_the_tradeoff_table_and_its_line() -> None:
+    trials = pd.DataFrame({
+        "status": "ok", "dataset": "d", "student": ["s"] * 4, "stage": ["0", "0", "baseline", "baseline"],
+        "config_key": ["k", "k", "b", "b"], "seed": [0, 1, 0, 1], "val_score": [0.8, 0.82, 0.7, 0.72],
+        "test_score": [0.78, 0.80, 0.69, 0.71]})
+    costs = pd.DataFrame({"dataset": "d", "role": ["teacher", "student"], "model": ["t", "s"], "params": [30e6, 10e6],
+                          "embedding_share": [0.4, 0.75], "onnx_ms_p50": [6.0, 2.0], "test_score": [0.82, None]})
+    t = table(trials, costs)
+    assert list(t.config) == ["teacher", "KD", "no KD"]
+    kd = t[t.config == "KD"].iloc[0]
+    assert kd.test == pytest.approx(0.79) and kd.seeds == 2 and kd.test_std == pytest.approx(0.01414, abs=1e-4)
+    assert list(t.on_front) == [True, True, False]
+    assert keeps(t) == ["d: s keeps 96% of the teacher's test score (0.7900 against 0.8200) at 3.0x lower latency and 3.0x "
+                        "fewer parameters (75% of its parameters are embeddings)"]
+
+
+def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, Path], tmp_path: Path, capsys) -> None:
+    folder = tiny_searches["grid"]
+    assert main(["results", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "what each student keeps and costs" in out and "Latency: one example at a time" in out
+    assert main(["compare", str(folder), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## What a student keeps and what it costs" in report and "tradeoff_rotten_tomatoes.png" in report
+    assert (tmp_path / "report" / "tradeoff_rotten_tomatoes.png").stat().st_size > 1000
+    front = tmp_path / "front"
+    assert main(["export", str(folder), "--pareto", "--out", str(front), "--force", "--onnx"]) == 0
+    listed = (front / "front.md").read_text()
+    students = [p for p in (front / "rotten_tomatoes").iterdir()]
+    assert students and all((p / "model.onnx").is_file() and (p / "kdsearch.yaml").is_file() for p in students)
+    assert all(f"`rotten_tomatoes/{p.name}`" in listed for p in students)
+
+
+def test_costs_of_a_search_measured_later(tiny_searches: dict[str, Path], tmp_path: Path, capsys) -> None:
+    import shutil
+
+    folder = tmp_path / "searches" / "copy"  # its storage is tmp_path/searches: the front goes beside it
+    shutil.copytree(tiny_searches["greedy"], folder)
+    (folder / "costs.parquet").unlink()
+    code = main(["export", str(folder), "--pareto", "--out", str(tmp_path / "front")])
+    assert code == 2 and "run `kdsearch costs" in capsys.readouterr().err
+    assert main(["costs", str(folder), "--threads", "1"]) == 0
+    costs = pd.read_parquet(folder / "costs.parquet")
+    assert (costs.threads == 1).all() and (costs.onnx_ms_p50 > 0).all() and costs.test_score.notna().any()
