@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdsearch-installed
 
-.PHONY: setup demo test bench reproduce models reproduce-pretrained clean
+.PHONY: setup demo test bench reproduce models reproduce-pretrained reproduce-grids reproduce-objectives clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,31 @@ reproduce-pretrained: models
 	$(BIN)/kdsearch run $(PRE) --method grid $(XS_ONLY)
 	$(BIN)/kdsearch compare results/pretrained/pretrained-* --out results/pretrained --force
 	$(BIN)/kdsearch recommend --loo --store results/pretrained
+
+# results/grids/: the larger full grid that `kdsearch bench replay` replays (about 25 minutes)
+reproduce-grids: models
+	rm -rf results/grids/grids-*
+	$(BIN)/kdsearch run search_spaces/grids.yaml
+	$(BIN)/kdsearch bench replay
+
+# results/objectives/: DIST, logit standardisation and annealing against the paper's
+# recommendation, each cell at the alpha and tau_t best for it in results/pretrained/ (about 40 minutes)
+OBJ := search_spaces/objectives.yaml
+reproduce-objectives: models
+	rm -rf results/objectives/objectives-*
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[{dataset: rotten_tomatoes, max_train_examples: 1000}]' --set 'search.students=["minilm-l6:first2"]' \
+	  --set 'search.configs=[{alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 4.0}, {logit_std: true, alpha: 0.5, tau_t: 1.0}, {logit_std: true, alpha: 0.9, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.5, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.9, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 8.0}]'
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[{dataset: rotten_tomatoes, max_train_examples: 1000}]' --set 'search.students=[{model: xs, train: {learning_rate: 1.0e-3}}]' \
+	  --set 'search.configs=[{alpha: 1.0, tau_t: 4.0}, {loss: dist, alpha: 1.0, tau_t: 4.0}, {loss: dist, alpha: 1.0, tau_t: 1.0}, {logit_std: true, alpha: 1.0, tau_t: 4.0}, {logit_std: true, alpha: 1.0, tau_t: 2.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 4.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 2.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 4.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 8.0}]'
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[bbc_news]' --set 'search.students=["minilm-l6:first2"]' \
+	  --set 'search.configs=[{alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 4.0}, {logit_std: true, alpha: 0.5, tau_t: 1.0}, {logit_std: true, alpha: 0.9, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.5, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.9, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 8.0}]'
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[bbc_news]' --set 'search.students=[{model: xs, train: {learning_rate: 1.0e-3}}]' \
+	  --set 'search.configs=[{alpha: 1.0, tau_t: 4.0}, {loss: dist, alpha: 1.0, tau_t: 4.0}, {loss: dist, alpha: 1.0, tau_t: 1.0}, {logit_std: true, alpha: 1.0, tau_t: 4.0}, {logit_std: true, alpha: 1.0, tau_t: 2.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 4.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 2.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 4.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 8.0}]'
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[wnut16]' --set 'search.students=["minilm-l6:first2"]' \
+	  --set 'search.configs=[{alpha: 1.0, tau_t: 1.0}, {loss: dist, alpha: 1.0, tau_t: 1.0}, {loss: dist, alpha: 1.0, tau_t: 4.0}, {logit_std: true, alpha: 1.0, tau_t: 1.0}, {logit_std: true, alpha: 1.0, tau_t: 2.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 2.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 1.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 8.0}]'
+	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[wnut16]' --set 'search.students=[{model: xs, train: {learning_rate: 1.0e-3}}]' \
+	  --set 'search.configs=[{alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 4.0}, {logit_std: true, alpha: 0.5, tau_t: 1.0}, {logit_std: true, alpha: 0.9, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.5, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.9, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 8.0}]'
+	$(BIN)/kdsearch compare results/objectives/objectives-* --out results/objectives --force
 
 clean:
 	rm -rf .kdsearch .pytest_cache

@@ -341,7 +341,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     defaults = {"kd-loop": {"batch_size": 64, "storage": None}, "search": {"batch_size": 64, "storage": "results/bench/search-runs"},
-                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}}[args.target]
+                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}, "replay": {}}[args.target]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy"])
+    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy", "replay"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
@@ -479,7 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml); deploy: its teacher, "
                    "students and first dataset (default: search_spaces/pretrained.yaml)")
     b.add_argument("--threads", type=int, help="deploy: threads of every timing (default: the cores, at most 4)")
-    b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config")
+    b.add_argument("--replays", type=int, default=200, help="replay: replays per method and grid cell")
+    b.add_argument("--methods", type=lambda v: v.split(","), help="replay: methods to replay (default: every one)")
+    b.add_argument("--results", help="replay: where the committed grids are (default: results)")
+    b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config; replay: seeds a replay uses")
     b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
     b.add_argument("--storage", default=None, help="search, fused: where their searches go")
     b.add_argument("--k", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16, 64], metavar="K,K,...",

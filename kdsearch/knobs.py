@@ -161,6 +161,15 @@ _KNOBS = (
     Knob("tau_s", "distill", float, 1.0, "student temperature, > 0, or 'same' (= tau_t)", Range(0.0, low_open=True),
          words=(SAME,), applies=output_kd),
     Knob("tau2_scaling", "distill", bool, True, "multiply D by tau_s**2", applies=output_kd, column="bool"),
+    Knob("dist_beta", "distill", float, 1.0, "DIST: weight of the inter-class relation (per example, across classes), >= 0",
+         Range(0.0), applies=lambda c: output_kd(c) and _get(c, "loss") == "dist", since=4),
+    Knob("dist_gamma", "distill", float, 1.0, "DIST: weight of the intra-class relation (per class, across the batch), >= 0",
+         Range(0.0), applies=lambda c: output_kd(c) and _get(c, "loss") == "dist", since=4),
+    Knob("logit_std", "distill", bool, False, "z-score each example's logits, teacher and student each, before the temperature",
+         applies=output_kd, column="bool", since=4),
+    Knob("tau_schedule", "distill", str, "constant", "constant, or anneal: tau_t (and tau_s when same) falls linearly to 1 over training",
+         registry="kdsearch.distill.losses:TAU_SCHEDULES", applies=lambda c: output_kd(c) and float(_get(c, "tau_t")) != 1.0,
+         column="string", since=4),
     Knob("inter_map", "distill", str, "none", "student-to-teacher layer mapping: none, skip, last, init (a cut student's own layers)",
          registry="kdsearch.distill.intermediate:LAYER_MAPS", applies=intermediate,
          column="string", fusable=False),
@@ -186,12 +195,15 @@ _KNOBS = (
 )
 KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS}
 
-RESULTS_FORMAT = 3
+RESULTS_FORMAT = 4
 """What a search writes, recorded in its ``search.json`` (missing: 1). 1: ``tau_s`` as text
 ("1.0", "same"); 2: ``tau_s`` a number with ``tau_s_same``, a sealed ``spec.yaml``, every knob
 of the table whose ``since`` is at most the format; 3: ``spec.yaml`` names fetched models by
 name and holds paths relative to the search folder (readable on any machine), and
-``search.json`` records each dataset's train statistics and when the search finished."""
+``search.json`` records each dataset's train statistics and when the search finished; 4: the
+objectives since the paper (``dist_beta``, ``dist_gamma``, ``logit_std``, ``tau_schedule``).
+Older rows trained without them: they read as their defaults (no DIST, no standardisation, a
+constant temperature), and a key names such a knob only off its default."""
 PORTABLE_FORMAT = 3  # the first format whose spec.yaml reads the same on every machine
 
 BASELINE_STAGE = "baseline"  # the stage of the no-distillation trial of every cell
@@ -222,6 +234,13 @@ def effective(config: Mapping[str, Any]) -> Config:
     return {name: v for name, v in out.items() if KNOBS[name].applies(out)}
 
 
+LATER = 4  # knobs recorded since this format are named in a key only off their default
+
+
 def key(config: Mapping[str, Any]) -> str:
-    """Canonical string of the behaviour a config trains: equal keys, equal students."""
-    return json.dumps(effective(config), sort_keys=True)
+    """Canonical string of the behaviour a config trains: equal keys, equal students.
+
+    A knob added after the paper's is named only off its default, so a row of an older search
+    and a new row of the same behaviour share a key."""
+    out = {k: v for k, v in effective(config).items() if KNOBS[k].since < LATER or v != KNOBS[k].default}
+    return json.dumps(out, sort_keys=True)

@@ -345,7 +345,7 @@ class SearchSpec:
     members per population.
     """
 
-    method: str = "greedy"
+    method: str = "auto"
     datasets: list[DataSpec] = field(default_factory=list)
     students: list[StudentSpec] = field(default_factory=list)
     space: dict[str, Union[list[Union[float, str, bool]], RangeSpec]] = field(default_factory=dict)
@@ -362,6 +362,7 @@ class SearchSpec:
     search_seed: int = 0
     fuse: Union[bool, int, str] = "auto"  # YAML reads a bare `off` as false
     costs: bool = True  # measure what each architecture costs to serve (kdsearch.deploy.costs) when it ends
+    configs: list[dict[str, Union[float, str, bool]]] = field(default_factory=list)  # with grid: exactly these, not a product
 
     def check(self, where: str) -> None:
         method = METHODS.get(self.method)
@@ -372,6 +373,19 @@ class SearchSpec:
         for i, st in enumerate(self.students):
             st.check(f"{where}.students[{i}]")
         check_space(self.space, f"{where}.space", method.name)
+        if self.configs:
+            if not method.grid_points:
+                raise SpecError(f"{where}.configs: a list of configs runs with method grid, not {self.method}")
+            if self.space:
+                raise SpecError(f"{where}.configs: give the configs or a space, not both")
+            for i, config in enumerate(self.configs):
+                if not config:
+                    raise SpecError(f"{where}.configs[{i}]: an empty config")
+                for name, value in config.items():
+                    knob = knobs.KNOBS.get(name)
+                    if knob is None:
+                        raise SpecError(f"{where}.configs[{i}].{name}: unknown knob (known: {', '.join(knobs.KNOBS)})")
+                    knob.check(value, f"{where}.configs[{i}].{name}")
         if self.metric != "val_score" and not self.metric.startswith("val_"):
             raise SpecError(f"{where}.metric: must be a validation metric (val_...), got {self.metric!r}")
         if self.budget is not None and self.budget < 1:

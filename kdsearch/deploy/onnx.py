@@ -56,8 +56,12 @@ def export(model: torch.nn.Module, path: Path, length: int = 16) -> None:
     batch = torch.export.Dim("batch")
     seq = torch.export.Dim("sequence", max=int(getattr(model.config, "max_position_embeddings", 512)))
     shapes = {name: {0: batch, 1: seq} for name in INPUTS}
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
     try:
-        # the exporter narrates every pass on stdout and warns about internals: neither is the user's
+        # the exporter narrates every pass on stdout, logs what it skips (torchvision's ops) and
+        # warns about internals: none of it is the user's
+        quiet.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (), kwargs=inputs, dynamic_shapes=shapes, input_names=list(INPUTS),
@@ -65,6 +69,8 @@ def export(model: torch.nn.Module, path: Path, length: int = 16) -> None:
             program.save(str(path))
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the user needs one line
         raise KDSearchError(f"torch.onnx cannot export {type(model).__name__}: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def session(path: Path, threads: int) -> Any:

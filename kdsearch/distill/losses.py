@@ -2,6 +2,13 @@
 
 The objective is ``L = (1-alpha)*CE(y, p_s) + alpha*D(z_t, z_s)``. It is fused: the student's
 log-probabilities are computed once and serve both terms whenever ``tau_s == 1``.
+
+Since the paper (Sultan et al. 2024): ``dist`` (Huang et al. 2022), relations between the
+two models' probabilities instead of the probabilities themselves; ``logit_std`` (Sun et
+al. 2024), each example's logits z-scored before the temperature, the teacher's and the
+student's each by their own; and ``tau_schedule: anneal`` (after Jafari et al. 2021), the
+temperature falling linearly to 1 over the steps. Each takes a number per member, as alpha
+does, so a population mixes them.
 """
 
 from __future__ import annotations
@@ -31,34 +38,106 @@ class StudentLogits:
 
 
 Temperature = float | torch.Tensor  # a population passes one per member, shaped to broadcast
-Distance = Callable[[StudentLogits, torch.Tensor, Temperature, Temperature], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """What a distance may read besides the logits: which positions count (``valid``, the
+    weights of a population's padded batch; None: every row) and DIST's weights (a number,
+    or one per member shaped to multiply ``[K, positions]``)."""
+
+    valid: torch.Tensor | None = None
+    dist_beta: float | torch.Tensor = 1.0
+    dist_gamma: float | torch.Tensor = 1.0
+
+
+Distance = Callable[[StudentLogits, torch.Tensor, Temperature, Temperature, LossOptions], torch.Tensor]
 LOSSES: dict[str, Distance] = {}
+TAU_SCHEDULES = ("constant", "anneal")
 
 
 register_loss = registrar(LOSSES, "loss")
-"""``@register_loss(name)`` adds ``D(student, teacher_logits, tau_t, tau_s) -> [positions]``:
+"""``@register_loss(name)`` adds ``D(student, teacher_logits, tau_t, tau_s, options) -> [positions]``:
 the distance at each position (the last dimension is the classes); callers average it over
 the positions that count, so one single trial and every member of a population share it."""
 
 
 @register_loss("ce")
-def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
+                       options: LossOptions = LossOptions()) -> torch.Tensor:
     """-sum_c softmax(z_t/tau_t)_c * log softmax(z_s/tau_s)_c."""
     p_t = F.softmax(teacher.float() / tau_t, dim=-1)
     return -(p_t * student.log_probs(tau_s)).sum(-1)
 
 
 @register_loss("kl")
-def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
+                  options: LossOptions = LossOptions()) -> torch.Tensor:
     """KL(softmax(z_t/tau_t) || softmax(z_s/tau_s))."""
     log_p_t = F.log_softmax(teacher.float() / tau_t, dim=-1)
     return (log_p_t.exp() * (log_p_t - student.log_probs(tau_s))).sum(-1)
 
 
 @register_loss("mse")
-def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature) -> torch.Tensor:
+def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
+              options: LossOptions = LossOptions()) -> torch.Tensor:
     """Mean over classes of (z_t/tau_t - z_s/tau_s)^2."""
     return ((student.logits.float() / tau_s - teacher.float() / tau_t) ** 2).mean(-1)
+
+
+PEARSON_EPS = 1e-8  # a row (or class) with no spread correlates with nothing: 0, not NaN
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, dim: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pearson correlation of ``a`` and ``b`` along ``dim``, over the entries ``weights`` keeps."""
+    if weights is None:
+        weights = torch.ones_like(a)
+    else:
+        weights = weights.unsqueeze(-1).expand_as(a) if weights.dim() < a.dim() else weights
+    n = weights.sum(dim, keepdim=True).clamp(min=1.0)
+    a_c = a - (a * weights).sum(dim, keepdim=True) / n
+    b_c = b - (b * weights).sum(dim, keepdim=True) / n
+    cov = (weights * a_c * b_c).sum(dim)
+    # one square root of the product, kept off 0: its gradient stays finite where a row has no
+    # spread (a population computes every loss for every member and keeps each one's own)
+    return cov / torch.sqrt((weights * a_c**2).sum(dim) * (weights * b_c**2).sum(dim) + PEARSON_EPS**2)
+
+
+@register_loss("dist")
+def dist(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
+         options: LossOptions = LossOptions()) -> torch.Tensor:
+    """DIST (Huang et al. 2022): beta * inter + gamma * intra, p = softmax(z / tau).
+
+    inter: 1 - pearson(p_s[i, :], p_t[i, :]) at each position (across classes); intra:
+    1 - pearson(p_s[:, c], p_t[:, c]) across the batch's positions, averaged over classes,
+    the same at every position (so the callers' mean adds it once). With two classes the
+    inter term is left out on purpose: two probabilities that sum to 1 correlate +1 or -1,
+    a step with no gradient (undefined where a row is uniform), so on binary tasks DIST is
+    its intra-class term, the correlation over the batch of the two models' probability of
+    one class.
+    """
+    p_s = student.log_probs(tau_s).exp()
+    p_t = F.softmax(teacher.float() / tau_t, dim=-1)
+    intra = (1.0 - pearson(p_s, p_t, dim=-2, weights=options.valid)).mean(-1, keepdim=True)  # [..., 1]
+    out = options.dist_gamma * intra.expand(p_s.shape[:-1])
+    if p_s.shape[-1] > 2:
+        out = out + options.dist_beta * (1.0 - pearson(p_s, p_t, dim=-1))
+    return out
+
+
+STD_EPS = 1e-7  # as Sun et al.'s code: an example whose logits are all equal stays finite
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's logits minus their mean, over their standard deviation (Sun et al. 2024)."""
+    z = logits.float()
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + STD_EPS)
+
+
+def annealed(tau: Temperature, step: int, total: int) -> Temperature:
+    """A temperature falling linearly from ``tau`` (at step 0) to 1 (at the last step)."""
+    frac = step / max(1, total - 1)
+    return tau + (1.0 - tau) * min(1.0, frac)
 
 
 def kd_objective(
@@ -73,6 +152,9 @@ def kd_objective(
     tau2_scaling: bool = True,
     soft_labels: torch.Tensor | None = None,
     gold_weight: torch.Tensor | None = None,
+    logit_std: bool = False,
+    dist_beta: float = 1.0,
+    dist_gamma: float = 1.0,
 ) -> torch.Tensor:
     """``(1-alpha)*CE(y, p_s) + alpha*D`` on flat ``[positions, classes]`` rows.
 
@@ -81,6 +163,8 @@ def kd_objective(
     as the student temperature grows (Hinton et al.'s tau^2 when tau_s == tau_t).
     Augmented batches may give ``soft_labels`` (mixup's mixed targets) and a 0/1
     ``gold_weight`` per position: CE then averages over the positions whose label holds.
+    With ``logit_std`` D reads both models' logits z-scored (CE with the labels reads them
+    as they are).
     """
     student = StudentLogits(student_logits)
     total = student_logits.new_zeros((), dtype=torch.float32)
@@ -96,7 +180,8 @@ def kd_objective(
     if alpha > 0.0:
         if teacher_logits is None:
             raise ValueError("alpha > 0 needs teacher logits")
-        d = LOSSES[loss](student, teacher_logits, tau_t, tau_s).mean()
+        s_d, t_d = (StudentLogits(standardize(student_logits)), standardize(teacher_logits)) if logit_std else (student, teacher_logits)
+        d = LOSSES[loss](s_d, t_d, tau_t, tau_s, LossOptions(None, dist_beta, dist_gamma)).mean()
         if tau2_scaling:
             d = d * tau_s**2
         total = total + alpha * d

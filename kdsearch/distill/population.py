@@ -43,7 +43,7 @@ from transformers import PreTrainedModel
 from kdsearch import knobs
 from kdsearch.data.batching import eval_order, make_batch, train_order
 from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
-from kdsearch.distill.losses import LOSSES, StudentLogits
+from kdsearch.distill.losses import LOSSES, LossOptions, StudentLogits, annealed, standardize
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, positions_index
 from kdsearch.distill.trainer import Schedule, logit_scores, resolve_device
@@ -152,6 +152,11 @@ class Population:
         self.tau_t = per_member(lambda m: m.distill.tau_t)
         self.tau_s = per_member(lambda m: m.distill.student_temperature)
         self.tau2 = per_member(lambda m: m.distill.tau2_scaling)
+        self.tau_same = per_member(lambda m: m.distill.tau_s_same).bool()
+        self.anneal = per_member(lambda m: m.distill.tau_schedule == "anneal").bool()
+        self.logit_std = per_member(lambda m: m.distill.logit_std).bool()
+        self.dist_beta = per_member(lambda m: m.distill.dist_beta)
+        self.dist_gamma = per_member(lambda m: m.distill.dist_gamma)
         self.loss_names = sorted({m.distill.loss for m in members if m.distill.alpha > 0})
         self.loss_id = per_member(lambda m: self.loss_names.index(m.distill.loss) if m.distill.alpha > 0 else -1)
 
@@ -256,14 +261,27 @@ class Population:
         loss = torch.where(self.alpha < 1.0, (1.0 - self.alpha) * hard, torch.zeros_like(hard))
         if self.loss_names:
             t = teacher.reshape(k, -1, c)
-            tau_t, tau_s = self.tau_t[:, None, None], self.tau_s[:, None, None]
+            tau_t, tau_s = self.temperatures()
+            if bool(self.logit_std.any()):  # z-scored where a member asks for it, as it is elsewhere
+                std = self.logit_std[:, None, None]
+                student_d = StudentLogits(torch.where(std, standardize(s), s))
+                t = torch.where(std, standardize(t), t.float())
+            else:
+                student_d = student
+            options = LossOptions(valid, self.dist_beta[:, None], self.dist_gamma[:, None])
             d = torch.zeros_like(hard)
             for i, name in enumerate(self.loss_names):  # each member reads its own loss's value
-                per_position = LOSSES[name](student, t, tau_t, tau_s)
+                per_position = LOSSES[name](student_d, t, tau_t[:, None, None], tau_s[:, None, None], options)
                 d = torch.where(self.loss_id == i, (per_position * valid).sum(1) / count, d)
-            d = torch.where(self.tau2 > 0, d * self.tau_s**2, d)
+            d = torch.where(self.tau2 > 0, d * tau_s**2, d)
             loss = loss + torch.where(self.alpha > 0, self.alpha * d, torch.zeros_like(d))
         return loss
+
+    def temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's tau_t and tau_s at this step: its own, or annealed towards 1."""
+        tau_t = torch.where(self.anneal, annealed(self.tau_t, self.step, self.total_steps), self.tau_t)
+        tau_s = torch.where(self.anneal & self.tau_same, tau_t, self.tau_s)
+        return tau_t, tau_s
 
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
         logits = self._forward(batch["ids"], batch["mask"], batch["types"], per_member=True)

@@ -20,7 +20,7 @@ from kdsearch.data.batching import Batch, make_batch, train_order
 from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
 from kdsearch.distill.augment import AugmentContext, augment
 from kdsearch.distill.intermediate import FeatureProjector, expose_attention, layer_map, pool_hidden
-from kdsearch.distill.losses import kd_objective
+from kdsearch.distill.losses import annealed, kd_objective
 from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, predict
 from kdsearch.errors import SpecError
@@ -244,9 +244,11 @@ class Trainer:
             if not bool(aug.label_ok.all()):
                 ok = aug.label_ok.to(self.device)
                 weight = ok if batch.labels.dim() == 1 else ok[:, None].expand_as(batch.labels)[batch.labels != IGNORE_INDEX]
+        tau_t, tau_s = self.temperatures()
         loss = kd_objective(
-            s, y, t, alpha=d.alpha, loss=d.loss, tau_t=d.tau_t, tau_s=d.student_temperature,
+            s, y, t, alpha=d.alpha, loss=d.loss, tau_t=tau_t, tau_s=tau_s,
             tau2_scaling=d.tau2_scaling, soft_labels=soft, gold_weight=weight,
+            logit_std=d.logit_std, dist_beta=d.dist_beta, dist_gamma=d.dist_gamma,
         )
         if hidden:
             assert self.projector is not None
@@ -256,6 +258,14 @@ class Trainer:
             assert self.projector is not None and t_attention is not None
             loss = loss + d.inter_weight * self.projector.attention(out.attentions, t_attention, inputs["attention_mask"])
         return loss
+
+    def temperatures(self) -> tuple[float, float]:
+        """tau_t and tau_s at this step: the config's, or annealed towards 1 (``tau_schedule``)."""
+        d = self.distill
+        if d.tau_schedule != "anneal":
+            return d.tau_t, d.student_temperature
+        tau_t = float(annealed(d.tau_t, self.step, self.total_steps))
+        return tau_t, tau_t if d.tau_s_same else d.student_temperature
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the train split (or up to ``max_steps``). Raises Diverged."""

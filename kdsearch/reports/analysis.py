@@ -28,20 +28,21 @@ def load(folders: Sequence[str | Path]) -> pd.DataFrame:
     A distillation knob that a search's results format knows but its Parquet lacks
     (kdsearch added knobs before formats were numbered) is filled with the value that
     search's spec gives it, which is what its trials trained with; a knob newer than the
-    format stays absent. Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
+    format is filled with its default (no DIST, no standardisation, a constant temperature). Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
     searches it is read as the number plus ``tau_s_same``.
     """
     frames = []
     for f in folders:
         store = open_store(f)
         t = store.trials()
-        # knobs the search's results format recorded (a newer knob did not exist for it)
-        fmt = store.meta().get("results_format", 1)
-        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and knob.since <= fmt and k not in t.columns]
+        # knobs the search's results format recorded take its spec's value; a knob newer than
+        # the format did not exist for it, so its trials trained as the knob's default
+        fmt = store.format()
+        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and k not in t.columns]
         if missing and not t.empty:
             distill = store.spec().distill
             for k in missing:
-                t[k] = getattr(distill, k)
+                t[k] = getattr(distill, k) if KNOBS[k].since <= fmt else KNOBS[k].default
         t["search_dir"] = str(f)
         t["order"] = np.arange(len(t))
         frames.append(t)
@@ -178,3 +179,50 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFram
             }
         )
     return pd.DataFrame(rows)
+
+
+LATER_DEFAULTS = {k: knob.default for k, knob in KNOBS.items() if knob.since >= 4}  # the objectives since the paper, off
+
+
+def uses_later_objectives(trials: pd.DataFrame) -> bool:
+    """Whether any row trained with an objective since the paper (DIST, z-scored logits, annealing)."""
+    ok = trials[trials["status"] == "ok"]
+    return any(k in ok and (ok[k].astype(str) != str(v)).any() for k, v in LATER_DEFAULTS.items())
+
+
+def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """Per cell, each config against the paper's recommendation (t_ll, ce, tau_s = 1, none of
+    the later objectives; its best alpha and tau_t where several were run), seed by seed:
+    the gain in points, its 95% bootstrap interval and the verdict."""
+    means = config_means(trials, metric)
+    rows = []
+    for cell, g in means.groupby("cell", sort=True):
+        match = pd.Series(True, index=g.index)
+        for k, v in {**RECOMMENDED, **LATER_DEFAULTS}.items():
+            if k in g.columns:
+                match &= g[k].astype(str) == str(v)
+        if not match.any():
+            continue
+        ref = g[match].sort_values("mean", ascending=mode != "max").iloc[0]
+        for _, c in g.sort_values("mean", ascending=mode != "max").iterrows():
+            if c["config_key"] == ref["config_key"]:
+                continue
+            d = paired_difference(trials, str(cell), str(c["config_key"]), str(ref["config_key"]), metric)
+            sign = 1.0 if mode == "max" else -1.0
+            gain = {s: sign * 100 * v for s, v in d["by_seed"].items()}
+            low, high = sorted((sign * 100 * d["low"], sign * 100 * d["high"]))
+            verdict = ("too few seeds" if d["seeds"] < MIN_SEEDS else "inside the noise" if d["within_noise"]
+                       else "a real gain" if sign * d["mean"] > 0 else "a real loss")
+            rows.append({"cell": cell, "config": _changed(c, ref), "mean": float(c["mean"]), "reference": float(ref["mean"]),
+                         "gain (points)": sign * 100 * d["mean"], "by seed": ", ".join(f"{v:+.1f}" for v in gain.values()),
+                         "95% CI": f"[{low:+.2f}, {high:+.2f}]", "seeds": d["seeds"], "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def _changed(config: pd.Series, ref: pd.Series) -> str:
+    """The knobs a config holds other than the reference's, in the knob table's order."""
+    keys = json.loads(str(config["config_key"]))
+    ref_keys = json.loads(str(ref["config_key"]))
+    diff = [f"{k}={keys[k]}" for k in KNOBS if k in keys and keys.get(k) != ref_keys.get(k)]
+    diff += [f"{k}=default" for k in KNOBS if k in ref_keys and k not in keys]
+    return ", ".join(diff) or "(the same behaviour)"

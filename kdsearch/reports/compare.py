@@ -220,6 +220,12 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     text += "\n## Best against runner-up, seed by seed\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)
+    if analysis.uses_later_objectives(trials):
+        text += ("\n## Objectives since the paper, against its recommendation (per cell, seed by seed)\n\n"
+                 "Each config against the cell's reference (t_ll, ce, tau_s = 1, no DIST, no standardised logits, a "
+                 "constant temperature): its gain in points on each paired seed, the 95% bootstrap interval of the mean "
+                 "gain, and the verdict (\"a real gain\" or \"a real loss\" only where the interval excludes 0).\n\n")
+        text += _md(analysis.against_reference(trials, metric, mode))
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)

@@ -30,6 +30,7 @@ class Group:
     inner_ids: list[str]
     seeds: list[int]
     scores: dict[int, float | None] = field(default_factory=dict)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # other configs asked that train the same
 
     @property
     def done(self) -> bool:
@@ -58,6 +59,8 @@ class CellSearcher(JsonStateSearcher):
             sampler in a small space can only repeat itself).
         base: cell -> every knob's spec value, so configs that leave a knob out are
             keyed (and deduplicated) on its real value.
+        keys: cell -> the key of a config (``Space.key``: its aliases too, as t_hs = t_ll);
+            default: :func:`kdsearch.knobs.key` over ``base``.
     """
 
     def __init__(
@@ -70,10 +73,12 @@ class CellSearcher(JsonStateSearcher):
         budget: int | None = None,
         max_redundant: int = 50,
         base: dict[str, dict[str, Any]] | None = None,
+        keys: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.inner = inner
         self.base = base or {}
+        self.keys = keys or {}
         self.seeds = list(seeds)
         self.budget = budget
         self.max_redundant = max_redundant
@@ -92,7 +97,12 @@ class CellSearcher(JsonStateSearcher):
                 self._new_group(cell, {**baseline, "stage": BASELINE_STAGE}, None)
 
     def _key(self, cell: str, config: dict[str, Any]) -> str:
+        if cell in self.keys:
+            return self.keys[cell]({k: v for k, v in config.items() if k != "stage"})
         return key({**self.base.get(cell, {}), **config})
+
+    def _raw_key(self, cell: str, config: dict[str, Any]) -> str:
+        return key({**self.base.get(cell, {}), **{k: v for k, v in config.items() if k != "stage"}})
 
     def _new_group(self, cell: str, config: dict[str, Any], inner_id: str | None) -> Group:
         gid = f"g{self.n_groups}"
@@ -129,6 +139,9 @@ class CellSearcher(JsonStateSearcher):
                 return True
             group = self.groups[gid]
             group.inner_ids.append(inner_id)
+            raw = self._raw_key(cell, config)
+            if raw not in {self._raw_key(cell, c) for c in [group.config, *group.duplicates]}:
+                group.duplicates.append(dict(config))  # another config, one training (t_hs = t_ll): rows for both
             if group.done:
                 self._tell(cell, inner_id, group)  # known: answer now, ask again
             # running: its result goes to both asks; ask again (a population takes a batch)
@@ -158,7 +171,7 @@ class CellSearcher(JsonStateSearcher):
             "cell_done": self.cell_done,
             "groups": {
                 gid: {"cell": g.cell, "config": g.config, "inner_ids": g.inner_ids, "seeds": g.seeds,
-                      "scores": [[seed, v] for seed, v in g.scores.items()]}
+                      "scores": [[seed, v] for seed, v in g.scores.items()], "duplicates": g.duplicates}
                 for gid, g in self.groups.items()
             },
             "queue": self.queue,
@@ -173,7 +186,8 @@ class CellSearcher(JsonStateSearcher):
             raise ValueError(f"saved cells {sorted(state['inner'])} are not this search's {sorted(self.inner)}")
         self.turn, self.asked, self.cell_done = state["turn"], state["asked"], state["cell_done"]
         self.groups = {
-            gid: Group(g["cell"], g["config"], g["inner_ids"], g["seeds"], {int(seed): v for seed, v in g["scores"]})
+            gid: Group(g["cell"], g["config"], g["inner_ids"], g["seeds"], {int(seed): v for seed, v in g["scores"]},
+                       g.get("duplicates", []))
             for gid, g in state["groups"].items()
         }
         self.by_key = {(g.cell, self._key(g.cell, g.config)): gid for gid, g in self.groups.items()}

@@ -5,6 +5,12 @@ the knobs before it fixed at their stage winners and the ones after it at their
 defaults. When every config of the stage has reported, the best one (ties go to the
 default, then to the earlier choice) fixes knob k and stage k+1 begins. A config already
 run in an earlier stage is reused, not run again; a failed config counts as the worst.
+
+With ``revisit``, the paper's pass is followed by further passes over the knobs, each
+starting from the best config found so far (ties keep its values): one knob's choices
+at a time around it, so two knobs that only pay together (alpha = 1 with tau_t = 4) meet.
+It stops when a pass leaves the best config as it was, or the budget ends; a config
+already run is never run again.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kdsearch.search._state import JsonStateSearcher
-from kdsearch.knobs import Config, key
+from kdsearch.knobs import Config
 from kdsearch.search.methods import BuildContext
 from kdsearch.search.space import Space
 
@@ -30,14 +36,15 @@ class GreedySearcher(JsonStateSearcher):
         max_configs: stop after this many distinct configs (``None``: no cap).
     """
 
-    def __init__(self, space: Space, metric: str = "score", mode: str = "max", max_configs: int | None = None) -> None:
+    def __init__(self, space: Space, metric: str = "score", mode: str = "max", max_configs: int | None = None,
+                 revisit: bool = False) -> None:
         super().__init__(metric=metric, mode=mode)
         if space.ranges:
             raise ValueError(f"greedy needs choices, not ranges: {', '.join(space.ranges)}")
         self.names = list(space.names)
         self.choices = {n: list(space.choices[n]) for n in self.names}
         self.defaults = dict(space.defaults)
-        self.base = dict(space.base)
+        self.space = space
         self.max_configs = max_configs
         self.stage = -1
         self.fixed: dict[str, Any] = {}
@@ -47,10 +54,13 @@ class GreedySearcher(JsonStateSearcher):
         self.results: dict[str, float | None] = {}  # config key -> score (None: failed)
         self.history: list[dict[str, Any]] = []  # each stage: knob, configs, winner
         self.finished = False
+        self.revisit = revisit
+        self.round = 0  # which pass over the knobs (0: the paper's)
+        self.configs: dict[str, Config] = {}  # config key -> the config, for picking the best to revisit from
 
     # -- the stage logic ------------------------------------------------------------
     def _key(self, config: Config) -> str:
-        return key({**self.base, **config})
+        return self.space.key(config)  # this cell's: configs that train the same share it
 
     def _config(self, stage: int, value: Any) -> Config:
         config = dict(self.defaults)
@@ -76,6 +86,7 @@ class GreedySearcher(JsonStateSearcher):
         self.history.append(
             {
                 "stage": self.stage,
+                "round": self.round,
                 "knob": knob,
                 "scores": {str(c[knob]): self.results.get(self._key(c)) for c in self.stage_configs},
                 "winner": winner[knob],
@@ -88,7 +99,7 @@ class GreedySearcher(JsonStateSearcher):
             if self.stage >= 0:
                 self._close_stage()
             self.stage += 1
-            if self.stage >= len(self.names):
+            if self.stage >= len(self.names) and not self._next_round():
                 self.finished = True
                 return
             knob = self.names[self.stage]
@@ -107,13 +118,33 @@ class GreedySearcher(JsonStateSearcher):
                     return
                 self.queue = self.queue[:room]
 
+    def _next_round(self) -> bool:
+        """With ``revisit``: begin another pass from the best config so far, unless the last pass
+        changed nothing (the best config is the one it started from). True when one begins."""
+        if not self.revisit:
+            return False
+        scored = [(v if self.mode == "max" else -v, k) for k, v in self.results.items()
+                  if v is not None and math.isfinite(v) and k in self.configs]
+        if not scored:
+            return False
+        best = self.configs[max(scored)[1]]
+        start = {**self.defaults, **self.fixed} if self.round == 0 else self.defaults
+        if self.round > 0 and self._key(best) == self._key(start):
+            return False
+        self.round += 1
+        self.defaults = {n: best[n] for n in self.names}
+        self.fixed = {}
+        self.stage = 0
+        return True
+
     @property
     def best(self) -> Config:
         """The winners so far, defaults elsewhere."""
         return {**self.defaults, **self.fixed}
 
     # -- state (JSON: see _state.py) --------------------------------------------------
-    _STATE = ("stage", "fixed", "queue", "stage_configs", "pending", "results", "history", "finished")
+    _STATE = ("stage", "fixed", "queue", "stage_configs", "pending", "results", "history", "finished", "round", "configs",
+              "defaults")
 
     def get_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._STATE}
@@ -134,7 +165,8 @@ class GreedySearcher(JsonStateSearcher):
                 return Searcher.FINISHED
         config = self.queue.pop(0)
         self.pending[trial_id] = self._key(config)
-        return {**config, "stage": self.stage}
+        self.configs[self._key(config)] = config
+        return {**config, "stage": self.round * len(self.names) + self.stage}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         k = self.pending.pop(trial_id, None)
@@ -149,3 +181,8 @@ class GreedySearcher(JsonStateSearcher):
 def build(ctx: BuildContext) -> GreedySearcher:
     """The method table's factory (see :mod:`kdsearch.search.methods`)."""
     return GreedySearcher(ctx.space, metric="score", mode="max", max_configs=ctx.budget)
+
+
+def build_revisit(ctx: BuildContext) -> GreedySearcher:
+    """Greedy, then passes around the best config until one changes nothing (see the module)."""
+    return GreedySearcher(ctx.space, metric="score", mode="max", max_configs=ctx.budget, revisit=True)

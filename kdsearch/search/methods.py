@@ -26,7 +26,7 @@ class BuildContext:
     space: Space
     cell: str
     study_name: str
-    folder: Path  # the search's result folder (Optuna's journal goes there)
+    folder: Path | None  # the search's result folder (Optuna's journal goes there); None: a replay, in memory
     search_seed: int
     budget: int | None  # configs per cell (see Method.budget)
 
@@ -46,6 +46,7 @@ class Method:
         default_budget: configs per cell when ``search.budget`` is not set (None: until
             the method itself is done, as greedy's stages and the grid are).
         most: the most distinct configs it runs per cell without a budget.
+        auto: stands for another method, picked for the space and the device (:func:`choose`).
     """
 
     name: str
@@ -55,6 +56,7 @@ class Method:
     supports_asha: bool
     default_budget: Callable[[Space], int | None]
     most: Callable[[Space], int]
+    auto: bool = False
 
     def budget(self, space: Space, spec_budget: int | None) -> int | None:
         """Configs per cell: the spec's ``search.budget``, else this method's default."""
@@ -68,7 +70,7 @@ class Method:
     @property
     def grid_points(self) -> bool:
         """Runs as a fixed set of (cell, config, seed) points, with no searcher."""
-        return self.make_inner is None
+        return self.make_inner is None and not self.auto
 
     def build(self, ctx: BuildContext) -> Any:
         """The config-level searcher of one cell."""
@@ -91,15 +93,34 @@ def grid_size(space: Space) -> int:
     return sum(1 for _ in space.grid())
 
 
+def halving_size(space: Space) -> int:
+    """Trainings successive halving runs: every grid config, then a third, a ninth ... (see halving.rungs)."""
+    from kdsearch.search.halving import ETA, rungs
+
+    n, total = grid_size(space), 0
+    for _ in rungs(int(space.base["epochs"])):
+        total += n
+        n = max(1, -(-n // ETA))
+    return total
+
+
 def _as_many_as_greedy(space: Space) -> int:
     # so greedy and a sampler compare at equal budgets; ranges have no greedy size
     return 10 if space.ranges else greedy_size(space)
 
 
 _METHODS = (
+    Method("auto", "the method the replay benchmark found best for the space's size and the device (said at the start)",
+           None, takes_ranges=True, supports_asha=False, default_budget=_until_done, most=grid_size, auto=True),
     Method("greedy", "Sultan et al.'s greedy approximate grid: one knob per stage, in the space's order",
            "kdsearch.search.greedy:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
            most=greedy_size),
+    Method("revisit", "greedy, then passes over the knobs from the best config so far until a pass changes nothing",
+           "kdsearch.search.greedy:build_revisit", takes_ranges=False, supports_asha=False, default_budget=_until_done,
+           most=grid_size),
+    Method("halving", "successive halving over the grid: every config for 1 epoch, the best third for 3, ... to full length",
+           "kdsearch.search.halving:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
+           most=halving_size),
     Method("grid", "every combination of the choices, each behaviour once",
            None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size),
     Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
@@ -110,3 +131,36 @@ _METHODS = (
            most=_as_many_as_greedy),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
+
+
+@dataclass(frozen=True)
+class AutoRule:
+    """What ``auto`` runs on a space of at most ``most_configs`` grid configs (None: any) on a
+    ``device`` (``gpu``: trials get one and fuse; ``cpu``; ``any``), and why, from the replays."""
+
+    most_configs: int | None
+    device: str
+    method: str
+    why: str
+
+
+# from `kdsearch bench replay` (results/bench/replay.json): first rule that fits wins
+AUTO_RULES = (
+    AutoRule(None, "ranges", "optuna", "the space has ranges, which only Optuna and random sample; TPE learns where random guesses"),
+    AutoRule(200, "gpu", "grid", "on a GPU the whole grid fuses into populations (64 students at once on an H100), and the grid's regret is 0"),
+    AutoRule(32, "cpu", "grid", "a small grid costs little more than a search of it, and its regret is 0"),
+    AutoRule(None, "any", "revisit", "in the replays greedy's one pass missed interacting knobs (alpha = 1 only pays with "
+             "tau_t = 4); passes from the best config so far found them at a fraction of the grid"),
+)
+
+
+def choose(space: Space, gpu: bool) -> tuple[str, str]:
+    """The method ``auto`` stands for on ``space``, and why (said at the start of the search)."""
+    size = None if space.ranges else grid_size(space)
+    for rule in AUTO_RULES:
+        fits_device = rule.device == "any" or rule.device == ("gpu" if gpu else "cpu") or (rule.device == "ranges" and size is None)
+        if rule.device == "ranges" and size is not None:
+            continue
+        if fits_device and (rule.most_configs is None or (size is not None and size <= rule.most_configs)):
+            return rule.method, f"{rule.why} ({'ranges' if size is None else f'{size} configs'}, {'GPU' if gpu else 'CPU'})"
+    raise AssertionError("the last rule takes any space")

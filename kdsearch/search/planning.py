@@ -18,7 +18,7 @@ from kdsearch.distill.population import unfusable
 from kdsearch.distill.teacher_signal import CachedTeacher
 from kdsearch.errors import SpecError
 from kdsearch.fetch import label
-from kdsearch.search.space import Space
+from kdsearch.search.space import Space, teacher_aliases
 from kdsearch.spec import DataSpec, RangeSpec, Spec
 
 
@@ -72,6 +72,8 @@ class Plan:
 
 def _candidates(spec: Spec, base: dict[str, Any], name: str) -> list[Any]:
     """Values a knob may take in this search: its choices (a range's ends), else the spec's value."""
+    if spec.search.configs:
+        return list(dict.fromkeys(c.get(name, base[name]) for c in spec.search.configs))
     held = spec.search.space.get(name)
     if held is None:
         return [base[name]]
@@ -82,14 +84,14 @@ def _candidates(spec: Spec, base: dict[str, Any], name: str) -> list[Any]:
 
 def teacher_keys(spec: Spec) -> list[str]:
     """Every teacher signal a trial of this search may read (``knobs.teacher_key``)."""
-    base = Space(spec.search.space, spec.distill, spec.student.train).base
+    base = Space(spec.search.space, spec.distill, spec.student.train, configs=spec.search.configs).base
     combos = itertools.product(_candidates(spec, base, "teacher"), _candidates(spec, base, "ensemble_k"))
     return list(dict.fromkeys(knobs.teacher_key({"teacher": t, "ensemble_k": k}) for t, k in combos))
 
 
 def _may_configs(spec: Spec, names: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     """Every combination of what ``names`` may take in this search, over the spec's values."""
-    base = Space(spec.search.space, spec.distill, spec.student.train).base
+    base = Space(spec.search.space, spec.distill, spec.student.train, configs=spec.search.configs).base
     for combo in itertools.product(*(_candidates(spec, base, n) for n in names)):
         yield {**base, **dict(zip(names, combo))}
 
@@ -165,7 +167,10 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
             if cid in cells:
                 raise SpecError(f"search: cell {cid!r} appears twice (same dataset and student)")
             cells[cid] = CellPlan(cid, data.source, data.key, st.model, spec.distill, st.train, st.dropout)
-            spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source))
+            # t_hs and t_ll picking one checkpoint train the same: such configs run once
+            aliases = teacher_aliases(picked.get(data.source, {}), spec.distill.teacher)
+            spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source), aliases,
+                                spec.search.configs)
             cell_info[cid] = {"dataset": data.source, "student": label(st.model), "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}

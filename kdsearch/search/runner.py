@@ -30,7 +30,9 @@ from ray import tune
 from kdsearch import atomic
 from kdsearch.errors import Interrupted, KDSearchError
 from kdsearch.preflight import resolve_models
-from kdsearch.knobs import BASELINE, BASELINE_STAGE
+from kdsearch.knobs import BASELINE, BASELINE_STAGE, KNOBS, SAME
+from kdsearch.knobs import key as knob_key
+from kdsearch.knobs import resolve as resolve_knobs
 from kdsearch.ray_runtime import check_device, check_resources, cluster_nodes, init_ray, this_machine
 from kdsearch.results.store import BEST_FILE, COSTS, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore
 from kdsearch.results.summary import best_per_cell, best_yaml, summary_lines
@@ -45,6 +47,7 @@ from kdsearch.spec import Spec, dump_spec
 from kdsearch.trust import check_trusted
 
 RESUMABLE = re.compile(r"search\.resources\.\w+")  # what --set may change on --resume
+DUPLICATE_SUFFIX = "=dup"  # the trial id of a row recorded for a config that trained as another
 
 
 def _stamp_order(folder: Path) -> tuple[str, int]:
@@ -158,6 +161,9 @@ def run_search(
         meta = store.meta()
         search_id, prefer = meta["search_id"], meta.get("prefer")
     assert spec is not None, "a new search needs a spec"
+    if METHODS[spec.search.method].auto:
+        spec, why = resolve_auto(spec)
+        log(f"== method: auto -> {spec.search.method}: {why}")
     s = spec.search
     _writable(spec)
     trained = resolve_models(spec)  # every model checked, before a folder is made or a teacher trains
@@ -227,10 +233,49 @@ def run_search(
     finally:
         if started_ray:
             ray.shutdown()
+    record_duplicates(folder, spec, p, log)
     finish(folder, spec, log)
     if s.costs:
         record_costs(folder, trained, p, log)
     return folder
+
+
+def duplicate_configs(folder: Path, spec: Spec, p: Plan) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(cell, config run, another config asked that trains the same) for this search: from the
+    searcher's saved state, or for the grid from each cell's space."""
+    if METHODS[spec.search.method].grid_points:
+        return [(cid, config, dup) for cid, space in p.spaces.items()
+                for config, dups in space.grid_with_duplicates() for dup in dups]
+    states = sorted((folder / TUNE_DIR).glob("searcher-state-*.pkl"))
+    if not states:
+        return []
+    state = read_state(states[-1])
+    groups = state.get("cells", state).get("groups", {})
+    return [(g["cell"], g["config"], dup) for g in groups.values() for dup in g.get("duplicates", [])]
+
+
+def record_duplicates(folder: Path, spec: Spec, p: Plan, log: Callable[..., None] = print) -> None:
+    """Rows for configs that were asked but trained as another (t_hs = t_ll on one checkpoint):
+    the other config's rows, with this one's knobs and ``duplicate_of`` naming the row it copies."""
+    store = ResultStore(folder)
+    trials = store.trials()
+    if trials.empty:
+        return
+    rows = []
+    for cell, config, dup in duplicate_configs(folder, spec, p):
+        values = {**p.defaults[cell], **{k: v for k, v in config.items() if k in KNOBS}}
+        source = trials[(trials["cell"] == cell) & (trials["config_key"] == knob_key(values))]
+        dup_values = {**p.defaults[cell], **{k: v for k, v in dup.items() if k in KNOBS}}
+        for r in source.to_dict("records"):
+            if str(r["trial_id"]).endswith(DUPLICATE_SUFFIX):
+                continue
+            rows.append({**r, **resolve_knobs(dup_values), "tau_s_same": dup_values.get("tau_s") == SAME,
+                         "config_key": knob_key(dup_values), "trial_id": f"{r['trial_id']}{DUPLICATE_SUFFIX}",
+                         "duplicate_of": r["trial_id"], "stage": dup.get("stage", r.get("stage"))})
+    if rows:
+        store.append(TRIALS, rows)
+        log(f"== {len(rows)} row(s) of configs that trained as another (the same teacher checkpoint): run once, "
+            "recorded for both, marked duplicate_of")
 
 
 def record_costs(folder: Path, trained: Spec, p: Plan, log: Callable[..., None] = print) -> None:
@@ -247,6 +292,17 @@ def record_costs(folder: Path, trained: Spec, p: Plan, log: Callable[..., None] 
         return
     ResultStore(folder).append(COSTS, rows)
     log(f"costs: {folder / COSTS}")
+
+
+def resolve_auto(spec: Spec) -> tuple[Spec, str]:
+    """The spec with ``search.method: auto`` replaced by the method it stands for here, and why."""
+    from kdsearch.search.methods import choose
+    from kdsearch.search.space import Space
+
+    space = Space(spec.search.space, spec.distill, spec.student_specs[0].train)
+    gpu = spec.search.resources.gpu > 0 and spec.device != "cpu"
+    method, why = choose(space, gpu)
+    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, method=method)), why
 
 
 def _remove_claimed(claimed: list[Path]) -> None:
@@ -360,7 +416,8 @@ def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str, cap: int) -> Po
         for cid, space in p.spaces.items()
     }
     base = {cid: space.base for cid, space in p.spaces.items()}
-    cells = CellSearcher(inner, s.seeds, s.metric, s.mode, baseline=BASELINE if s.baseline else None, budget=budget, base=base)
+    cells = CellSearcher(inner, s.seeds, s.metric, s.mode, baseline=BASELINE if s.baseline else None, budget=budget, base=base,
+                         keys={cid: space.key for cid, space in p.spaces.items()})
     return PopulationSearcher(cells, cap, base)
 
 

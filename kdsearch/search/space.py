@@ -31,10 +31,17 @@ class Space:
         distill: the spec's ``distill`` section, whose values are the knobs' base values ...
         train: ... with the student's ``train`` section.
         prefer: a recommendation's values, where the space allows them.
+        aliases: knob -> {value: the value it trains the same as}, for this cell: t_hs and
+            t_ll picking one checkpoint are one training (see :func:`teacher_aliases`).
     """
 
     def __init__(self, space: Mapping[str, list[Value] | RangeSpec], distill: Any, train: Any,
-                 prefer: Mapping[str, Value] | None = None) -> None:
+                 prefer: Mapping[str, Value] | None = None, aliases: Mapping[str, Mapping[Value, Value]] | None = None,
+                 configs: list[Mapping[str, Value]] | None = None) -> None:
+        if configs:  # an explicit list (search.configs): its knobs are the space, its values the choices
+            space = {name: list(dict.fromkeys(c[name] for c in configs if name in c))
+                     for name in dict.fromkeys(n for c in configs for n in c)}
+        self.explicit = [dict(c) for c in configs or []]
         self.ranges: dict[str, RangeSpec] = {}
         self.choices: dict[str, list[Value]] = {}
         for name, c in space.items():
@@ -43,6 +50,7 @@ class Space:
             else:
                 self.choices[name] = [knobs.KNOBS[name].check(v, name) for v in c]
         self.names = list(space)
+        self.aliases = {k: dict(v) for k, v in (aliases or {}).items()}
         # every knob's spec value: a config is keyed on all of them, not only its own
         self.base: Config = {**distill.config(), **{k.name: getattr(train, k.name) for k in knobs.section("train")}}
         self.defaults: Config = {}
@@ -60,20 +68,37 @@ class Space:
                 self.defaults[name] = value
 
     def key(self, config: Mapping[str, Value]) -> str:
-        """The config's :func:`kdsearch.knobs.key`, knobs it leaves out at their spec values."""
-        return knobs.key({**self.base, **config})
+        """The config's :func:`kdsearch.knobs.key`, knobs it leaves out at their spec values, and
+        aliased values (this cell's) as the value they train the same as."""
+        full = {**self.base, **config}
+        for name, same in self.aliases.items():
+            if full.get(name) in same:
+                full[name] = same[full[name]]
+        return knobs.key(full)
 
     def grid(self) -> Iterator[Config]:
         """Every combination, each behaviour once (see :func:`kdsearch.knobs.key`)."""
+        for config, _ in self.grid_with_duplicates():
+            yield config
+
+    def grid_with_duplicates(self) -> Iterator[tuple[Config, list[Config]]]:
+        """Each behaviour once, with the other configs of the grid that train the same because of an
+        alias (not those a knob's ``applies`` makes equal: their rows would be one config twice)."""
         if self.ranges:
             raise SpecError(f"search.space: grid needs choices, not ranges ({', '.join(self.ranges)})")
-        seen: set[str] = set()
-        for combo in itertools.product(*(self.choices[n] for n in self.names)):
-            config = dict(zip(self.names, combo))
+        first: dict[str, Config] = {}
+        same: dict[str, list[Config]] = {}
+        combos = (dict(zip(self.names, combo)) for combo in itertools.product(*(self.choices[n] for n in self.names)))
+        for config in (dict(c) for c in self.explicit) if self.explicit else combos:
             k = self.key(config)
-            if k not in seen:
-                seen.add(k)
-                yield config
+            if k not in first:  # the config that runs holds the value an alias names (the spec's own)
+                first[k] = {n: self.aliases.get(n, {}).get(v, v) for n, v in config.items()}
+                same[k] = []
+            if knobs.key({**self.base, **config}) not in {knobs.key({**self.base, **c}) for c in [first[k], *same[k]]}:
+                same[k].append(config)
+        for k, config in first.items():
+            yield config, same[k]
+
 
     def optuna_distributions(self) -> dict[str, Any]:
         import optuna
@@ -89,3 +114,18 @@ class Space:
             else:
                 out[name] = optuna.distributions.CategoricalDistribution(self.choices[name])
         return out
+
+
+def teacher_aliases(picked: Mapping[str, Mapping[str, Any]], default: Value) -> dict[str, dict[Value, Value]]:
+    """``{"teacher": {...}}`` when selections of a dataset pick the same checkpoint (on BBC News and
+    WNUT-16 t_hs and t_ll are one): each trains as the spec's own choice where it is among them."""
+    by_name: dict[str, list[str]] = {}
+    for selection, record in picked.items():
+        if ":" not in selection:  # an ensemble is its own signal
+            by_name.setdefault(str(record["name"]), []).append(selection)
+    out: dict[Value, Value] = {}
+    for group in by_name.values():
+        if len(group) > 1:
+            canonical = default if default in group else sorted(group)[0]
+            out.update({s: canonical for s in group if s != canonical})
+    return {"teacher": out} if out else {}

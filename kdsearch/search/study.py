@@ -41,7 +41,8 @@ class StudySearcher(JsonStateSearcher):
         sampler: builds the study's sampler from a seed.
         seed: the sampler's seed for a new study.
         study_name: the study's name in ``journal``.
-        journal: the journal file (created when missing, appended to when resumed).
+        journal: the journal file (created when missing, appended to when resumed); None keeps
+            the study in memory (a replay, see :mod:`kdsearch.search.replay`).
         first: configs tried first (a recommendation, the spec's defaults), once per study.
     """
 
@@ -51,7 +52,7 @@ class StudySearcher(JsonStateSearcher):
         sampler: SamplerFactory,
         seed: int,
         study_name: str,
-        journal: str | Path,
+        journal: str | Path | None,
         metric: str = "score",
         first: list[dict[str, Any]] | None = None,
     ) -> None:
@@ -60,7 +61,7 @@ class StudySearcher(JsonStateSearcher):
         self.sampler = sampler
         self.seed = seed
         self.study_name = study_name
-        self.journal = str(journal)
+        self.journal = str(journal) if journal is not None else None
         self.first = list(first or [])
         self.live: dict[str, int] = {}  # Tune (inner) trial id -> Optuna trial number
         self._study: Any = None
@@ -78,6 +79,12 @@ class StudySearcher(JsonStateSearcher):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
+            if self.journal is None:
+                self._study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=self.sampler(self.seed),
+                                                  direction="maximize")
+                for config in self.first:
+                    self._study.enqueue_trial(config)
+                return self._study
             storage = JournalStorage(JournalFileBackend(self.journal))
             names = {s.study_name for s in storage.get_all_studies()}
             if self.study_name in names:
@@ -121,8 +128,12 @@ class StudySearcher(JsonStateSearcher):
 def build_tpe(ctx: BuildContext) -> StudySearcher:
     """TPE, starting from the space's defaults (the spec's values or a recommendation)."""
     first = None if ctx.space.ranges else [dict(ctx.space.defaults)]
-    return StudySearcher(ctx.space, tpe_sampler, ctx.search_seed, ctx.study_name, ctx.folder / "optuna.journal", first=first)
+    return StudySearcher(ctx.space, tpe_sampler, ctx.search_seed, ctx.study_name, _journal(ctx), first=first)
 
 
 def build_random(ctx: BuildContext) -> StudySearcher:
-    return StudySearcher(ctx.space, random_sampler, ctx.search_seed, ctx.study_name, ctx.folder / "optuna.journal")
+    return StudySearcher(ctx.space, random_sampler, ctx.search_seed, ctx.study_name, _journal(ctx))
+
+
+def _journal(ctx: BuildContext) -> Path | None:
+    return None if ctx.folder is None else ctx.folder / "optuna.journal"

@@ -270,3 +270,51 @@ def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec, t
     assert r.returncode == 0, r.stdout + r.stderr
     assert "== search finished" in r.stdout and (folder / "best.yaml").is_file()
     assert len(pd.read_parquet(folder / "trials.parquet")) == 3  # baseline, ce, mse: each once
+
+
+@pytest.mark.parametrize("method", ["grid", "greedy"])
+def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray, tiny_spec, tmp_path: Path, method: str) -> None:
+    """A teacher trained one epoch: t_hs and t_ll pick the same checkpoint, so configs that differ
+    only there are one training; both configs get rows, the copy marked duplicate_of."""
+    spec = load_spec(tiny_spec(name=f"dup{method}", seeds="[0, 1]", train=256),
+                     [f"search.method={method}", f"workdir={tmp_path / 'wd'}", "teachers.train.epochs=1",
+                      "search.space={teacher: [t_hs, t_ll], loss: [ce, mse]}", "search.costs=false"])
+    folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    trained = set(pd.read_parquet(folder / "epochs.parquet").trial_id)
+    kd = trials[trials.stage != "baseline"]
+    copies = kd[kd.duplicate_of.notna()]
+    assert len(copies) and not set(copies.trial_id) & trained and set(copies.duplicate_of) <= trained  # never trained
+    for _, c in copies.iterrows():
+        source = trials[trials.trial_id == c.duplicate_of].iloc[0]
+        assert c.val_score == source.val_score and c.loss == source.loss and c.seed == source.seed
+        assert {c.teacher, source.teacher} == {"t_hs", "t_ll"}  # the other teacher, the same checkpoint
+    # every config the method asked for has its rows: the grid all four, greedy the teacher stage's two
+    configs = {(r.teacher, r.loss) for r in kd.itertuples()}
+    assert configs == ({("t_hs", "ce"), ("t_ll", "ce"), ("t_hs", "mse"), ("t_ll", "mse")} if method == "grid"
+                       else configs | {("t_hs", "ce"), ("t_ll", "ce")})
+    assert len(trained) == len(kd) - len(copies) + 2  # + the baseline's two seeds
+
+
+def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray, tiny_spec, tmp_path: Path) -> None:
+    """search.configs: exactly these arms; DIST, z-scored logits and annealing recorded, exported,
+    and rerun by the exported spec."""
+    from kdsearch.cli import main
+
+    arms = "[{loss: dist, alpha: 0.7, dist_gamma: 2.0}, {logit_std: true, tau_t: 2.0, tau_schedule: anneal}, {alpha: 0.5}]"
+    spec = load_spec(tiny_spec(name="arms", seeds="[0]", train=256),
+                     ["search.method=grid", "search.space={}", f"search.configs={arms}", "search.baseline=false",
+                      "search.costs=false"])
+    folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet").sort_values("trial_id")
+    assert len(trials) == 3 and (trials.status == "ok").all()
+    dist = trials[trials.loss == "dist"].iloc[0]
+    assert dist.dist_gamma == 2.0 and dist.alpha == 0.7 and not dist.logit_std and dist.tau_schedule == "constant"
+    std = trials[trials.logit_std].iloc[0]
+    assert std.tau_schedule == "anneal" and std.tau_t == 2.0 and '"logit_std": true' in std.config_key
+    out = tmp_path / "student"
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    exported = yaml.safe_load((out / "kdsearch.yaml").read_text())["distill"]
+    best = json.loads((out / "metrics.json").read_text())["search_row"]
+    assert {k: exported[k] for k in ("loss", "logit_std", "tau_schedule", "dist_gamma")} == {
+        k: best[k] for k in ("loss", "logit_std", "tau_schedule", "dist_gamma")}

@@ -1,0 +1,205 @@
+"""Replaying a search method over a finished full grid, without training anything.
+
+A committed full grid is a table: (config, seed) -> its validation score after each epoch.
+A replay drives a method's own searcher (the class a live search builds, from the method
+table) through the protocol Ray Tune drives it with, ``suggest`` then
+``on_trial_complete``, wrapped in the same :class:`~kdsearch.search.cells.CellSearcher`
+that pairs seeds; each trial's result is looked up instead of trained, and costs its epochs
+(a halving rung's shorter run reads the grid's score after that many epochs: the same
+student, stopped early, where the live rung decays its learning rate to its own end).
+At given budgets of trial-epochs the replay notes what the method would answer: the best
+config (mean over its seeds) among those it has run in full. Regret is that config's mean
+over all of the grid's seeds below the grid's best, in points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdsearch import knobs
+from kdsearch.knobs import BASELINE_STAGE
+from kdsearch.search.space import Space
+
+METRIC = "val_score"
+
+
+@dataclass
+class GridTable:
+    """A cell's full grid: per (config key, seed), the validation score after each epoch."""
+
+    cell: str
+    space: Space
+    seeds: list[int]
+    epochs: int
+    scores: dict[str, dict[int, list[float]]]  # config key (full length) -> seed -> score after epoch 1..epochs
+    source: str = ""
+    _means: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def key(self, config: dict[str, Any]) -> str:
+        """The key of ``config`` trained to full length (a halving rung's ``epochs`` set aside)."""
+        return self.space.key({k: v for k, v in config.items() if k != "epochs"})
+
+    def score(self, config: dict[str, Any], seed: int) -> float:
+        epochs = int(config.get("epochs", self.epochs))
+        per_epoch = self.scores[self.key(config)][seed]
+        return per_epoch[min(epochs, len(per_epoch)) - 1]
+
+    def mean(self, key: str) -> float:
+        if key not in self._means:
+            vals = [s[-1] for s in self.scores[key].values()]
+            self._means[key] = float(np.mean(vals)) if vals and all(v == v for v in vals) else -math.inf
+        return self._means[key]
+
+    @property
+    def best(self) -> str:
+        return max(self.scores, key=self.mean)
+
+    @property
+    def best_std_points(self) -> float:
+        """The grid best's own spread over seeds (points): a regret below it is inside its noise."""
+        return 100 * float(np.std([s[-1] for s in self.scores[self.best].values()], ddof=1))
+
+    @property
+    def trial_epochs(self) -> int:
+        return len(self.scores) * len(self.seeds) * self.epochs
+
+    def collapsed(self) -> bool:
+        """Every config scores as every other (one class everywhere): nothing to find."""
+        return len({round(self.mean(k), 6) for k in self.scores}) <= 1
+
+
+def tables_from_search(folder: str | Path) -> list[GridTable]:
+    """The cells of a finished full-grid search as tables (only configs every seed finished)."""
+    from kdsearch.results.store import ResultStore
+
+    store = ResultStore(folder)
+    spec = store.spec()
+    trials, epochs = store.trials(), store.epochs()
+    ok = trials[(trials["status"] == "ok") & (trials["stage"] != BASELINE_STAGE)]
+    out = []
+    for cell, rows in ok.groupby("cell", sort=True):
+        student = next(st for st in spec.student_specs if str(cell).endswith("/" + rows["student"].iloc[0].split("/")[-1]))
+        space = Space(spec.search.space, spec.distill, student.train, configs=spec.search.configs)
+        full = int(student.train.epochs)
+        scores: dict[str, dict[int, list[float]]] = {}
+        per_trial = epochs.sort_values("epoch").groupby("trial_id")[METRIC].apply(list)
+        for r in rows.to_dict("records"):
+            config = {k: r[k] for k in space.names}
+            if r.get("tau_s_same"):
+                config["tau_s"] = knobs.SAME
+            series = per_trial.get(r["trial_id"], [r[METRIC]])
+            series = (list(series) + [r[METRIC]] * full)[:full] if len(series) < full else list(series)[:full]
+            series[-1] = float(r[METRIC])
+            scores.setdefault(space.key(config), {})[int(r["seed"])] = [float(x) for x in series]
+        seeds = sorted(set(ok["seed"].astype(int)))
+        complete = {k: v for k, v in scores.items() if set(v) == set(seeds)}
+        out.append(GridTable(str(cell), space, seeds, full, complete, source=Path(folder).name))
+    return out
+
+
+class _GridOrder:
+    """The full grid's configs in the order its live search runs them (its points are not a searcher)."""
+
+    def __init__(self, space: Space) -> None:
+        self.configs = list(space.grid())
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from ray.tune.search import Searcher
+
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        pass
+
+
+@dataclass
+class ReplayResult:
+    picks: dict[float, str | None]  # budget (share of the grid's trial-epochs) -> the key the method answers
+    spent: int  # trial-epochs used in all
+    configs: int  # distinct configs run in full
+
+
+def replay(method: str, table: GridTable, seeds: Sequence[int], search_seed: int, budgets: Sequence[float]) -> ReplayResult:
+    """Run ``method``'s searcher over ``table`` with paired ``seeds`` until the largest budget.
+
+    ``budgets`` are shares of the grid's trial-epochs; at each, the answer is the best mean
+    over ``seeds`` among configs run in full on every one of them.
+    """
+    from ray.tune.search import Searcher
+
+    from kdsearch.search.cells import CellSearcher
+    from kdsearch.search.methods import METHODS, BuildContext
+
+    m = METHODS[method]
+    inner = _GridOrder(table.space) if m.grid_points else m.build(
+        BuildContext(table.space, table.cell, f"replay-{search_seed}", None, search_seed, None))
+    cells = CellSearcher({table.cell: inner}, list(seeds), METRIC, base={table.cell: table.space.base},
+                         keys={table.cell: table.space.key})
+    limits = sorted(b * table.trial_epochs for b in budgets)
+    done: dict[str, dict[int, float]] = {}
+    picks: dict[float, str | None] = {}
+    spent, n = 0, 0
+
+    def answer() -> str | None:
+        full = {k: float(np.mean(list(v.values()))) for k, v in done.items() if len(v) == len(seeds)}
+        return max(full, key=lambda k: full[k]) if full else None
+
+    while True:
+        point = cells.suggest(f"t{n}")
+        if point is None or point == Searcher.FINISHED:
+            break
+        config = {k: v for k, v in point.items() if k in knobs.KNOBS}
+        cost = int(config.get("epochs", table.epochs))
+        while limits and spent + cost > limits[0]:  # this trial would cross a budget: note the answer there
+            picks[limits.pop(0) / table.trial_epochs] = answer()
+        if not limits:
+            break
+        spent += cost
+        score = table.score(config, int(point["seed"]))
+        if int(config.get("epochs", table.epochs)) == table.epochs:
+            done.setdefault(table.key(config), {})[int(point["seed"])] = score
+        cells.on_trial_complete(f"t{n}", {METRIC: score})
+        n += 1
+    for limit in limits:  # finished under the budget: its final answer stands
+        picks[limit / table.trial_epochs] = answer()
+    return ReplayResult(picks, spent, sum(len(v) == len(seeds) for v in done.values()))
+
+
+def regrets(method: str, table: GridTable, replays: int, budgets: Sequence[float], seeds_per_replay: int | None = None,
+            rng_seed: int = 0) -> pd.DataFrame:
+    """``replays`` replays of ``method`` on ``table``, each with its own search seed and (when the
+    grid has more seeds than a replay uses) its own subset of seeds; a row per (replay, budget)."""
+    rng = np.random.default_rng(rng_seed)
+    k = min(seeds_per_replay or len(table.seeds), len(table.seeds))
+    best = table.mean(table.best)
+    rows = []
+    for i in range(replays):
+        seeds = sorted(rng.choice(table.seeds, size=k, replace=False).tolist())
+        result = replay(method, table, seeds, search_seed=i, budgets=budgets)
+        for budget, pick in result.picks.items():
+            regret = math.nan if pick is None else 100 * (best - table.mean(pick))
+            rows.append({"method": method, "cell": table.cell, "replay": i, "budget": round(budget, 4), "seeds": len(seeds),
+                         "regret": regret, "found": pick is not None, "spent": result.spent})
+    return pd.DataFrame(rows)
+
+
+def summary(rows: pd.DataFrame, noise: dict[str, float]) -> pd.DataFrame:
+    """Per method and budget, over every replay of every cell: mean, p90 and worst regret (points;
+    a replay that found nothing counts as the worst), and the share within the grid best's noise."""
+    rows = rows.copy()
+    rows["noise"] = rows["cell"].map(noise)
+    rows["regret"] = rows["regret"].fillna(np.inf)
+    out = []
+    for (method, budget), g in rows.groupby(["method", "budget"], sort=True):
+        finite = g["regret"].replace(np.inf, np.nan)
+        out.append({"method": method, "budget": budget, "replays": int(len(g)), "mean_regret": float(finite.mean()),
+                    "p90_regret": float(np.percentile(g["regret"], 90)), "worst_regret": float(g["regret"].max()),
+                    "within_noise": float((g["regret"] <= g["noise"]).mean()), "found": float(g["found"].mean())})
+    return pd.DataFrame(out)
