@@ -189,6 +189,7 @@ search:
   budget: {budget}
   max_failures: 1
   storage: {storage}
+  costs: {costs}
 """
 
 
@@ -205,17 +206,18 @@ def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, share
     for method in ("greedy", "grid"):
         spec = tmp / f"{method}.yaml"
         spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
-                                    workdir=workdir, storage=tmp / "searches"))
+                                    workdir=workdir, storage=tmp / "searches", costs="true"))  # what tests/deploy reads
         folders[method] = run_search(load_spec(spec, ["student.dropout=0.0"]), log=lambda *a, **k: None)
     return folders
 
 
 @pytest.fixture
 def tiny_spec(tmp_path: Path, workdir: Path):
-    """Write a tiny search spec; keyword arguments change its fields."""
+    """Write a tiny search spec; keyword arguments change its fields (serving costs off unless
+    ``costs="true"``: they are measured once per architecture, and tests/deploy tests them)."""
 
     def make(**kw) -> Path:
-        fields = dict(name="tiny", train=384, epochs=1, method="greedy", seeds="[0, 1]", budget="null")
+        fields = dict(name="tiny", train=384, epochs=1, method="greedy", seeds="[0, 1]", budget="null", costs="false")
         fields.update(kw)
         text = TINY.format(workdir=workdir, storage=tmp_path / "searches", **fields)
         p = tmp_path / f"{fields['name']}.yaml"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from kdsearch.cli import main
+from kdsearch.knobs import RESULTS_FORMAT
 from kdsearch.paths import DEFAULT_STORE
 from kdsearch.results.store import SPEC_SEAL, ResultStore
 from tests.conftest import SANDBOX
@@ -138,10 +139,10 @@ def test_an_older_store_reads_as_a_portable_one_and_upgrades(tmp_path: Path, cap
     assert main(["results", str(folder)]) == 0 and main(["recommend", "--loo", "--store", str(folder)]) == 0
     capsys.readouterr()
     assert main(["upgrade", str(folder)]) == 0
-    assert "results format 2 -> 3" in capsys.readouterr().out
+    assert f"results format 2 -> {RESULTS_FORMAT}" in capsys.readouterr().out
     text = (folder / "spec.yaml").read_text()
     assert "/home/someone" not in text and "workdir: ../../../.kdsearch" in text and text.count(SPEC_SEAL) == 1
     meta = json.loads((folder / "search.json").read_text())
-    assert meta["results_format"] == 3 and meta["datasets"]["wnut16"]["labels"] == 21
+    assert meta["results_format"] == RESULTS_FORMAT and meta["datasets"]["wnut16"]["labels"] == 21
     assert ResultStore(folder).spec() == spec  # the same spec, now from the files themselves
     assert main(["upgrade", str(folder)]) == 0 and "unchanged" in capsys.readouterr().out

@@ -34,7 +34,7 @@ def grid_folders(root: Path) -> list[Path]:
     found = []
     for meta in sorted(root.glob("*/*/search.json")):
         store = ResultStore(meta.parent)
-        if store.meta().get("method") == "grid" and store.path("trials.parquet").is_file():
+        if store.meta().get("method") == "grid" and store.path("trials.parquet").is_file() and store.finished() is not False:
             found.append(meta.parent)
     return found
 
@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for folder in grid_folders(root):
         for t in tables_from_search(folder):
             where = f"{folder.name} {t.cell}"
-            if len(t.scores) < MIN_CONFIGS:
+            if t.missing:
+                left_out.append(f"{where}: {t.missing} config(s) of its grid not finished on every seed")
+            elif len(t.scores) < MIN_CONFIGS:
                 left_out.append(f"{where}: {len(t.scores)} configs, too few to search")
             elif t.collapsed():
                 left_out.append(f"{where}: collapsed (every config scores alike)")

@@ -27,8 +27,9 @@ def load(folders: Sequence[str | Path]) -> pd.DataFrame:
 
     A distillation knob that a search's results format knows but its Parquet lacks
     (kdsearch added knobs before formats were numbered) is filled with the value that
-    search's spec gives it, which is what its trials trained with; a knob newer than the
-    format is filled with its default (no DIST, no standardisation, a constant temperature). Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
+    search's spec gives it, which is what its trials trained with; a knob newer than a
+    search's format reads as its default beside searches that have it (no DIST, no
+    standardisation, a constant temperature), and is left out of a report of older ones alone. Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
     searches it is read as the number plus ``tau_s_same``.
     """
     frames = []
@@ -38,16 +39,23 @@ def load(folders: Sequence[str | Path]) -> pd.DataFrame:
         # knobs the search's results format recorded take its spec's value; a knob newer than
         # the format did not exist for it, so its trials trained as the knob's default
         fmt = store.format()
-        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and k not in t.columns]
+        missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and knob.since <= fmt and k not in t.columns]
         if missing and not t.empty:
             distill = store.spec().distill
             for k in missing:
-                t[k] = getattr(distill, k) if KNOBS[k].since <= fmt else KNOBS[k].default
+                t[k] = getattr(distill, k)
         t["search_dir"] = str(f)
         t["order"] = np.arange(len(t))
         frames.append(t)
     if len({str(t["tau_s"].dtype) for t in frames if "tau_s" in t}) > 1:
         frames = [tau_s_as_number(t) for t in frames]
+    # a knob newer than a search did not exist for it: beside searches that have it, its
+    # trials read as the knob's default (what they trained with)
+    newer = {k for t in frames for k in t.columns if k in KNOBS}
+    for t in frames:
+        for k in newer - set(t.columns):
+            if not t.empty:
+                t[k] = KNOBS[k].default
     return pd.concat(frames, ignore_index=True)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kdsearch.search._state import JsonStateSearcher
+from kdsearch import knobs
 from kdsearch.knobs import Config
 from kdsearch.search.methods import BuildContext
 from kdsearch.search.space import Space
@@ -57,10 +58,14 @@ class GreedySearcher(JsonStateSearcher):
         self.revisit = revisit
         self.round = 0  # which pass over the knobs (0: the paper's)
         self.configs: dict[str, Config] = {}  # config key -> the config, for picking the best to revisit from
+        self.duplicates: list[dict[str, Any]] = []  # configs asked that train as another (see the runner's record_duplicates)
 
     # -- the stage logic ------------------------------------------------------------
     def _key(self, config: Config) -> str:
         return self.space.key(config)  # this cell's: configs that train the same share it
+
+    def _raw(self, config: Config) -> str:
+        return knobs.key({**self.space.base, **config})  # the config itself, no alias
 
     def _config(self, stage: int, value: Any) -> Config:
         config = dict(self.defaults)
@@ -104,12 +109,16 @@ class GreedySearcher(JsonStateSearcher):
                 return
             knob = self.names[self.stage]
             self.stage_configs = [self._config(self.stage, v) for v in self.choices[knob]]
-            seen = set(self.results) | set(self.pending.values())
+            seen = {k: self.configs.get(k) for k in [*self.results, *self.pending.values()]}
             for c in self.stage_configs:
                 k = self._key(c)
                 if k not in seen:
-                    seen.add(k)
+                    seen[k] = c
                     self.queue.append(c)
+                elif seen[k] is not None and self._raw(c) != self._raw(seen[k]) and \
+                        self._raw(c) not in {self._raw(d["duplicate"]) for d in self.duplicates}:
+                    # another config that trains as one run or queued (t_hs = t_ll): asked, not run
+                    self.duplicates.append({"config": seen[k], "duplicate": c, "stage": self.round * len(self.names) + self.stage})
             if self.max_configs is not None:
                 room = self.max_configs - len(self.results) - len(self.pending)
                 if room <= 0 and self.queue:
@@ -144,7 +153,7 @@ class GreedySearcher(JsonStateSearcher):
 
     # -- state (JSON: see _state.py) --------------------------------------------------
     _STATE = ("stage", "fixed", "queue", "stage_configs", "pending", "results", "history", "finished", "round", "configs",
-              "defaults")
+              "defaults", "duplicates")
 
     def get_state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._STATE}

@@ -17,20 +17,8 @@ from ray.tune.search import Searcher
 
 from kdsearch.knobs import Config
 from kdsearch.search._state import JsonStateSearcher
-from kdsearch.search.methods import BuildContext
+from kdsearch.search.methods import ETA, BuildContext, rungs
 from kdsearch.search.space import Space
-
-ETA = 3  # keep the best third at each rung (Jamieson & Talwalkar's, and ASHA's, usual choice)
-GRACE = 1  # epochs of the first rung
-
-
-def rungs(epochs: int, grace: int = GRACE, eta: int = ETA) -> list[int]:
-    """The epochs of each rung: grace, grace*eta, ... capped at ``epochs`` (which is always last)."""
-    out, e = [], grace
-    while e < epochs:
-        out.append(e)
-        e *= eta
-    return out + [epochs]
 
 
 class HalvingSearcher(JsonStateSearcher):

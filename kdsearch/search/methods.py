@@ -42,6 +42,8 @@ class Method:
             for grid points. Named, not imported: the spec reads this table, and searchers
             import Ray and Optuna.
         takes_ranges: numeric knobs may be ``{low, high}`` ranges (sampling methods).
+        covers_grid: every config of the grid is asked (the grid, successive halving), so each
+            one's duplicates are asked too (see :func:`kdsearch.search.space.Space.grid_with_duplicates`).
         supports_asha: early stopping on epochs makes sense (configs of unequal promise).
         default_budget: configs per cell when ``search.budget`` is not set (None: until
             the method itself is done, as greedy's stages and the grid are).
@@ -57,6 +59,7 @@ class Method:
     default_budget: Callable[[Space], int | None]
     most: Callable[[Space], int]
     auto: bool = False
+    covers_grid: bool = False
 
     def budget(self, space: Space, spec_budget: int | None) -> int | None:
         """Configs per cell: the spec's ``search.budget``, else this method's default."""
@@ -93,10 +96,21 @@ def grid_size(space: Space) -> int:
     return sum(1 for _ in space.grid())
 
 
-def halving_size(space: Space) -> int:
-    """Trainings successive halving runs: every grid config, then a third, a ninth ... (see halving.rungs)."""
-    from kdsearch.search.halving import ETA, rungs
+ETA = 3  # successive halving keeps the best third at each rung (Jamieson & Talwalkar's, and ASHA's, usual choice)
+GRACE = 1  # epochs of its first rung
 
+
+def rungs(epochs: int, grace: int = GRACE, eta: int = ETA) -> list[int]:
+    """Successive halving's epochs per rung: grace, grace*eta, ... capped at ``epochs`` (always last)."""
+    out, e = [], grace
+    while e < epochs:
+        out.append(e)
+        e *= eta
+    return out + [epochs]
+
+
+def halving_size(space: Space) -> int:
+    """Trainings successive halving runs: every grid config, then a third, a ninth ... (see :func:`rungs`)."""
     n, total = grid_size(space), 0
     for _ in rungs(int(space.base["epochs"])):
         total += n
@@ -120,9 +134,9 @@ _METHODS = (
            most=grid_size),
     Method("halving", "successive halving over the grid: every config for 1 epoch, the best third for 3, ... to full length",
            "kdsearch.search.halving:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
-           most=halving_size),
+           most=halving_size, covers_grid=True),
     Method("grid", "every combination of the choices, each behaviour once",
-           None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size),
+           None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size, covers_grid=True),
     Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
            "kdsearch.search.study:build_tpe", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy,
            most=_as_many_as_greedy),
@@ -148,7 +162,6 @@ class AutoRule:
 AUTO_RULES = (
     AutoRule(None, "ranges", "optuna", "the space has ranges, which only Optuna and random sample; TPE learns where random guesses"),
     AutoRule(200, "gpu", "grid", "on a GPU the whole grid fuses into populations (64 students at once on an H100), and the grid's regret is 0"),
-    AutoRule(32, "cpu", "grid", "a small grid costs little more than a search of it, and its regret is 0"),
     AutoRule(None, "any", "revisit", "in the replays greedy's one pass missed interacting knobs (alpha = 1 only pays with "
              "tau_t = 4); passes from the best config so far found them at a fraction of the grid"),
 )

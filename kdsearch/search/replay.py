@@ -40,6 +40,7 @@ class GridTable:
     epochs: int
     scores: dict[str, dict[int, list[float]]]  # config key (full length) -> seed -> score after epoch 1..epochs
     source: str = ""
+    missing: int = 0  # configs of the space's grid with no finished row on every seed
     _means: dict[str, float] = field(default_factory=dict, repr=False)
 
     def key(self, config: dict[str, Any]) -> str:
@@ -100,7 +101,8 @@ def tables_from_search(folder: str | Path) -> list[GridTable]:
             scores.setdefault(space.key(config), {})[int(r["seed"])] = [float(x) for x in series]
         seeds = sorted(set(ok["seed"].astype(int)))
         complete = {k: v for k, v in scores.items() if set(v) == set(seeds)}
-        out.append(GridTable(str(cell), space, seeds, full, complete, source=Path(folder).name))
+        missing = sum(1 for c in space.grid() if space.key(c) not in complete)
+        out.append(GridTable(str(cell), space, seeds, full, complete, source=Path(folder).name, missing=missing))
     return out
 
 

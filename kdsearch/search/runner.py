@@ -243,15 +243,17 @@ def run_search(
 def duplicate_configs(folder: Path, spec: Spec, p: Plan) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(cell, config run, another config asked that trains the same) for this search: from the
     searcher's saved state, or for the grid from each cell's space."""
-    if METHODS[spec.search.method].grid_points:
+    if METHODS[spec.search.method].covers_grid:
         return [(cid, config, dup) for cid, space in p.spaces.items()
                 for config, dups in space.grid_with_duplicates() for dup in dups]
     states = sorted((folder / TUNE_DIR).glob("searcher-state-*.pkl"))
     if not states:
         return []
-    state = read_state(states[-1])
-    groups = state.get("cells", state).get("groups", {})
-    return [(g["cell"], g["config"], dup) for g in groups.values() for dup in g.get("duplicates", [])]
+    cells = read_state(states[-1]).get("cells", {})
+    out = [(g["cell"], g["config"], dup) for g in cells.get("groups", {}).values() for dup in g.get("duplicates", [])]
+    for cell, inner in cells.get("inner", {}).items():  # a searcher that saw them first (greedy's stages)
+        out += [(cell, d["config"], {**d["duplicate"], "stage": d["stage"]}) for d in inner.get("duplicates", [])]
+    return out
 
 
 def record_duplicates(folder: Path, spec: Spec, p: Plan, log: Callable[..., None] = print) -> None:
@@ -263,15 +265,20 @@ def record_duplicates(folder: Path, spec: Spec, p: Plan, log: Callable[..., None
         return
     rows = []
     for cell, config, dup in duplicate_configs(folder, spec, p):
-        values = {**p.defaults[cell], **{k: v for k, v in config.items() if k in KNOBS}}
-        source = trials[(trials["cell"] == cell) & (trials["config_key"] == knob_key(values))]
-        dup_values = {**p.defaults[cell], **{k: v for k, v in dup.items() if k in KNOBS}}
-        for r in source.to_dict("records"):
-            if str(r["trial_id"]).endswith(DUPLICATE_SUFFIX):
-                continue
-            rows.append({**r, **resolve_knobs(dup_values), "tau_s_same": dup_values.get("tau_s") == SAME,
-                         "config_key": knob_key(dup_values), "trial_id": f"{r['trial_id']}{DUPLICATE_SUFFIX}",
-                         "duplicate_of": r["trial_id"], "stage": dup.get("stage", r.get("stage"))})
+        # every length it trained at, where a rung set it (successive halving's train shorter)
+        lengths: list[dict[str, int]] = [{}]
+        if "epochs" in trials.columns and "epochs" not in config:
+            lengths += [{"epochs": int(e)} for e in sorted(set(trials.loc[trials["cell"] == cell, "epochs"].dropna()))]
+        for length in lengths:
+            values = {**p.defaults[cell], **{k: v for k, v in config.items() if k in KNOBS}, **length}
+            source = trials[(trials["cell"] == cell) & (trials["config_key"] == knob_key(values))]
+            dup_values = {**values, **{k: v for k, v in dup.items() if k in KNOBS}, **length}
+            for r in source.to_dict("records"):
+                if str(r["trial_id"]).endswith(DUPLICATE_SUFFIX):
+                    continue
+                rows.append({**r, **resolve_knobs(dup_values), "tau_s_same": dup_values.get("tau_s") == SAME,
+                             "config_key": knob_key(dup_values), "trial_id": f"{r['trial_id']}{DUPLICATE_SUFFIX}",
+                             "duplicate_of": r["trial_id"], "stage": dup.get("stage", r.get("stage"))})
     if rows:
         store.append(TRIALS, rows)
         log(f"== {len(rows)} row(s) of configs that trained as another (the same teacher checkpoint): run once, "

@@ -13,6 +13,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 @pytest.mark.parametrize("name", ["reproduction", "pretrained"])
 def test_committed_report_matches_its_parquet(name: str, tmp_path: Path) -> None:
+    """(The cost section's latencies are read from costs.parquet, never measured again.)"""
     folders = sorted((RESULTS / name).glob(f"{name}-*"))
     assert len(folders) >= 3, f"results/{name} should hold the greedy, grid and Optuna searches"
     text = compare(folders, tmp_path, log=lambda s: None)
@@ -26,8 +27,9 @@ def test_the_default_store_ships_the_committed_searches(name: str) -> None:
     """The recommender's default store (package data) holds every committed search, unchanged."""
     for folder in (RESULTS / name).glob(f"{name}-*"):
         shipped = DEFAULT_STORE / name / folder.name
-        for file in ("trials.parquet", "spec.yaml", "search.json"):
-            assert (shipped / file).read_bytes() == (folder / file).read_bytes(), shipped / file
+        for file in ("trials.parquet", "spec.yaml", "search.json", "costs.parquet"):
+            if (folder / file).exists():  # the reproduction measured no costs
+                assert (shipped / file).read_bytes() == (folder / file).read_bytes(), shipped / file
 
 
 def test_committed_distiller_runs_have_three_seeds_per_config() -> None:
@@ -36,3 +38,42 @@ def test_committed_distiller_runs_have_three_seeds_per_config() -> None:
     trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
     assert (trials.status == "ok").all()
     assert (trials.groupby(["cell", "config_key"]).seed.nunique() == 3).all()
+
+
+def test_the_committed_large_grid_is_whole() -> None:
+    """results/grids/: two cells of at least 150 configs, 3 seeds, every epoch's score kept."""
+    from kdsearch.search.replay import tables_from_search
+
+    (folder,) = sorted((RESULTS / "grids").glob("grids-*"))
+    tables = tables_from_search(folder)
+    assert {t.cell.split("/")[0] for t in tables} == {"rotten_tomatoes", "bbc_news"}
+    for t in tables:
+        assert len(t.scores) >= 150 and t.seeds == [0, 1, 2] and t.missing == 0 and t.epochs == 3
+        assert all(len(per_epoch) == 3 for seeds in t.scores.values() for per_epoch in seeds.values())
+    trials = pd.read_parquet(folder / "trials.parquet")
+    copies = trials[trials.duplicate_of.notna()]  # BBC News: t_hs and t_ll are one checkpoint there
+    assert len(copies) and set(copies.cell) == {"bbc_news/xxxs"}
+
+
+def test_the_committed_objectives_report_matches_its_parquet(tmp_path: Path) -> None:
+    folders = sorted((RESULTS / "objectives").glob("objectives-*"))
+    assert len(folders) == 6, "one search per cell: two students on three datasets"
+    text = compare(folders, tmp_path, log=lambda s: None)
+    assert text == (RESULTS / "objectives" / "report.md").read_text()
+    assert "## Objectives since the paper, against its recommendation" in text
+    trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
+    assert (trials.groupby(["cell", "config_key"]).seed.nunique() >= 3).all()
+    assert {"dist"} <= set(trials.loss) and trials.logit_std.any() and (trials.tau_schedule == "anneal").any()
+
+
+def test_the_committed_benches_have_their_keys() -> None:
+    import json
+
+    replay = json.loads((RESULTS / "bench" / "replay.json").read_text())
+    assert replay["replays_per_cell"] >= 200 and replay["budgets"] == [0.1, 0.2, 0.3]
+    methods = {r["method"] for r in replay["summary"]}
+    assert {"greedy", "revisit", "halving", "optuna", "random", "grid", "auto"} <= methods
+    assert any(t["configs"] >= 150 for t in replay["tables"])
+    for r in replay["summary"]:
+        assert {"mean_regret", "p90_regret", "worst_regret", "within_noise"} <= set(r)
+    assert (RESULTS / "bench" / "replay.png").stat().st_size > 1000

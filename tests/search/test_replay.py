@@ -8,8 +8,7 @@ import math
 
 import pytest
 
-from kdsearch.search.halving import rungs
-from kdsearch.search.methods import METHODS, choose, grid_size
+from kdsearch.search.methods import METHODS, choose, grid_size, rungs
 from kdsearch.search.replay import GridTable, regrets, replay, summary
 from kdsearch.search.space import Space, teacher_aliases
 from kdsearch.spec import DistillSpec, OptimSpec

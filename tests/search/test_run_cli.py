@@ -21,7 +21,7 @@ search:
 """
 
 CASES = {
-    "unknown method": ("method: greedy", "method: bayes", r"search.method: must be one of greedy, grid, optuna, random"),
+    "unknown method": ("method: greedy", "method: bayes", r"search.method: must be one of auto, greedy, revisit, halving, grid, optuna, random"),
     "empty choices": ("space: {loss: [ce, mse]}", "space: {loss: []}", r"search.space.loss: needs at least one choice"),
     "unknown knob": ("space: {loss: [ce, mse]}", "space: {dropout: [0.1]}", r"search.space.dropout: unknown knob"),
     "negative temperature": ("space: {loss: [ce, mse]}", "space: {tau_t: [-2.0, 1.0]}", r"search.space.tau_t\[0\]: tau_t must be > 0"),
@@ -35,7 +35,7 @@ CASES = {
     "metric not on validation": ("method: greedy", "method: greedy\n  metric: test_score", r"search.metric: must be a validation metric"),
     "mode": ("method: greedy", "method: greedy\n  mode: up", r"search.mode: must be one of max, min"),
     "asha with greedy": ("method: greedy", "method: greedy\n  asha: {grace_period: 1}", r"search.asha: early stopping works with optuna or random"),
-    "range with greedy": ("space: {loss: [ce, mse]}", "space: {tau_t: {low: 1, high: 4}}", r"a range works with optuna or random"),
+    "range with greedy": ("space: {loss: [ce, mse]}", "space: {tau_t: {low: 1, high: 4}}", r"a range works with auto or optuna or random"),
     "unknown loss choice": ("space: {loss: [ce, mse]}", "space: {loss: [ce, hinge]}", r"unknown loss 'hinge'"),
     "negative max failures": ("method: greedy", "method: greedy\n  max_failures: -1", r"search.max_failures: must be >= 0"),
     "zero cpu": ("method: greedy", "method: greedy\n  resources: {cpu: 0}", r"search.resources.cpu: must be at least 0.01"),

@@ -51,7 +51,7 @@ def test_apply_sets_distill_and_train_knobs() -> None:
         ({"loss": ["hinge"]}, "greedy", "unknown loss 'hinge'"),
         ({"tau_s": ["hot"]}, "greedy", "expected a number"),
         ({"loss": ["ce", "ce"]}, "greedy", "choices repeat"),
-        ({"tau_t": RangeSpec(1.0, 4.0)}, "greedy", "a range works with optuna or random"),
+        ({"tau_t": RangeSpec(1.0, 4.0)}, "greedy", "a range works with auto or optuna or random"),
         ({"teacher": RangeSpec(1.0, 4.0)}, "optuna", "takes choices, not a range"),
         ({"epochs": [1.5]}, "grid", "whole number"),
     ],
