@@ -216,10 +216,14 @@ def export_front(folder: str | Path, out: str | Path, log: Any = print, force: b
     if costs.empty:
         raise KDSearchError(f"{folder} has no costs.parquet (the search measured no costs): run `kdsearch costs {folder}` first")
     trials = store.trials()
-    served = tradeoff.table(trials, costs, spec.search.metric, spec.search.mode)
+    # with --force a collapsed student may be on the front (its card says it collapsed), as export --cell --force allows
+    served = tradeoff.table(trials, costs, spec.search.metric, spec.search.mode, collapsed_on_front=force)
     front = served[served["on_front"] & (served["config"] != "teacher")] if not served.empty else served
     if front.empty:
-        raise KDSearchError(f"no student of {folder} is on a front (every dataset's front is its teacher alone)")
+        fell = int(served["collapsed"].sum()) if not served.empty else 0
+        why = (f"; {fell} of its students collapsed to one class on every seed and are left off (--force counts them)"
+               if fell else "")
+        raise KDSearchError(f"no student of {folder} is on a front (every dataset's front is its teacher alone{why})")
     done = []
     with atomic.new_dir(out, replace=True) as tmp:
         for r in front.itertuples():

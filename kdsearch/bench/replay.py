@@ -74,7 +74,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overall = summary(all_rows, noise)
     per_table = pd.concat([summary(g, noise).assign(table=name) for name, g in all_rows.groupby("table")], ignore_index=True)
     at = overall[overall["budget"] == TARGET["budget"]].set_index("method")
-    auto_method = choose(tables[0].space, gpu=False)[0] if tables else None
     return {
         "budgets": list(BUDGETS),
         "replays_per_cell": args.replays,
@@ -86,7 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": overall.to_dict("records"),
         "per_table": per_table.to_dict("records"),
         "target": TARGET,
-        "auto_on_cpu": auto_method,
+        # auto's pick depends on the space's size, so it is named per table, not once
+        "auto_on_cpu": {f"{t.source} {t.cell}": choose(t.space, gpu=False)[0] for t in tables},
         "auto_meets_target": bool(len(at) and "auto" in at.index and at.loc["auto", "mean_regret"] <= TARGET["mean_regret"]
                                   and at.loc["auto", "worst_regret"] <= TARGET["worst_regret"]),
         "setup": {"results": portable(root), "date": time.strftime("%Y-%m-%d")},

@@ -221,10 +221,24 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
             low, high = sorted((sign * 100 * d["low"], sign * 100 * d["high"]))
             verdict = ("too few seeds" if d["seeds"] < MIN_SEEDS else "inside the noise" if d["within_noise"]
                        else "a real gain" if sign * d["mean"] > 0 else "a real loss")
+            # a gain over a reference that predicts one class says the reference failed at this budget,
+            # not that the objective beats a working one: say so beside the verdict
+            fell = [who for who, key in (("the reference", ref["config_key"]), ("this config", c["config_key"]))
+                    if _collapsed(trials, str(cell), str(key))]
+            if fell:
+                verdict += f" ({' and '.join(fell)} collapsed on every seed)"
             rows.append({"cell": cell, "config": _changed(c, ref), "mean": float(c["mean"]), "reference": float(ref["mean"]),
                          "gain (points)": sign * 100 * d["mean"], "by seed": ", ".join(f"{v:+.1f}" for v in gain.values()),
                          "95% CI": f"[{low:+.2f}, {high:+.2f}]", "seeds": d["seeds"], "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def _collapsed(trials: pd.DataFrame, cell: str, config_key: str) -> bool:
+    """Whether a config predicted one class (or no better than the majority) on every seed."""
+    if "val_collapsed" not in trials:
+        return False
+    rows = trials[(trials["cell"] == cell) & (trials["config_key"] == config_key) & (trials["status"] == "ok")]
+    return bool(len(rows)) and bool(rows["val_collapsed"].fillna(False).astype(bool).all())
 
 
 def _changed(config: pd.Series, ref: pd.Series) -> str:

@@ -147,8 +147,10 @@ def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
         return ""
     text = "\n## What a student keeps and what it costs (test score; serving cost per architecture)\n\n"
     text += tradeoff.machine_line(costs) + " Test scores are of each student's best KD config by validation (and of no KD), "
-    text += "mean ± std over its seeds; `front`: on the Pareto front of test score against ONNX latency.\n\n"
-    shown = served.assign(params_M=served["params"] / 1e6, front=served["on_front"].map({True: "yes", False: ""}))
+    text += "mean ± std over its seeds; `front`: on the Pareto front of test score against ONNX latency (a student "
+    text += "that collapsed to one class on every seed is never on it).\n\n"
+    front = served["on_front"].map({True: "yes", False: ""}).where(~served["collapsed"], "collapsed")
+    shown = served.assign(params_M=served["params"] / 1e6, front=front)
     cols = ["dataset", "model", "config", "test", "test_std", "seeds", "params_M", "embedding_share", "torch_ms_p50",
             "onnx_ms_p50", "onnx_ms_p95", "int8_ms_p50", "onnx_per_s", "front"]
     text += _md(shown[cols])

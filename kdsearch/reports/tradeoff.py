@@ -38,8 +38,12 @@ def _seed_scores(rows: pd.DataFrame, column: str) -> pd.Series:
     return rows.groupby("seed")[column].mean()
 
 
-def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", mode: str = "max") -> pd.DataFrame:
+def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", mode: str = "max",
+          collapsed_on_front: bool = False) -> pd.DataFrame:
     """Per dataset: the teacher, then each student's best KD config and its no-KD baseline.
+
+    A student that collapsed to one class on every seed is listed but left off the front
+    unless ``collapsed_on_front`` (``export --pareto --force``, which says so in each card).
 
     Columns: dataset, model, config ("teacher", "KD", "no KD"), test (mean over seeds),
     test_std, seeds, params, embedding_share, the ONNX and PyTorch latencies, throughput.
@@ -70,16 +74,20 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
     out = pd.DataFrame(rows)
     if out.empty:
         return out
+    out["collapsed"] = out.get("collapsed", pd.Series(False, index=out.index)).fillna(False).astype(bool)
     out["on_front"] = False
-    for dataset, g in out.groupby("dataset"):
+    # a student that predicts one class is fast and scores something, but nobody should ship it:
+    # it is listed, never on the front (and so never exported by --pareto)
+    for dataset, g in (out if collapsed_on_front else out[~out["collapsed"]]).groupby("dataset"):
         out.loc[g.index, "on_front"] = pareto(g["test"].to_numpy(), g[LATENCY].to_numpy())
     return out
 
 
-def _spread(rows: pd.DataFrame) -> dict[str, float]:
+def _spread(rows: pd.DataFrame) -> dict[str, Any]:
     scores = _seed_scores(rows, "test_score")
+    collapsed = "val_collapsed" in rows and bool(rows["val_collapsed"].fillna(False).astype(bool).all())
     return {"test": float(scores.mean()), "test_std": float(scores.std(ddof=1)) if len(scores) > 1 else math.nan,
-            "seeds": int(len(scores))}
+            "seeds": int(len(scores)), "collapsed": collapsed}
 
 
 def _cost(c: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +119,9 @@ def keeps(t: pd.DataFrame) -> list[str]:
             continue
         tr = teacher.iloc[0]
         for r in g[g["config"] == "KD"].itertuples():
+            if getattr(r, "collapsed", False):
+                lines.append(f"{dataset}: {r.model} collapsed to one class on every seed (test {r.test:.4f}): nothing to ship")
+                continue
             share = f"keeps {r.test / tr.test:.0%} of the teacher's test score" if tr.test == tr.test and tr.test > 0 else \
                 "(the teacher's test score was not recorded)"
             lines.append(f"{dataset}: {r.model} {share} ({r.test:.4f} against {tr.test:.4f}) at "
@@ -149,8 +160,11 @@ def plot(t: pd.DataFrame, out: Path, metric_names: dict[str, str] | None = None)
             for _, r in m.iterrows():
                 marker, size = markers[r["config"]]
                 face = "none" if r["config"] == "no KD" else f"C{i}"
-                ax.scatter(r[LATENCY], r["test"], marker=marker, s=size, facecolors=face, edgecolors=f"C{i}",
-                           label=f"{model} ({r['config']})")
+                label = f"{model} ({r['config']})"
+                if r.get("collapsed", False):  # an x: one class on every seed, never on the front
+                    ax.scatter(r[LATENCY], r["test"], marker="x", s=size, color=f"C{i}", label=f"{label}, collapsed")
+                else:
+                    ax.scatter(r[LATENCY], r["test"], marker=marker, s=size, facecolors=face, edgecolors=f"C{i}", label=label)
                 if r["test_std"] == r["test_std"]:
                     ax.errorbar(r[LATENCY], r["test"], yerr=r["test_std"], color=f"C{i}", alpha=0.5, capsize=2)
         front = g[g["on_front"]].sort_values(LATENCY)

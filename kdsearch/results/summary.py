@@ -181,8 +181,8 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
             maj = f" (the majority class scores {b['majority_class_score']:.4f})" if "majority_class_score" in b else ""
             lines.append(f"   {cell}: {b['status']}{maj}: no config is better than predicting one class, so none is named best")
             continue
-        try:  # name only the knobs that change what the best config trains
-            applies = set(knobs.effective(b["config"]))
+        try:  # name only the knobs that change what the best config trains (a later one only off its default)
+            applies = set(json.loads(knobs.key(b["config"])))
         except Exception:  # noqa: BLE001 - an odd stored value: name every knob
             applies = set(b["config"])
         text = ", ".join(f"{k}={v}" for k, v in b["config"].items() if k in applies)

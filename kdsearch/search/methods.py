@@ -162,8 +162,10 @@ class AutoRule:
 AUTO_RULES = (
     AutoRule(None, "ranges", "optuna", "the space has ranges, which only Optuna and random sample; TPE learns where random guesses"),
     AutoRule(200, "gpu", "grid", "on a GPU the whole grid fuses into populations (64 students at once on an H100), and the grid's regret is 0"),
-    AutoRule(None, "any", "revisit", "in the replays greedy's one pass missed interacting knobs (alpha = 1 only pays with "
-             "tau_t = 4); passes from the best config so far found them at a fraction of the grid"),
+    AutoRule(50, "cpu", "revisit", "on grids of 24 configs, at 30% of the grid's trial-epochs, revisits had the lowest "
+             "worst regret (4.3 points; TPE 21, greedy 9.8) and found what greedy missed on BBC News xs (alpha = 1 with tau_t = 4)"),
+    AutoRule(None, "any", "optuna", "on grids of 168 configs, at 30% of the grid's trial-epochs, TPE had the lowest mean "
+             "regret (0.75 points; revisits 2.2, greedy 3.2)"),
 )
 
 

@@ -62,6 +62,24 @@ def test_the_tradeoff_table_and_its_line() -> None:
                         "fewer parameters (75% of its parameters are embeddings)"]
 
 
+def test_a_collapsed_student_is_listed_but_never_on_the_front(tmp_path: Path) -> None:
+    """The fastest student predicting one class on every seed would sit on the front; it must not
+    (export --pareto would ship it), and its line says there is nothing to ship."""
+    from kdsearch.reports.tradeoff import plot
+
+    trials = pd.DataFrame({
+        "status": "ok", "dataset": "d", "student": ["s", "s", "c", "c"], "stage": "0", "config_key": "k",
+        "seed": [0, 1, 0, 1], "val_score": [0.8, 0.82, 0.5, 0.5], "test_score": [0.78, 0.80, 0.5, 0.5],
+        "val_collapsed": [False, False, True, True]})
+    costs = pd.DataFrame({"dataset": "d", "role": ["teacher", "student", "student"], "model": ["t", "s", "c"],
+                          "params": [30e6, 10e6, 1e6], "embedding_share": [0.4, 0.75, 0.9], "onnx_ms_p50": [6.0, 2.0, 0.1],
+                          "test_score": [0.82, None, None]})
+    t = table(trials, costs).set_index("model")
+    assert t.loc["c", "collapsed"] and not t.loc["c", "on_front"] and t.loc["s", "on_front"] and t.loc["t", "on_front"]
+    assert "d: c collapsed to one class on every seed (test 0.5000): nothing to ship" in keeps(t.reset_index())
+    assert plot(t.reset_index(), tmp_path) == ["tradeoff_d.png"]
+
+
 def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, Path], tmp_path: Path, capsys) -> None:
     folder = tiny_searches["grid"]
     assert main(["results", str(folder)]) == 0
@@ -72,6 +90,10 @@ def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, P
     assert "## What a student keeps and what it costs" in report and "tradeoff_rotten_tomatoes.png" in report
     assert (tmp_path / "report" / "tradeoff_rotten_tomatoes.png").stat().st_size > 1000
     front = tmp_path / "front"
+    served = table(pd.read_parquet(folder / "trials.parquet"), pd.read_parquet(folder / "costs.parquet"))
+    if served[served.config != "teacher"].collapsed.all():  # tiny students that collapse: off the front, unless --force
+        assert main(["export", str(folder), "--pareto", "--out", str(front), "--onnx"]) == 2
+        assert "collapsed to one class on every seed" in capsys.readouterr().err and not front.exists()
     assert main(["export", str(folder), "--pareto", "--out", str(front), "--force", "--onnx"]) == 0
     listed = (front / "front.md").read_text()
     students = [p for p in (front / "rotten_tomatoes").iterdir()]

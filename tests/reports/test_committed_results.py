@@ -64,6 +64,15 @@ def test_the_committed_objectives_report_matches_its_parquet(tmp_path: Path) -> 
     trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
     assert (trials.groupby(["cell", "config_key"]).seed.nunique() >= 3).all()
     assert {"dist"} <= set(trials.loss) and trials.logit_std.any() and (trials.tau_schedule == "anneal").any()
+    # a gain over a reference that predicted one class on every seed is flagged as such, and only then
+    from kdsearch.reports import analysis
+
+    table = analysis.against_reference(trials, "val_score")
+    flagged = table[table.verdict.str.contains("the reference collapsed")]
+    ref = trials[(trials.teacher == "t_ll") & (trials.loss == "ce") & ~trials.logit_std & (trials.tau_schedule == "constant")
+                 & (trials.stage != "baseline")]
+    collapsed_refs = set(ref.groupby("cell").val_collapsed.all().loc[lambda s: s].index)
+    assert collapsed_refs and set(flagged.cell) == collapsed_refs
 
 
 def test_the_committed_benches_have_their_keys() -> None:

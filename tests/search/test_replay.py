@@ -85,4 +85,5 @@ def test_auto_says_what_it_stands_for() -> None:
         for gpu in (False, True):
             method, why = choose(space, gpu)
             assert method in METHODS and not METHODS[method].auto and why
-    assert choose(large, gpu=False)[0] != "grid"  # on CPU, not the whole grid
+    assert choose(large, gpu=False)[0] == "optuna" and choose(small, gpu=False)[0] == "revisit"  # on CPU, never the whole grid
+    assert choose(large, gpu=True)[0] == "grid"  # it fuses

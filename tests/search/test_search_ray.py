@@ -263,7 +263,10 @@ def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec, t
     (folder,) = (tmp_path / "searches").glob("ctrlc-*")
     assert p.returncode == 130, (out, err)
     last = err.strip().splitlines()[-1]
-    assert last == (f"kdsearch: search {folder.name} interrupted (SIGINT) before it finished, no trial finished; "
+    # a trial may finish between the signal and Tune's stop on a slow machine: the line counts what was kept
+    kept = len(pd.read_parquet(folder / "trials.parquet")) if (folder / "trials.parquet").is_file() else 0
+    done = f"{kept} trial(s) recorded" if kept else "no trial finished"
+    assert last == (f"kdsearch: search {folder.name} interrupted (SIGINT) before it finished, {done}; "
                     f"continue it with: kdsearch run --resume {folder}"), err
     assert "Traceback" not in err and "Tuner.restore" not in err and "search finished" not in out
     assert not (folder / "best.yaml").exists() and "finished" not in json.loads((folder / "search.json").read_text())
