@@ -190,14 +190,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = _load(args)
     from kdsearch.search.runner import run_search
 
-    run_search(spec)
+    from kdsearch.results.store import open_store
+
+    store = open_store(run_search(spec))
+    _print_tradeoff(store, store.trials(), spec.search.metric, spec.search.mode)  # what people distil for: the cost
+    print(f"next: kdsearch results {shlex.quote(str(store.folder))}; kdsearch export "
+          f"{shlex.quote(str(store.folder))} --pareto --out OUT --quantize int8")
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     from kdsearch.knobs import KNOBS
     from kdsearch.results.store import SPEC_FILE, open_store
-    from kdsearch.reports import tradeoff
     from kdsearch.results.summary import best_per_cell, config_table, summary_lines
 
     store = open_store(args.folder)
@@ -218,16 +222,24 @@ def cmd_results(args: argparse.Namespace) -> int:
     best = best_per_cell(trials, metric, mode)
     for line in summary_lines(trials, best, metric):
         print(line)
-    served = tradeoff.table(trials, store.costs(), metric, mode)
-    if not served.empty:
-        print("\nwhat each student keeps and costs (test score; ONNX Runtime and PyTorch latency, batch 1):")
-        cols = ["dataset", "model", "config", "test", "test_std", "seeds", "params", "embedding_share", "torch_ms_p50",
-                "onnx_ms_p50", "onnx_ms_p95", "int8_ms_p50", "onnx_per_s", "on_front"]
-        print(format_table(served[cols].to_dict("records")))
-        for line in tradeoff.keeps(served):
-            print(f"   {line}")
-        print(f"   {tradeoff.machine_line(store.costs())}")
+    _print_tradeoff(store, trials, metric, mode)
     return 0
+
+
+def _print_tradeoff(store: Any, trials: Any, metric: str, mode: str) -> None:
+    """What each student keeps of the teacher and what it costs, from the search's costs.parquet."""
+    from kdsearch.reports import tradeoff
+
+    served = tradeoff.table(trials, store.costs(), metric, mode)
+    if served.empty:
+        return
+    print("\nwhat each student keeps and costs (test score; ONNX Runtime and PyTorch latency, batch 1):")
+    cols = ["dataset", "model", "config", "test", "test_std", "seeds", "params", "embedding_share", "torch_ms_p50",
+            "onnx_ms_p50", "onnx_ms_p95", "int8_ms_p50", "onnx_per_s", "collapsed", "on_front"]
+    print(format_table(served[cols].to_dict("records")))
+    for line in tradeoff.keeps(served):
+        print(f"   {line}")
+    print(f"   {tradeoff.machine_line(store.costs())}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

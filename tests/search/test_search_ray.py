@@ -324,3 +324,16 @@ def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray, tiny_spec
     best = json.loads((out / "metrics.json").read_text())["search_row"]
     assert {k: exported[k] for k in ("loss", "logit_std", "tau_schedule", "dist_gamma")} == {
         k: best[k] for k in ("loss", "logit_std", "tau_schedule", "dist_gamma")}
+
+
+def test_the_demo_ends_with_what_each_student_keeps_and_costs(local_ray, tiny_searches, tiny_spec, capsys) -> None:
+    """`kdsearch demo` answers what people distil for: the student's score beside the teacher's, and its
+    latency (here the architectures' costs are already cached by tiny_searches: nothing is measured twice)."""
+    from kdsearch.cli import main
+
+    spec = tiny_spec(name="demo", costs="true")
+    assert main(["demo", str(spec), "--set", "search.space={loss: [ce, mse]}", "--set", "search.seeds=[0]"]) == 0
+    out = capsys.readouterr().out
+    (folder,) = (spec.parent / "searches").glob("demo-*")
+    assert "what each student keeps and costs" in out and "Latency: one example at a time" in out
+    assert f"next: kdsearch results {folder}" in out and (folder / "costs.parquet").is_file()
