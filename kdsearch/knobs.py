@@ -235,6 +235,7 @@ def effective(config: Mapping[str, Any]) -> Config:
 
 
 LATER = 4  # knobs recorded since this format are named in a key only off their default
+LATER_DEFAULTS: Config = {k.name: k.default for k in _KNOBS if k.since >= LATER}  # the objectives since the paper, off
 
 
 def key(config: Mapping[str, Any]) -> str:
@@ -242,5 +243,5 @@ def key(config: Mapping[str, Any]) -> str:
 
     A knob added after the paper's is named only off its default, so a row of an older search
     and a new row of the same behaviour share a key."""
-    out = {k: v for k, v in effective(config).items() if KNOBS[k].since < LATER or v != KNOBS[k].default}
+    out = {k: v for k, v in effective(config).items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
     return json.dumps(out, sort_keys=True)

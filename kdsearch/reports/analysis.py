@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdsearch.knobs import BASELINE_STAGE, KNOBS
+from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS
 from kdsearch.results.store import open_store, tau_s_as_number
 from kdsearch.results.summary import MIN_SEEDS, paired_difference
 
@@ -187,9 +187,6 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFram
             }
         )
     return pd.DataFrame(rows)
-
-
-LATER_DEFAULTS = {k: knob.default for k, knob in KNOBS.items() if knob.since >= 4}  # the objectives since the paper, off
 
 
 def uses_later_objectives(trials: pd.DataFrame) -> bool:

@@ -21,7 +21,6 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from kdsearch.search._state import JsonStateSearcher
-from kdsearch import knobs
 from kdsearch.knobs import Config
 from kdsearch.search.methods import BuildContext
 from kdsearch.search.space import Space
@@ -65,7 +64,7 @@ class GreedySearcher(JsonStateSearcher):
         return self.space.key(config)  # this cell's: configs that train the same share it
 
     def _raw(self, config: Config) -> str:
-        return knobs.key({**self.space.base, **config})  # the config itself, no alias
+        return self.space.raw_key(config)  # the config itself, no alias
 
     def _config(self, stage: int, value: Any) -> Config:
         config = dict(self.defaults)

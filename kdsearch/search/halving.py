@@ -17,7 +17,7 @@ from ray.tune.search import Searcher
 
 from kdsearch.knobs import Config
 from kdsearch.search._state import JsonStateSearcher
-from kdsearch.search.methods import ETA, BuildContext, rungs
+from kdsearch.search.methods import BuildContext, rungs, survivors
 from kdsearch.search.space import Space
 
 
@@ -63,7 +63,7 @@ class HalvingSearcher(JsonStateSearcher):
             return -math.inf if v is None or not math.isfinite(v) else sign * v
 
         ranked = sorted(self.current, key=score, reverse=True)  # stable: ties keep the grid's order
-        self.current = ranked[: max(1, math.ceil(len(ranked) / ETA))]
+        self.current = ranked[: survivors(len(ranked))]
         self.rung += 1
         self.queue = list(self.current)
 

@@ -10,6 +10,7 @@ Searchers are imported when built, so reading the table imports neither Ray nor 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,17 @@ def rungs(epochs: int, grace: int = GRACE, eta: int = ETA) -> list[int]:
     return out + [epochs]
 
 
+def survivors(n: int, eta: int = ETA) -> int:
+    """How many of a rung's ``n`` configs go on to the next: the best ``1/eta``, at least one."""
+    return max(1, math.ceil(n / eta))
+
+
 def halving_size(space: Space) -> int:
     """Trainings successive halving runs: every grid config, then a third, a ninth ... (see :func:`rungs`)."""
     n, total = grid_size(space), 0
     for _ in rungs(int(space.base["epochs"])):
         total += n
-        n = max(1, -(-n // ETA))
+        n = survivors(n)
     return total
 
 
@@ -172,10 +178,12 @@ AUTO_RULES = (
 def choose(space: Space, gpu: bool) -> tuple[str, str]:
     """The method ``auto`` stands for on ``space``, and why (said at the start of the search)."""
     size = None if space.ranges else grid_size(space)
+    device = "gpu" if gpu else "cpu"
     for rule in AUTO_RULES:
-        fits_device = rule.device == "any" or rule.device == ("gpu" if gpu else "cpu") or (rule.device == "ranges" and size is None)
-        if rule.device == "ranges" and size is not None:
-            continue
-        if fits_device and (rule.most_configs is None or (size is not None and size <= rule.most_configs)):
-            return rule.method, f"{rule.why} ({'ranges' if size is None else f'{size} configs'}, {'GPU' if gpu else 'CPU'})"
+        if rule.device == "ranges":
+            fits = size is None
+        else:
+            fits = size is not None and rule.device in ("any", device) and (rule.most_configs is None or size <= rule.most_configs)
+        if fits:
+            return rule.method, f"{rule.why} ({'ranges' if size is None else f'{size} configs'}, {device.upper()})"
     raise AssertionError("the last rule takes any space")

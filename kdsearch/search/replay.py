@@ -84,13 +84,13 @@ def tables_from_search(folder: str | Path) -> list[GridTable]:
     spec = store.spec()
     trials, epochs = store.trials(), store.epochs()
     ok = trials[(trials["status"] == "ok") & (trials["stage"] != BASELINE_STAGE)]
+    per_trial = epochs.sort_values("epoch").groupby("trial_id")[METRIC].apply(list)
     out = []
     for cell, rows in ok.groupby("cell", sort=True):
         student = next(st for st in spec.student_specs if str(cell).endswith("/" + rows["student"].iloc[0].split("/")[-1]))
         space = Space(spec.search.space, spec.distill, student.train, configs=spec.search.configs)
         full = int(student.train.epochs)
         scores: dict[str, dict[int, list[float]]] = {}
-        per_trial = epochs.sort_values("epoch").groupby("trial_id")[METRIC].apply(list)
         for r in rows.to_dict("records"):
             config = {k: r[k] for k in space.names}
             if r.get("tau_s_same"):
@@ -165,7 +165,7 @@ def replay(method: str, table: GridTable, seeds: Sequence[int], search_seed: int
             break
         spent += cost
         score = table.score(config, int(point["seed"]))
-        if int(config.get("epochs", table.epochs)) == table.epochs:
+        if cost == table.epochs:
             done.setdefault(table.key(config), {})[int(point["seed"])] = score
         cells.on_trial_complete(f"t{n}", {METRIC: score})
         n += 1

@@ -76,6 +76,10 @@ class Space:
                 full[name] = same[full[name]]
         return knobs.key(full)
 
+    def raw_key(self, config: Mapping[str, Value]) -> str:
+        """The config's own key, aliases not applied: two configs that train alike differ here."""
+        return knobs.key({**self.base, **config})
+
     def grid(self) -> Iterator[Config]:
         """Every combination, each behaviour once (see :func:`kdsearch.knobs.key`)."""
         for config, _ in self.grid_with_duplicates():
@@ -88,13 +92,17 @@ class Space:
             raise SpecError(f"search.space: grid needs choices, not ranges ({', '.join(self.ranges)})")
         first: dict[str, Config] = {}
         same: dict[str, list[Config]] = {}
+        raw_seen: dict[str, set[str]] = {}  # the raw keys already standing for each behaviour
         combos = (dict(zip(self.names, combo)) for combo in itertools.product(*(self.choices[n] for n in self.names)))
         for config in (dict(c) for c in self.explicit) if self.explicit else combos:
             k = self.key(config)
             if k not in first:  # the config that runs holds the value an alias names (the spec's own)
                 first[k] = {n: self.aliases.get(n, {}).get(v, v) for n, v in config.items()}
                 same[k] = []
-            if knobs.key({**self.base, **config}) not in {knobs.key({**self.base, **c}) for c in [first[k], *same[k]]}:
+                raw_seen[k] = {self.raw_key(first[k])}
+            raw = self.raw_key(config)
+            if raw not in raw_seen[k]:
+                raw_seen[k].add(raw)
                 same[k].append(config)
         for k, config in first.items():
             yield config, same[k]

@@ -79,13 +79,8 @@ class StudySearcher(JsonStateSearcher):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            if self.journal is None:
-                self._study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=self.sampler(self.seed),
-                                                  direction="maximize")
-                for config in self.first:
-                    self._study.enqueue_trial(config)
-                return self._study
-            storage = JournalStorage(JournalFileBackend(self.journal))
+            # a replay keeps its study in memory (a new one, every time); a search in its journal
+            storage = optuna.storages.InMemoryStorage() if self.journal is None else JournalStorage(JournalFileBackend(self.journal))
             names = {s.study_name for s in storage.get_all_studies()}
             if self.study_name in names:
                 # a resumed search: the sampler's random state is not saved (it would be a
