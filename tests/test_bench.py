@@ -62,3 +62,16 @@ def test_committed_deploy_bench_has_its_keys() -> None:
     for m in result["models"].values():
         assert {"params", "torch_ms_p50", "onnx_ms_p50", "int8_ms_p50", "int8_test_delta_points"} <= set(m)
     assert result["setup"]["machine"]["cpu"] and result["setup"]["machine"]["threads"] >= 1
+
+
+def test_replay_bench_runs_over_the_committed_results(tmp_path: Path) -> None:
+    """Every committed full grid replays; the objectives' arms (search.configs) are listed as left out."""
+    from kdsearch.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    out = tmp_path / "replay.json"
+    assert main(["bench", "replay", "--replays", "2", "--methods", "greedy", "--results", str(root), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    objectives = {p.name for p in (root / "objectives").glob("objectives-*")}
+    assert {t["search"] for t in result["tables"]} and not {t["search"] for t in result["tables"]} & objectives
+    assert all(any(line.startswith(name) for line in result["left_out"]) for name in objectives)

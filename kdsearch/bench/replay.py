@@ -27,16 +27,20 @@ MIN_CONFIGS = 8  # a grid smaller than this has nothing for a method to find
 TARGET = {"budget": 0.3, "mean_regret": 0.5, "worst_regret": 2.0}
 
 
-def grid_folders(root: Path) -> list[Path]:
-    """Every committed full-grid search under ``root``."""
+def grid_folders(root: Path) -> tuple[list[Path], list[str]]:
+    """Every committed full-grid search under ``root``, and the grid searches left out and why."""
     from kdsearch.results.store import ResultStore
 
-    found = []
+    found, left_out = [], []
     for meta in sorted(root.glob("*/*/search.json")):
         store = ResultStore(meta.parent)
-        if store.meta().get("method") == "grid" and store.path("trials.parquet").is_file() and store.finished() is not False:
+        if store.meta().get("method") != "grid" or not store.path("trials.parquet").is_file() or store.finished() is False:
+            continue
+        if store.spec().search.configs:  # arms of an experiment: a sampler would ask for configs nobody ran
+            left_out.append(f"{meta.parent.name}: a list of configs (search.configs), not the grid of a space")
+        else:
             found.append(meta.parent)
-    return found
+    return found, left_out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,8 +48,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from kdsearch.search.replay import regrets, summary, tables_from_search
 
     root = Path(args.results or "results")
-    tables, left_out = [], []
-    for folder in grid_folders(root):
+    folders, left_out = grid_folders(root)
+    tables = []
+    for folder in folders:
         for t in tables_from_search(folder):
             where = f"{folder.name} {t.cell}"
             if t.missing:
