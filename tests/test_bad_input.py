@@ -453,6 +453,17 @@ def test_compare_of_no_rows_leaves_no_report_folder(search, tmp_path: Path, caps
     assert not (tmp_path / "report").exists()
 
 
+def test_compare_of_rows_without_the_metric_names_the_column(search, tmp_path: Path, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    folder, _ = search
+    table = pq.read_table(folder / "trials.parquet")
+    pq.write_table(table.drop(["val_score"]), folder / "trials.parquet")
+    code, err = run_main(["compare", str(folder), "--out", str(tmp_path / "report")], capsys)
+    one_line_error(code, err, r"trials\.parquet: no column 'val_score' \(the metric compared; --metric names another\)")
+    assert not (tmp_path / "report").exists() and "val_score" not in pq.read_schema(folder / "trials.parquet").names
+
+
 def test_a_search_json_of_another_tool(search, capsys) -> None:
     folder, _ = search
     (folder / "search.json").write_text(json.dumps({"runs": [1, 2], "tool": "someone else's"}))
