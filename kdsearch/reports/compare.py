@@ -180,10 +180,11 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     trials = analysis.load(folders)
     if trials.empty:
         raise KDSearchError(f"no trial rows in {', '.join(map(str, folders))}: nothing to compare")
-    if metric not in trials:  # a column, not a failure: say which file lacks it
+    ok = trials["status"] == "ok"
+    if metric not in trials and ok.any():  # finished rows without it: a column, not a failure
         raise KDSearchError(f"{', '.join(str(Path(f) / 'trials.parquet') for f in folders)}: no column {metric!r} "
                             "(the metric compared; --metric names another)")
-    if not ((trials["status"] == "ok") & trials[metric].notna()).any():
+    if metric not in trials or not (ok & trials[metric].notna()).any():
         raise KDSearchError(f"no finished trial in {', '.join(map(str, folders))} (every one failed or diverged): nothing to compare")
     check_tasks(trials)
     check_out(out, force)
