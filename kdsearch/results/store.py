@@ -77,7 +77,9 @@ class ResultStore:
         if not p.is_file():
             return pd.DataFrame()
         try:
-            return pq.read_table(p).to_pandas()
+            # one read of the bytes: a writer replacing the file (atomically) between the reader's
+            # opens of the path would mix two versions and look damaged
+            return pq.read_table(pa.BufferReader(p.read_bytes())).to_pandas()
         except (pa.ArrowException, OSError) as e:
             raise _damaged(p, f"not a readable Parquet table ({str(e).splitlines()[0][:120]})") from None
 
