@@ -199,9 +199,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from kdsearch.search.runner import confirm_search
+
+    if args.seeds is not None and not 1 <= args.seeds <= 100:
+        raise KDSearchError(f"--seeds: confirmation seeds per config must be in 1..100, got {args.seeds}")
+    confirm_search(args.folder, args.seeds, args.cell, args.all, args.address)
+    return 0
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from kdsearch.knobs import KNOBS
-    from kdsearch.results.store import SPEC_FILE, open_store
+    from kdsearch.results.store import CONFIRM, SPEC_FILE, open_store
     from kdsearch.results.summary import best_per_cell, config_table, summary_lines
 
     store = open_store(args.folder)
@@ -219,8 +228,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         cols = [c for c in ("cell", "stage", *KNOBS, "mean", "std", "seeds", "failed", "collapsed", "val_agreement", "val_kl", "test_score") if c in table.columns]
         print(f"configs (mean {metric} over seeds):")
         print(format_table(table[cols].to_dict("records")))
-    best = best_per_cell(trials, metric, mode)
-    for line in summary_lines(trials, best, metric):
+    best = best_per_cell(trials, metric, mode, store.trials(CONFIRM))
+    for line in summary_lines(trials, best, metric, shlex.quote(str(args.folder))):
         print(line)
     _print_tradeoff(store, trials, metric, mode)
     return 0
@@ -353,7 +362,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
     defaults = {"kd-loop": {"batch_size": 64, "storage": None}, "search": {"batch_size": 64, "storage": "results/bench/search-runs"},
-                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}, "replay": {}}[args.target]
+                "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}, "replay": {},
+                "calibration": {}}[args.target]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -458,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--quantize", choices=["int8"], help="also model_int8.onnx (ONNX Runtime's dynamic quantisation); implies --onnx")
     ex.set_defaults(func=cmd_export)
 
+    cf = sub.add_parser("confirm", help="train a finished search's picks on fresh seeds: the verdicts come from these")
+    cf.add_argument("folder", help="a finished search's result folder")
+    cf.add_argument("--cell", action="append", help="only this cell (repeatable; default: every cell)")
+    cf.add_argument("--seeds", type=int, help="confirmation seeds per config, in all (default: the spec's "
+                    "search.confirm_seeds, or 3); only the missing ones train")
+    cf.add_argument("--all", action="store_true", help="every config of the cell, not only the best, no KD and the "
+                    "paper's recommendation (pre-set arms, as an objectives grid)")
+    cf.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
+    cf.set_defaults(func=cmd_confirm)
+
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")
     res.add_argument("folder", help="a search's result folder")
     res.add_argument("--trials", action="store_true", help="also print every trial")
@@ -481,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy", "replay"])
+    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy", "replay", "calibration"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
@@ -493,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="deploy: threads of every timing (default: the cores, at most 4)")
     b.add_argument("--replays", type=int, default=200, help="replay: replays per method and grid cell")
     b.add_argument("--methods", type=lambda v: v.split(","), help="replay: methods to replay (default: every one)")
-    b.add_argument("--results", help="replay: where the committed grids are (default: results)")
+    b.add_argument("--results", help="replay, calibration: where the committed grids are (default: results)")
+    b.add_argument("--draws", type=int, help="calibration: simulated comparisons per table cell (default 2000)")
+    b.add_argument("--search-seed", type=int, default=0, help="calibration: the simulation's seed")
     b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config; replay: seeds a replay uses")
     b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
     b.add_argument("--storage", default=None, help="search, fused: where their searches go")

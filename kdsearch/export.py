@@ -80,17 +80,10 @@ def _cell_data(spec: Spec, row: dict[str, Any]) -> Any:
     return next(d for d in spec.data_specs if cell_id(d, row["student"]) == row["cell"])
 
 
-def _knob_values(row: dict[str, Any]) -> dict[str, Any]:
-    values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
-    if row.get("tau_s_same"):
-        values["tau_s"] = knobs.SAME  # written back as the search had it
-    return values
-
-
 def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
     """A complete single-config spec: the cell's data and student, the best knobs and seed."""
     cell_student = _cell_student(spec, row)
-    distill, train = with_knobs(spec.distill, cell_student.train, _knob_values(row))
+    distill, train = with_knobs(spec.distill, cell_student.train, knobs.from_row(row))
     student = dataclasses.replace(cell_student, train=train, seed=int(row["seed"]))
     return dataclasses.replace(spec, name=f"{spec.name}-best", data=_cell_data(spec, row), student=student, distill=distill,
                                search=dataclasses.replace(spec.search, datasets=[], students=[]))
@@ -131,7 +124,7 @@ def _population_points(store: ResultStore, row: dict[str, Any]) -> list[dict[str
     trials = store.trials()
     mine = trials[trials["population"] == row["population"]].copy()
     mine["index"] = mine["trial_id"].map(lambda t: int(str(t).rpartition("-")[2]))
-    return [{**_knob_values(r), "cell": r["cell"], "seed": int(r["seed"])} for r in mine.sort_values("index").to_dict("records")]
+    return [{**knobs.from_row(r), "cell": r["cell"], "seed": int(r["seed"])} for r in mine.sort_values("index").to_dict("records")]
 
 
 def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any], log: Any = print) -> Retrained:

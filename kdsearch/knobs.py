@@ -206,6 +206,11 @@ Older rows trained without them: they read as their defaults (no DIST, no standa
 constant temperature), and a key names such a knob only off its default."""
 PORTABLE_FORMAT = 3  # the first format whose spec.yaml reads the same on every machine
 
+PAPER: Config = {"teacher": "t_ll", "loss": "ce", "tau_s": 1.0}
+"""Sultan et al. (2024)'s recommendation: the lowest-loss teacher checkpoint, the CE distance and a
+student temperature of 1; near-best almost everywhere in their study. kdsearch judges a best
+config against it (at the alpha and tau_t best for it)."""
+
 BASELINE_STAGE = "baseline"  # the stage of the no-distillation trial of every cell
 BASELINE: Config = {"alpha": 0.0, "inter_map": "none", "augment": "none"}  # plain fine-tuning
 
@@ -214,6 +219,16 @@ def teacher_key(config: Mapping[str, Value]) -> str:
     """Which teacher signal a config reads: its selection, or ``ensemble:k``."""
     teacher = str(_get(config, "teacher"))
     return f"{ENSEMBLE}:{int(_get(config, 'ensemble_k'))}" if teacher == ENSEMBLE else teacher
+
+
+def from_row(row: Mapping[str, Any]) -> Config:
+    """The config a trial row trained: its knob columns, ``tau_s`` written back as ``same``
+    where it followed tau_t (rows store the number beside ``tau_s_same``)."""
+    values = {k: row[k] for k in KNOBS if k in row and row[k] is not None and row[k] == row[k]}
+    same = row.get("tau_s_same")
+    if same is not None and same == same and bool(same):
+        values["tau_s"] = SAME
+    return values
 
 
 def section(name: Literal["distill", "train"]) -> list[Knob]:

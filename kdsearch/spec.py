@@ -27,6 +27,7 @@ from kdsearch.tasks import COLUMN_ROLES, TASKS
 MAX_LENGTH = 8192  # tokens: beyond any BERT-style encoder kdsearch builds (its position table grows with it)
 MAX_SEED = 2**32
 MAX_MEMBERS = 1024  # students in one fused population
+MAX_CONFIRM_SEEDS = 100  # confirmation seeds per config: past this a verdict is settled anyway
 
 
 @dataclass
@@ -363,6 +364,9 @@ class SearchSpec:
     fuse: Union[bool, int, str] = "auto"  # YAML reads a bare `off` as false
     costs: bool = True  # measure what each architecture costs to serve (kdsearch.deploy.costs) when it ends
     configs: list[dict[str, Union[float, str, bool]]] = field(default_factory=list)  # with grid: exactly these, not a product
+    # fresh seeds for each cell's best config, its no-KD baseline and the paper's recommendation, run when the
+    # search ends: the verdicts come from them alone (a config judged on the seeds it was picked on looks better)
+    confirm_seeds: int = 3
 
     def check(self, where: str) -> None:
         method = METHODS.get(self.method)
@@ -396,6 +400,8 @@ class SearchSpec:
             raise SpecError(f"{where}.seeds: seeds repeat: {self.seeds}")
         _check_seeds(self.seeds, f"{where}.seeds")
         _check_seeds([self.search_seed], f"{where}.search_seed")
+        if not 0 <= self.confirm_seeds <= MAX_CONFIRM_SEEDS:
+            raise SpecError(f"{where}.confirm_seeds: must be in 0..{MAX_CONFIRM_SEEDS}, got {self.confirm_seeds}")
         self.resources.check(f"{where}.resources")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SpecError(f"{where}.max_concurrent: must be >= 1, got {self.max_concurrent}")

@@ -190,6 +190,7 @@ search:
   max_failures: 1
   storage: {storage}
   costs: {costs}
+  confirm_seeds: {confirm}
 """
 
 
@@ -206,7 +207,8 @@ def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, share
     for method in ("greedy", "grid"):
         spec = tmp / f"{method}.yaml"
         spec.write_text(TINY.format(name=method, train=384, epochs=1, method=method, seeds="[0, 1]", budget="null",
-                                    workdir=workdir, storage=tmp / "searches", costs="true"))  # what tests/deploy reads
+                                    workdir=workdir, storage=tmp / "searches", costs="true",  # what tests/deploy reads
+                                    confirm=0))  # tests/search/test_confirm.py confirms
         folders[method] = run_search(load_spec(spec, ["student.dropout=0.0"]), log=lambda *a, **k: None)
     return folders
 
@@ -214,10 +216,11 @@ def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, share
 @pytest.fixture
 def tiny_spec(tmp_path: Path, workdir: Path):
     """Write a tiny search spec; keyword arguments change its fields (serving costs off unless
-    ``costs="true"``: they are measured once per architecture, and tests/deploy tests them)."""
+    ``costs="true"``: they are measured once per architecture, and tests/deploy tests them;
+    no confirmation seeds unless ``confirm``: tests/search tests them)."""
 
     def make(**kw) -> Path:
-        fields = dict(name="tiny", train=384, epochs=1, method="greedy", seeds="[0, 1]", budget="null", costs="false")
+        fields = dict(name="tiny", train=384, epochs=1, method="greedy", seeds="[0, 1]", budget="null", costs="false", confirm=0)
         fields.update(kw)
         text = TINY.format(workdir=workdir, storage=tmp_path / "searches", **fields)
         p = tmp_path / f"{fields['name']}.yaml"

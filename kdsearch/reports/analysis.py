@@ -2,7 +2,9 @@
 
 Every function takes the ``trials.parquet`` rows of one or more searches and returns a
 DataFrame, so a report is rebuilt from Parquet without rerunning anything. Configs are
-compared seed by seed (the search pairs seeds), with a bootstrap interval.
+compared seed by seed (the search pairs seeds) with the paired test of
+:mod:`kdsearch.results.stats`; a config picked as a cell's best is judged on confirmation
+seeds alone (rows with ``role: confirm``), never on the seeds it was picked on.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS
-from kdsearch.results.store import open_store, tau_s_as_number
-from kdsearch.results.summary import MIN_SEEDS, paired_difference
+from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS, PAPER
+from kdsearch.results import stats
+from kdsearch.results.store import SELECT, open_store, tau_s_as_number
+from kdsearch.results.summary import confirmed, paired_difference, picks, seed_scores
 
-RECOMMENDED = {"teacher": "t_ll", "loss": "ce", "tau_s": "1.0"}  # Sultan et al. (2024)
+RECOMMENDED = {k: str(v) for k, v in PAPER.items()}  # Sultan et al. (2024), as the columns read
 
 
-def load(folders: Sequence[str | Path]) -> pd.DataFrame:
+def load(folders: Sequence[str | Path], role: str | None = SELECT) -> pd.DataFrame:
     """The trial rows of several searches, in the order each search finished them.
 
     A distillation knob that a search's results format knows but its Parquet lacks
@@ -30,12 +33,13 @@ def load(folders: Sequence[str | Path]) -> pd.DataFrame:
     search's spec gives it, which is what its trials trained with; a knob newer than a
     search's format reads as its default beside searches that have it (no DIST, no
     standardisation, a constant temperature), and is left out of a report of older ones alone. Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
-    searches it is read as the number plus ``tau_s_same``.
+    searches it is read as the number plus ``tau_s_same``. ``role``: the rows a search picks
+    from (default), ``confirm`` (fresh seeds of its picks), or None for both.
     """
     frames = []
     for f in folders:
         store = open_store(f)
-        t = store.trials()
+        t = store.trials(role)
         # knobs the search's results format recorded take its spec's value; a knob newer than
         # the format did not exist for it, so its trials trained as the knob's default
         fmt = store.format()
@@ -157,35 +161,44 @@ def recommended_rank(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd
     return pd.DataFrame(rows)
 
 
-def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
-    """Per cell: the no-KD baseline against the best KD config, seed by seed, with fidelity."""
+def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max", confirm: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cell: the best KD config against no KD, with fidelity. On the selection seeds the
+    gain is optimistic (the best was picked on them) and gets no verdict; the verdict comes
+    from confirmation seeds (``confirm``) on the test split, beside the paper's recommendation."""
     ok = trials[trials["status"] == "ok"]
     base = ok[ok["stage"] == BASELINE_STAGE]
     means = config_means(trials, metric)
+    named = picks(trials, metric, mode)
     rows = []
     for cell, g in means.groupby("cell", sort=False):
         b = base[base["cell"] == cell]
-        if b.empty:
+        if b.empty or str(cell) not in named:
             continue
-        best = g.loc[g["mean"].idxmax() if mode == "max" else g["mean"].idxmin()]
+        p = named[str(cell)]
+        best = g[g["config_key"] == p.best_key].iloc[0]
         per_seed = b.groupby("seed")[[metric, "val_agreement", "val_kl"]].mean()
-        d = paired_difference(trials, cell, str(best["config_key"]), str(b["config_key"].iloc[0]), metric)
+        d = paired_difference(trials, cell, p.best_key, str(b["config_key"].iloc[0]), metric)
         # knobs that change what the best config trains (its key holds only those)
         applies = json.loads(str(best["config_key"]))
         varying = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1 and k in applies]
-        rows.append(
-            {
-                "cell": cell,
-                "no KD": f"{per_seed[metric].mean():.4f} ± {per_seed[metric].std(ddof=1):.4f}",
-                "best KD": f"{best['mean']:.4f} ± {best['std']:.4f}",
-                "best config": ", ".join(f"{k}={best[k]}" for k in varying),
-                "gain (points)": 100 * d["mean"],
-                "95% CI": f"[{100 * d['low']:.2f}, {100 * d['high']:.2f}]",
-                "verdict": "too few seeds" if d["seeds"] < MIN_SEEDS else ("inside the noise" if d["within_noise"] else "a real gain" if d["mean"] > 0 else "a real loss"),
-                "agreement no KD -> KD": f"{per_seed['val_agreement'].mean():.3f} -> {best.get('val_agreement', math.nan):.3f}",
-                "KL no KD -> KD": f"{per_seed['val_kl'].mean():.3f} -> {best.get('val_kl', math.nan):.3f}",
-            }
-        )
+        row = {
+            "cell": cell,
+            "no KD": f"{per_seed[metric].mean():.4f} ± {per_seed[metric].std(ddof=1):.4f}",
+            "best KD": f"{best['mean']:.4f} ± {best['std']:.4f}",
+            "best config": ", ".join(f"{k}={best[k]}" for k in varying),
+            "gain on its selection seeds (optimistic)": 100 * _sign(mode) * d["mean"],
+        }
+        conf = confirmed(p, str(cell), confirm if confirm is not None else pd.DataFrame(), metric, mode)
+        for role, name in (("no KD", "vs no KD"), ("reference", "vs the paper's recommendation")):
+            c = conf.get(role)
+            row[f"confirmed {name}: gain (points)"] = 100 * c["gain"] if c else math.nan
+            row[f"{name}: t 95% CI, p, seeds"] = (f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}], {c['p']:.3f}, {c['seeds']}"
+                                                   if c else "")
+            row[f"{name}: verdict"] = c["verdict"] if c else (
+                "not confirmed on fresh seeds" if role == "no KD" or p.reference is not None else "the best is the recommendation")
+        row["agreement no KD -> KD"] = f"{per_seed['val_agreement'].mean():.3f} -> {best.get('val_agreement', math.nan):.3f}"
+        row["KL no KD -> KD"] = f"{per_seed['val_kl'].mean():.3f} -> {best.get('val_kl', math.nan):.3f}"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -198,7 +211,9 @@ def uses_later_objectives(trials: pd.DataFrame) -> bool:
 def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
     """Per cell, each config against the paper's recommendation (t_ll, ce, tau_s = 1, none of
     the later objectives; its best alpha and tau_t where several were run), seed by seed:
-    the gain in points, its 95% bootstrap interval and the verdict."""
+    the gain in points, the paired t interval, the sign-flip p and the verdict. Each config is
+    a comparison of its own (pre-set arms, as ``search.configs``); the rows may hold
+    confirmation seeds too, which add to each arm's paired seeds."""
     means = config_means(trials, metric)
     rows = []
     for cell, g in means.groupby("cell", sort=True):
@@ -212,12 +227,12 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
         for _, c in g.sort_values("mean", ascending=mode != "max").iterrows():
             if c["config_key"] == ref["config_key"]:
                 continue
-            d = paired_difference(trials, str(cell), str(c["config_key"]), str(ref["config_key"]), metric)
-            sign = 1.0 if mode == "max" else -1.0
-            gain = {s: sign * 100 * v for s, v in d["by_seed"].items()}
-            low, high = sorted((sign * 100 * d["low"], sign * 100 * d["high"]))
-            verdict = ("too few seeds" if d["seeds"] < MIN_SEEDS else "inside the noise" if d["within_noise"]
-                       else "a real gain" if sign * d["mean"] > 0 else "a real loss")
+            d = stats.paired(seed_scores(trials, str(cell), str(c["config_key"]), metric),
+                             seed_scores(trials, str(cell), str(ref["config_key"]), metric))
+            sign = _sign(mode)
+            gain = {s: sign * 100 * v for s, v in d.by_seed.items()}
+            low, high = sorted((sign * 100 * d.low, sign * 100 * d.high))
+            verdict = d.verdict(sign)
             # a gain over a reference that predicts one class says the reference failed at this budget,
             # not that the objective beats a working one: say so beside the verdict
             fell = [who for who, key in (("the reference", ref["config_key"]), ("this config", c["config_key"]))
@@ -225,8 +240,8 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
             if fell:
                 verdict += f" ({' and '.join(fell)} collapsed on every seed)"
             rows.append({"cell": cell, "config": _changed(c, ref), "mean": float(c["mean"]), "reference": float(ref["mean"]),
-                         "gain (points)": sign * 100 * d["mean"], "by seed": ", ".join(f"{v:+.1f}" for v in gain.values()),
-                         "95% CI": f"[{low:+.2f}, {high:+.2f}]", "seeds": d["seeds"], "verdict": verdict})
+                         "gain (points)": sign * 100 * d.mean, "by seed": ", ".join(f"{v:+.1f}" for v in gain.values()),
+                         "t 95% CI": f"[{low:+.2f}, {high:+.2f}]", "p (sign-flip)": d.p, "seeds": d.seeds, "verdict": verdict})
     return pd.DataFrame(rows)
 
 

@@ -12,6 +12,8 @@ from kdsearch import atomic
 from kdsearch.display import format_value
 from kdsearch.errors import KDSearchError
 from kdsearch.reports import analysis, tradeoff
+from kdsearch.results import stats
+from kdsearch.results.store import CONFIRM
 from kdsearch.tasks import TASKS
 from kdsearch.knobs import BASELINE_STAGE
 
@@ -70,12 +72,6 @@ def check_tasks(trials: pd.DataFrame) -> None:
         by = trials[trials["cell"] == cell].groupby("task")["search_id"].first()
         raise KDSearchError(f"cell {cell!r} is {' in one search and '.join(f'{t} ({s})' for t, s in by.items())}: "
                             "their scores are different metrics; compare those searches apart")
-
-
-def _verdict(d: dict) -> str:
-    if d["seeds"] < analysis.MIN_SEEDS:
-        return f"too few paired seeds ({d['seeds']}) to call"
-    return "inside the noise" if d["within_noise"] else "a real difference"
 
 
 def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metric: str, out: Path) -> list[str]:
@@ -178,6 +174,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     given = list(folders)
     folders = unique_searches(given)  # damaged input is refused before anything is written
     trials = analysis.load(folders)
+    confirm = analysis.load(folders, CONFIRM)
     if trials.empty:
         raise KDSearchError(f"no trial rows in {', '.join(map(str, folders))}: nothing to compare")
     ok = trials["status"] == "ok"
@@ -203,9 +200,13 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     for cell, g in means.groupby("cell"):
         g = g.sort_values("mean", ascending=mode != "max")
         if len(g) >= 2:
-            d = analysis.paired_difference(trials, cell, g["config_key"].iloc[0], g["config_key"].iloc[1], metric)
-            pairs.append({"cell": cell, "best - runner-up (points)": 100 * d["mean"], "95% CI low": 100 * d["low"],
-                          "95% CI high": 100 * d["high"], "seeds": d["seeds"], "verdict": _verdict(d)})
+            d = stats.Paired(analysis.paired_difference(trials, cell, g["config_key"].iloc[0], g["config_key"].iloc[1],
+                                                        metric)["by_seed"])
+            # both were ranked on these very seeds: the p-value is shown, never called a verdict
+            pairs.append({"cell": cell, "best - runner-up (points)": 100 * d.mean, "t 95% CI": d.interval(100),
+                          "p (sign-flip)": d.p, "seeds": d.seeds,
+                          "what it says": "nothing yet: both were ranked on these seeds (optimistic)"
+                          if d.reachable else f"nothing: {d.seeds} seeds can never reach {d.level:g}; {d.needed} can"})
     plots = _plots(trials, curves, costs, metric, out)
     served = tradeoff.table(trials, tradeoff.load_costs(folders), metric, mode)
     if not served.empty:
@@ -222,16 +223,24 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
         text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
     text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
     text += cost_section(served, tradeoff.load_costs(folders))
-    text += "\n## KD against no KD, seed by seed (best config of each cell)\n\n" + _md(analysis.kd_gain(trials, metric, mode))
-    text += "\n## Best against runner-up, seed by seed\n\n" + _md(pd.DataFrame(pairs))
+    text += ("\n## KD against no KD (best config of each cell)\n\n"
+             "The best config was picked on its selection seeds, so its gain there is optimistic and gets no verdict. "
+             "Verdicts come from confirmation seeds it was not picked on (rows with `role: confirm`), on the test split: "
+             f"{stats.TESTS[stats.VERDICT_TEST].label} test of the mean paired difference at {stats.LEVEL:g} (two-sided; exact "
+             f"at any seed count, it cannot reject below {stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds), with the "
+             "paired t interval beside it. The same against the paper's recommendation (t_ll, ce, tau_s = 1 at its best "
+             "alpha and tau_t).\n\n" + _md(analysis.kd_gain(trials, metric, mode, confirm)))
+    text += "\n## Best against runner-up, seed by seed (selection seeds)\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)
     if analysis.uses_later_objectives(trials):
         text += ("\n## Objectives since the paper, against its recommendation (per cell, seed by seed)\n\n"
                  "Each config against the cell's reference (t_ll, ce, tau_s = 1, no DIST, no standardised logits, a "
-                 "constant temperature): its gain in points on each paired seed, the 95% bootstrap interval of the mean "
-                 "gain, and the verdict (\"a real gain\" or \"a real loss\" only where the interval excludes 0).\n\n")
-        text += _md(analysis.against_reference(trials, metric, mode))
+                 "constant temperature): its gain in points on each paired seed (selection and confirmation seeds alike: "
+                 "each row is a pre-set arm against the reference), the paired t interval of the mean gain, the sign-flip "
+                 f"p, and the verdict (\"a real gain\" or \"a real loss\" only where p <= {stats.LEVEL:g}; below "
+                 f"{stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds it cannot be reached and the row says so).\n\n")
+        text += _md(analysis.against_reference(pd.concat([trials, confirm], ignore_index=True), metric, mode))
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)

@@ -37,8 +37,12 @@ BEST_FILE = "best.yaml"
 TUNE_DIR = "tune"
 KEYS = {TRIALS: ["trial_id"], EPOCHS: ["trial_id", "epoch"], COSTS: ["dataset", "role", "model"]}
 
+# what a row is for: the search picks from SELECT rows; CONFIRM rows are fresh seeds of configs
+# it picked (kdsearch.search.confirm), read only by the verdicts. Rows before the column: SELECT.
+SELECT, CONFIRM = "select", "confirm"
+
 # columns whose type must not drift between appends (None + str); knobs say their own
-STRING_COLUMNS = ("stage", "error", "status", "cell", "node", "teacher_name")
+STRING_COLUMNS = ("stage", "error", "status", "cell", "node", "teacher_name", "role")
 SPEC_SEAL = "# kdsearch spec, sealed: "  # the last line of a stored spec: its checksum
 
 
@@ -94,11 +98,12 @@ class ResultStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_table(self, table, df)
 
-    def trials(self) -> pd.DataFrame:
-        return self.read(TRIALS)
+    def trials(self, role: str | None = SELECT) -> pd.DataFrame:
+        """The trial rows of one ``role`` (default: those the search picks from; None: all)."""
+        return of_role(self.read(TRIALS), role)
 
-    def epochs(self) -> pd.DataFrame:
-        return self.read(EPOCHS)
+    def epochs(self, role: str | None = SELECT) -> pd.DataFrame:
+        return of_role(self.read(EPOCHS), role)
 
     def costs(self) -> pd.DataFrame:
         """``costs.parquet``: one row per (dataset, role, model); empty when none was measured."""
@@ -186,6 +191,15 @@ class ResultStore:
         self.write_meta({**self.meta(), "finished": time.time()})
 
 
+def of_role(rows: pd.DataFrame, role: str | None) -> pd.DataFrame:
+    """The rows of ``role`` (None: all); a row without one is a selection row."""
+    if role is None or rows.empty:
+        return rows
+    if "role" not in rows:
+        return rows if role == SELECT else rows.iloc[0:0]
+    return rows[rows["role"].fillna(SELECT) == role].reset_index(drop=True)
+
+
 def upgrade(folder: str | os.PathLike[str]) -> list[str]:
     """Rewrite a stored search in the current results format; what changed, in words.
 
@@ -208,11 +222,11 @@ def upgrade(folder: str | os.PathLike[str]) -> list[str]:
     if before != after:
         store.write_spec(after)
         changes.append("spec.yaml: fetched models by name, paths relative to the search folder, sealed")
-    trials = store.trials()
+    trials = store.trials(role=None)  # every row: the table is rewritten whole
     if fmt < 2 and "tau_s" in trials and trials["tau_s"].dtype.kind not in "fiu":
         trials = tau_s_as_number(trials)
         _write_table(store, TRIALS, trials)
-        epochs = store.epochs()
+        epochs = store.epochs(role=None)
         if "tau_s" in epochs and epochs["tau_s"].dtype.kind not in "fiu":
             _write_table(store, EPOCHS, tau_s_as_number(epochs))
         changes.append("tau_s as a number beside tau_s_same")

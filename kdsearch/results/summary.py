@@ -5,15 +5,18 @@ Two rules keep a summary from presenting noise as a finding:
 - a model whose validation predictions are one class, or no better than always predicting
   the majority class, is *collapsed*: its row says so, a warning line says how many, and a
   cell whose every config collapsed names no best;
-- a gain over the no-KD baseline is shown seed by seed, and with fewer than ``MIN_SEEDS``
-  paired seeds it is labelled as not distinguishable from noise (the rule of
-  ``kdsearch compare``).
+- a best config is judged only on seeds it was not picked on: its gain over the no-KD
+  baseline on the selection seeds is shown seed by seed and labelled optimistic, and the
+  verdicts ("a real gain", "cannot tell") come from confirmation seeds
+  (``search.confirm_seeds``, rows with ``role: confirm``) on the test split, through the
+  paired test of :mod:`kdsearch.results.stats`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,8 +25,7 @@ import yaml
 
 from kdsearch import knobs
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
-
-MIN_SEEDS = 3  # a bootstrap over fewer paired seeds cannot see the spread
+from kdsearch.results import stats
 
 
 def knob_columns(df: pd.DataFrame) -> list[str]:
@@ -61,6 +63,8 @@ def config_table(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
         first = g.iloc[0]
         row: dict[str, Any] = {"cell": cell, "stage": first.get("stage")}
         row.update({k: first[k] for k in knob_cols})
+        if "tau_s_same" in g:  # so the config reads back as it was searched (knobs.from_row)
+            row["tau_s_same"] = first["tau_s_same"]
         row.update(
             {
                 "mean": float(vals.mean()) if len(vals) else math.nan,
@@ -78,51 +82,151 @@ def config_table(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_difference(trials: pd.DataFrame, cell: str, key_a: str, key_b: str, metric: str, n_boot: int = 2000,
-                      seed: int = 0) -> dict[str, Any]:
-    """Mean of a - b over shared seeds, with a 95% bootstrap interval over seeds.
+def seed_scores(trials: pd.DataFrame, cell: str, key: str, metric: str) -> dict[int, float]:
+    """Seed -> the config's ``metric`` in ``cell`` (finished rows; a (config, seed) in several
+    searches, as greedy and grid share configs, counts once, as their mean)."""
+    t = trials[(trials["cell"] == cell) & (trials["status"] == "ok") & (trials["config_key"] == key)]
+    if metric not in t:
+        return {}
+    by = t.groupby("seed")[metric].mean().dropna()
+    return {int(s): float(v) for s, v in by.items()}
 
-    ``within_noise`` is true when the interval holds 0, and always below ``MIN_SEEDS``
-    paired seeds (two seeds give an interval, not a trustworthy one). ``by_seed`` holds
-    the differences themselves.
+
+def paired_difference(trials: pd.DataFrame, cell: str, key_a: str, key_b: str, metric: str) -> dict[str, Any]:
+    """Mean of a - b over the seeds both ran, tested (:mod:`kdsearch.results.stats`).
+
+    ``p`` is the verdict test's two-sided p-value; ``low``/``high`` the paired t interval;
+    ``real`` whether the test backs a difference (``within_noise``: it does not, which
+    includes seed counts at which it never can: ``needed`` says how many could);
+    ``by_seed`` holds the differences themselves.
     """
-    t = trials[(trials["cell"] == cell) & (trials["status"] == "ok")]
-    # the same (config, seed) in several searches (greedy and grid share configs) counts once
-    a = t[t["config_key"] == key_a].groupby("seed")[metric].mean()
-    b = t[t["config_key"] == key_b].groupby("seed")[metric].mean()
-    diff = (a - b).dropna()
-    d = diff.to_numpy(dtype=float)
-    by_seed = {int(s): float(v) for s, v in diff.items()}
-    if len(d) == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "seeds": 0, "within_noise": True, "by_seed": by_seed}
-    rng = np.random.default_rng(seed)
-    boots = rng.choice(d, size=(n_boot, len(d)), replace=True).mean(axis=1)
-    low, high = np.percentile(boots, [2.5, 97.5])
-    within = bool(low <= 0 <= high) or len(d) < MIN_SEEDS
-    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "seeds": int(len(d)), "within_noise": within,
-            "by_seed": by_seed}
+    return stats.paired(seed_scores(trials, cell, key_a, metric), seed_scores(trials, cell, key_b, metric)).as_dict()
 
 
-def gain_verdict(d: dict[str, Any]) -> str:
-    """A paired difference in words: too few seeds, inside the noise, or a real one."""
-    if d["seeds"] < MIN_SEEDS:
-        return f"not distinguishable from noise: {d['seeds']} paired seed(s), fewer than {MIN_SEEDS}"
-    if d["within_noise"]:
-        return f"inside the noise (95% CI [{d['low']:+.4f}, {d['high']:+.4f}])"
-    return f"a real {'gain' if d['mean'] > 0 else 'loss'} (95% CI [{d['low']:+.4f}, {d['high']:+.4f}])"
+def gain_verdict(d: dict[str, Any], sign: float = 1.0) -> str:
+    """A paired difference (:func:`paired_difference`) in words, with its interval."""
+    p = stats.Paired(d["by_seed"])
+    return f"{p.verdict(sign)}; {p.interval(sign=sign)}"
 
 
-def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[str, dict[str, Any]]:
-    """The best fully finished config of each cell (mean over seeds), with the baseline.
+@dataclass
+class Picks:
+    """What a search names in one cell, from its selection rows: the best config, the no-KD
+    baseline and the paper's recommendation, each as a config (knob -> value) and its key.
 
-    A cell whose every distillation config collapsed gets ``status: every config collapsed``
-    instead of a best.
+    ``reference`` is the best config run with the paper's recommendation (t_ll, ce, tau_s = 1,
+    none of the later objectives: Sultan et al. 2024) at the alpha and tau_t that scored best
+    for it; when the search ran none, the best config with those knobs set (``reference_ran``
+    False). It is None when it is the best config itself.
+    """
+
+    best: dict[str, Any]
+    best_key: str
+    baseline: dict[str, Any] | None = None
+    baseline_key: str | None = None
+    reference: dict[str, Any] | None = None
+    reference_key: str | None = None
+    reference_ran: bool = False
+
+    def configs(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """What to confirm: role -> (key, config)."""
+        out = {"best": (self.best_key, self.best)}
+        if self.baseline is not None and self.baseline_key is not None:
+            out["no KD"] = (self.baseline_key, self.baseline)
+        if self.reference is not None and self.reference_key is not None:
+            out["reference"] = (self.reference_key, self.reference)
+        return out
+
+
+def _row_config(row: pd.Series | dict[str, Any]) -> dict[str, Any]:
+    return knobs.from_row({k: _plain(v) for k, v in dict(row).items()})
+
+
+def _is_reference(config: dict[str, Any]) -> bool:
+    try:
+        resolved = knobs.resolve(config)
+    except Exception:  # noqa: BLE001 - an odd stored value is not the recommendation
+        return False
+    return all(resolved.get(k, knobs.KNOBS[k].default) == v for k, v in {**knobs.PAPER, **knobs.LATER_DEFAULTS}.items())
+
+
+def picks(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[str, Picks]:
+    """Each cell's :class:`Picks` (cells whose every config failed or collapsed have none)."""
+    table = config_table(trials, metric)
+    out: dict[str, Picks] = {}
+    if table.empty:
+        return out
+    pick = (lambda g: g.loc[g["mean"].idxmax()]) if mode == "max" else (lambda g: g.loc[g["mean"].idxmin()])
+    for cell, g in table.groupby("cell", sort=False):
+        complete = g[(g["failed"] == 0) & (g["seeds"] > 0)]
+        kd = complete[complete["stage"] != BASELINE_STAGE]
+        if kd.empty or (kd["collapsed"] == kd["seeds"]).all():
+            continue
+        best = pick(kd)
+        p = Picks(_row_config(best), str(best["config_key"]))
+        base = complete[complete["stage"] == BASELINE_STAGE]
+        if len(base):
+            p.baseline, p.baseline_key = _row_config(base.iloc[0]), str(base.iloc[0]["config_key"])
+        recommended = kd[[_is_reference(_row_config(r)) for _, r in kd.iterrows()]]
+        if len(recommended):
+            ref = pick(recommended)
+            p.reference, p.reference_key, p.reference_ran = _row_config(ref), str(ref["config_key"]), True
+        else:
+            p.reference = {**p.best, **knobs.PAPER, **knobs.LATER_DEFAULTS}
+            p.reference_key = knobs.key(p.reference)
+        if p.reference_key == p.best_key:
+            p.reference = p.reference_key = None
+        out[str(cell)] = p
+    return out
+
+
+def confirm_metric(metric: str, confirm: pd.DataFrame) -> str:
+    """What confirmation seeds are judged on: the metric on the test split where rows have it."""
+    test = "test_" + metric.split("_", 1)[1] if metric.startswith("val_") else metric
+    return test if test in confirm and confirm[test].notna().any() else metric
+
+
+def confirmed(p: Picks, cell: str, confirm: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
+    """The best config against no KD and against the paper's recommendation, on confirmation
+    seeds alone (seeds it was not picked on), on the test split."""
+    if confirm is None or confirm.empty:
+        return {}
+    name = confirm_metric(metric, confirm)
+    sign = 1.0 if mode == "max" else -1.0
+    best = seed_scores(confirm, cell, p.best_key, name)
+    if not best:
+        return {}
+    out: dict[str, Any] = {"metric": name, "seeds": len(best), "best": round(float(np.mean(list(best.values()))), 4)}
+    for role, (key, config) in p.configs().items():
+        if role == "best":
+            continue
+        other = seed_scores(confirm, cell, key, name)
+        if not other:
+            continue
+        d = stats.paired(best, other)
+        out[role] = {"score": round(float(np.mean(list(other.values()))), 4), "gain": round(sign * d.mean, 4),
+                     "p": round(d.p, 4), "seeds": d.seeds, "ci": [round(v, 4) for v in sorted((sign * d.low, sign * d.high))],
+                     "verdict": d.verdict(sign), "interval": d.interval(100, " points", sign)}
+        if role == "reference":
+            out[role]["config"] = {k: v for k, v in config.items() if k in json.loads(key)}
+    return out
+
+
+def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max",
+                  confirm: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
+    """The best fully finished config of each cell (mean over its selection seeds), with the
+    baseline; and, where ``confirm`` holds confirmation rows, the verdicts they back.
+
+    The gain over the baseline on the selection seeds is shown but is optimistic: the best was
+    picked on those seeds. Verdicts come from confirmation seeds alone (see :func:`confirmed`).
+    A cell whose every distillation config collapsed gets ``status: every config collapsed``.
     """
     table = config_table(trials, metric)
     out: dict[str, dict[str, Any]] = {}
     if table.empty:
         return out
     knob_cols = knob_columns(trials)
+    named = picks(trials, metric, mode)
     for cell, g in table.groupby("cell", sort=False):
         complete = g[(g["failed"] == 0) & (g["seeds"] > 0)]
         kd = complete[complete["stage"] != BASELINE_STAGE]
@@ -130,11 +234,12 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[
         if pick_from.empty:
             out[str(cell)] = {"status": "no finished config"}
             continue
-        if (pick_from["collapsed"] == pick_from["seeds"]).all():
+        if str(cell) not in named and len(kd):
             out[str(cell)] = {"status": "every config collapsed", "configs_tried": int(len(pick_from)),
                               **_majority(trials, cell, metric)}
             continue
-        best = pick_from.loc[pick_from["mean"].idxmax() if mode == "max" else pick_from["mean"].idxmin()]
+        p = named.get(str(cell))
+        best = pick_from[pick_from["config_key"] == p.best_key].iloc[0] if p else pick_from.iloc[0]
         entry: dict[str, Any] = {
             "config": {k: _plain(best[k]) for k in knob_cols},
             metric: round(float(best["mean"]), 4),
@@ -148,13 +253,21 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max") -> dict[
             if extra in best:
                 entry[extra] = round(float(best[extra]), 4)
         base = complete[complete["stage"] == BASELINE_STAGE]
-        if len(base):
-            d = paired_difference(trials, str(cell), str(best["config_key"]), str(base.iloc[0]["config_key"]), metric)
-            sign = 1.0 if mode == "max" else -1.0
+        if len(base) and p:
+            d = stats.paired(seed_scores(trials, str(cell), p.best_key, metric),
+                             seed_scores(trials, str(cell), str(base.iloc[0]["config_key"]), metric))
             entry["baseline_no_kd"] = round(float(base.iloc[0]["mean"]), 4)
-            entry["gain_over_baseline"] = round(float(best["mean"] - base.iloc[0]["mean"]), 4)
-            entry["gain_by_seed"] = {s: round(v, 4) for s, v in d["by_seed"].items()}
-            entry["gain_verdict"] = gain_verdict({**d, "mean": sign * d["mean"], "low": sign * d["low"], "high": sign * d["high"]})
+            entry["gain_over_baseline"] = round(float(best["mean"] - base.iloc[0]["mean"]), 4)  # optimistic
+            entry["gain_by_seed"] = {s: round(v, 4) for s, v in d.by_seed.items()}
+        if p:
+            if p.reference is not None:
+                entry["reference"] = {k: _plain(v) for k, v in p.reference.items() if k in json.loads(str(p.reference_key))}
+            conf = confirmed(p, str(cell), confirm if confirm is not None else pd.DataFrame(), metric, mode)
+            if conf:
+                entry["confirmed"] = conf
+            no_kd = conf.get("no KD")
+            entry["gain_verdict"] = (no_kd["verdict"] if no_kd else
+                                     "no verdict: not confirmed on fresh seeds" if "baseline_no_kd" in entry else "no baseline")
         out[str(cell)] = entry
     return out
 
@@ -165,8 +278,19 @@ def _majority(trials: pd.DataFrame, cell: Any, metric: str) -> dict[str, float]:
     return {"majority_class_score": round(float(rows[col].dropna().iloc[0]), 4)} if col in rows and rows[col].notna().any() else {}
 
 
-def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric: str) -> list[str]:
-    """What ``kdsearch run`` prints at the end: counts, collapse warnings, the best per cell."""
+def _knobs_text(config: dict[str, Any]) -> str:
+    """The knobs that change what a config trains (a later one only off its default)."""
+    try:
+        applies = set(json.loads(knobs.key(config)))
+    except Exception:  # noqa: BLE001 - an odd stored value: name every knob
+        applies = set(config)
+    return ", ".join(f"{k}={v}" for k, v in config.items() if k in applies)
+
+
+def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric: str,
+                  folder: str | None = None) -> list[str]:
+    """What ``kdsearch run`` prints at the end: counts, collapse warnings, the best per cell,
+    what the seeds it was picked on say (optimistic) and what fresh seeds confirm."""
     counts = trials["status"].value_counts().to_dict()
     lines = [f"== {len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     ok = trials["status"] == "ok"
@@ -181,18 +305,29 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
             maj = f" (the majority class scores {b['majority_class_score']:.4f})" if "majority_class_score" in b else ""
             lines.append(f"   {cell}: {b['status']}{maj}: no config is better than predicting one class, so none is named best")
             continue
-        try:  # name only the knobs that change what the best config trains (a later one only off its default)
-            applies = set(json.loads(knobs.key(b["config"])))
-        except Exception:  # noqa: BLE001 - an odd stored value: name every knob
-            applies = set(b["config"])
-        text = ", ".join(f"{k}={v}" for k, v in b["config"].items() if k in applies)
         base = ""
         if "baseline_no_kd" in b:
-            seeds = ", ".join(f"{v:+.4f}" for v in b["gain_by_seed"].values())
-            base = f"; no KD {b['baseline_no_kd']:.4f}, gain {b['gain_over_baseline']:+.4f} (by seed: {seeds}): {b['gain_verdict']}"
+            seeds = ", ".join(f"{100 * v:+.2f}" for v in b["gain_by_seed"].values())
+            base = (f"; no KD {b['baseline_no_kd']:.4f}: {100 * b['gain_over_baseline']:+.2f} points on the seeds it was picked "
+                    f"on (by seed: {seeds}; optimistic, not a verdict)")
         fid = f"; agreement {b['val_agreement']:.4f}" if not math.isnan(b.get("val_agreement", math.nan)) else ""
         flag = f" [collapsed on {b['collapsed_seeds']} seed(s)]" if b.get("collapsed_seeds") else ""
-        lines.append(f"   best {cell}: {text} -> {metric} {b[metric]:.4f} ± {b['std']:.4f} over {b['seeds']} seed(s){flag}{base}{fid}")
+        lines.append(f"   best {cell}: {_knobs_text(b['config'])} -> {metric} {b[metric]:.4f} ± {b['std']:.4f} over "
+                     f"{b['seeds']} seed(s){flag}{base}{fid}")
+        conf = b.get("confirmed")
+        if not conf:
+            where = f" {folder}" if folder else " DIR"
+            lines.append(f"     not confirmed on fresh seeds: no verdict (kdsearch confirm{where} runs them)")
+            continue
+        split = conf["metric"].split("_", 1)[0]
+        lines.append(f"     confirmed on {conf['seeds']} fresh seed(s), {conf['metric']} ({split} split): {conf['best']:.4f}")
+        for role, what in (("no KD", "against no KD"), ("reference", "against the paper's recommendation")):
+            if role in conf:
+                c = conf[role]
+                ref = f" ({_knobs_text(c['config'])})" if role == "reference" else ""
+                lines.append(f"       {what}{ref}: {c['score']:.4f}, {100 * c['gain']:+.2f} points, {c['interval']}: {c['verdict']}")
+        if "reference" not in conf and "reference" not in b:
+            lines.append("       the best config is the paper's recommendation (t_ll, ce, tau_s = 1)")
     return lines
 
 

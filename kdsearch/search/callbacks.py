@@ -7,6 +7,7 @@ the trial list Tune passes in and from the Parquet tables.
 from __future__ import annotations
 
 import builtins
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ray.tune.experiment import Trial
 
 from kdsearch import knobs
 from kdsearch.knobs import KNOBS
-from kdsearch.results.store import EPOCHS, TRIALS, ResultStore
+from kdsearch.results.store import CONFIRM, EPOCHS, SELECT, TRIALS, ResultStore
 from kdsearch.search.populations import member_id
 from kdsearch.search.trial import STATE_FILE, trial_points
 
@@ -85,6 +86,7 @@ class ResultRecorder(Callback):
             **self.cell_info[cell],
             "method": self.method,
             "stage": point.get("stage"),
+            "role": point.get("role", SELECT),  # confirmation seeds say so: the search never picks from them
             **knobs.resolve(values),  # tau_s a number, with the flag that it followed tau_t
             "tau_s_same": values.get("tau_s") == knobs.SAME,
             "seed": int(point["seed"]),
@@ -167,9 +169,12 @@ class ProgressPrinter(Callback):
 
     @staticmethod
     def _describe(point: dict[str, Any]) -> str:
-        knobs = " ".join(f"{k}={v}" for k, v in point.items() if k in KNOBS)
+        names = set(point)
+        if point.get("role") == CONFIRM:  # a whole config (every knob): the ones that change what it trains
+            names = set(json.loads(knobs.key(point)))
+        text = " ".join(f"{k}={v}" for k, v in point.items() if k in KNOBS and k in names)
         stage = point.get("stage")
-        return f"{point['cell']} seed {point['seed']}" + (f" stage {stage}" if stage is not None else "") + f": {knobs}"
+        return f"{point['cell']} seed {point['seed']}" + (f" stage {stage}" if stage is not None else "") + f": {text}"
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         last = trial.last_result or {}

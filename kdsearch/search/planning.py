@@ -86,7 +86,9 @@ def teacher_keys(spec: Spec) -> list[str]:
     """Every teacher signal a trial of this search may read (``knobs.teacher_key``)."""
     base = Space(spec.search.space, spec.distill, spec.student.train, configs=spec.search.configs).base
     combos = itertools.product(_candidates(spec, base, "teacher"), _candidates(spec, base, "ensemble_k"))
-    return list(dict.fromkeys(knobs.teacher_key({"teacher": t, "ensemble_k": k}) for t, k in combos))
+    keys = [knobs.teacher_key({"teacher": t, "ensemble_k": k}) for t, k in combos]
+    # the paper's recommendation is what a best config is confirmed against (kdsearch.search.confirm)
+    return list(dict.fromkeys([*keys, str(knobs.PAPER["teacher"])]))
 
 
 def _may_configs(spec: Spec, names: tuple[str, ...]) -> Iterator[dict[str, Any]]:

@@ -34,8 +34,9 @@ from kdsearch.knobs import BASELINE, BASELINE_STAGE, KNOBS, SAME
 from kdsearch.knobs import key as knob_key
 from kdsearch.knobs import resolve as resolve_knobs
 from kdsearch.ray_runtime import check_device, check_resources, cluster_nodes, init_ray, this_machine
-from kdsearch.results.store import BEST_FILE, COSTS, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore
+from kdsearch.results.store import BEST_FILE, CONFIRM, COSTS, SPEC_FILE, TRIALS, TUNE_DIR, ResultStore, open_store
 from kdsearch.results.summary import best_per_cell, best_yaml, summary_lines
+from kdsearch.search import confirm
 from kdsearch.search._state import read_state
 from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
 from kdsearch.search.cells import CellSearcher
@@ -48,6 +49,8 @@ from kdsearch.trust import check_trusted
 
 RESUMABLE = re.compile(r"search\.resources\.\w+")  # what --set may change on --resume
 DUPLICATE_SUFFIX = "=dup"  # the trial id of a row recorded for a config that trained as another
+CONFIRM_DIR = "tune-confirm"  # Tune's folder for confirmation trials (never restored: rows say what is missing)
+DEFAULT_CONFIRM = 3  # confirmation seeds `kdsearch confirm` adds to a search that ran with none
 
 
 def _stamp_order(folder: Path) -> tuple[str, int]:
@@ -201,10 +204,7 @@ def run_search(
                 store.write_meta({"search_id": search_id, "method": s.method, "cells": list(p.spaces), "started": time.time(),
                                   "prefer": prefer, "teachers": p.teachers, "datasets": p.datasets})
                 claimed = []  # the folder is a search's now, resumable
-            os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-            # Tune's own start-up box and its TensorBoard hint (into Ray's session folder) give way
-            # to the plan below; TensorBoard's files are in the search folder, beside the rest
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            _quiet_tune()
             trainable = tune.with_resources(tune.with_parameters(run_trial, payload=p.payload), s.resources.ray())
             for line in plan_lines(spec, p, folder, concurrent):
                 log(line)
@@ -218,9 +218,13 @@ def run_search(
             start = time.time()
             with stop.tune_stops_gracefully():
                 tuner.fit()
+            if stop.signal is None:
+                log(f"== search finished in {time.time() - start:.0f} s")
+                record_duplicates(folder, spec, p, log)
+                if s.confirm_seeds:
+                    run_confirmation(folder, spec, p, search_id, trainable, concurrent, cap, stop, log, s.confirm_seeds)
         if stop.signal is not None:
             raise KeyboardInterrupt  # Tune stopped the trials and saved its state: resumable
-        log(f"== search finished in {time.time() - start:.0f} s")
     except KeyboardInterrupt:
         if claimed:  # stopped before it became a search: leave nothing behind
             _remove_claimed(claimed)
@@ -233,11 +237,116 @@ def run_search(
     finally:
         if started_ray:
             ray.shutdown()
-    record_duplicates(folder, spec, p, log)
     finish(folder, spec, log)
     if s.costs:
         record_costs(folder, trained, p, log)
     return folder
+
+
+def _quiet_tune() -> None:
+    """Tune's own start-up box and its TensorBoard hint (into Ray's session folder) give way to
+    kdsearch's plan lines; TensorBoard's files are in the search folder, beside the rest."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def run_confirmation(folder: Path, spec: Spec, p: Plan, search_id: str, trainable: Any, concurrent: int, cap: int,
+                     stop: _StopSignals, log: Callable[..., None], n_seeds: int, cells: list[str] | None = None,
+                     every: bool = False) -> int:
+    """Train the confirmation points still missing (:mod:`kdsearch.search.confirm`): each cell's
+    picks on ``n_seeds`` fresh seeds, fused where members fuse; rows marked ``role: confirm``.
+    Returns how many points it trained; a stop leaves the rows of what finished."""
+    s = spec.search
+    store = ResultStore(folder)
+    todo = confirm.points(store.trials(), store.trials(CONFIRM), s.metric, s.mode, n_seeds, cells, every)
+    if not todo:
+        log(f"== confirmation: {confirm.nothing_left(store.trials(), s.metric, s.mode, n_seeds, every)}")
+        return 0
+    seeds = sorted({pt["seed"] for pt in todo})
+    groups = populations(todo, {cid: space.base for cid, space in p.spaces.items()}, cap)
+    what = "every config" if every else "the best config, no KD and the paper's recommendation"
+    log(f"== confirmation: {what} of {len({pt['cell'] for pt in todo})} cell(s) on fresh seeds {seeds} "
+        f"(never picked on): {len(todo)} (config, seed) points in {len(groups)} trial(s)")
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"members": tune.grid_search(groups)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrent, reuse_actors=True),
+        run_config=_run_config(spec, p, folder, search_id, CONFIRM_DIR, log),
+    )
+    with stop.tune_stops_gracefully():
+        tuner.fit()
+    return len(todo)
+
+
+def confirm_search(folder: str | Path, n_seeds: int | None = None, cells: list[str] | None = None, every: bool = False,
+                   address: str | None = None, log: Callable[..., None] = print) -> Path:
+    """``kdsearch confirm DIR``: add confirmation seeds to a finished search (up to ``n_seeds``
+    per confirmed config, default the spec's ``search.confirm_seeds`` or 3), then rewrite its
+    ``best.yaml`` and print the verdicts. Run again after a stop, it trains only what is missing."""
+    import ray
+
+    store = open_store(folder)
+    folder = Path(folder).expanduser().resolve()  # Tune's storage must be absolute; the line printed works anywhere
+    check_trusted(folder, f"confirm {folder}")
+    if store.finished() is False:
+        raise KDSearchError(f"{folder}: the search has not finished; finish it first (kdsearch run --resume "
+                            f"{shlex.quote(str(folder))}), which also confirms its picks")
+    spec = store.spec()
+    n = n_seeds if n_seeds is not None else spec.search.confirm_seeds or DEFAULT_CONFIRM
+    # checked before any data, teacher or Ray starts: a cell that does not exist, nothing to confirm
+    todo = confirm.points(store.trials(), store.trials(CONFIRM), spec.search.metric, spec.search.mode, n, cells, every)
+    if not todo:
+        log(f"== confirmation: {confirm.nothing_left(store.trials(), spec.search.metric, spec.search.mode, n, every)}")
+        finish(folder, spec, log)
+        return folder
+    _writable(spec)
+    trained = resolve_models(spec)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    local = address is None and not ray.is_initialized()
+    check_device(spec, local)
+    if local:
+        check_resources(spec.search.resources, [this_machine()], "this machine")
+    stop = _StopSignals()
+    started_ray = False
+    try:
+        with stop:
+            started_ray = init_ray(address)
+            stop.install()
+            if not local:
+                check_resources(spec.search.resources, cluster_nodes(), "the cluster's largest node")
+            p = plan(trained, log, store.meta().get("prefer"))
+            _same_teachers(store, p, log)
+            cap = _fusion(trained, p, log)
+            cpus = ray.cluster_resources().get("CPU", 1)
+            concurrent = spec.search.max_concurrent or max(1, int(cpus // spec.search.resources.cpu))
+            _quiet_tune()
+            trainable = tune.with_resources(tune.with_parameters(run_trial, payload=p.payload), spec.search.resources.ray())
+            run_confirmation(folder, spec, p, store.meta()["search_id"], trainable, concurrent, cap, stop, log, n, cells, every)
+        if stop.signal is not None:
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        done = len(ResultStore(folder).trials(CONFIRM))
+        raise Interrupted(stop.signal, f"confirmation of {folder.name} interrupted ({stop.name}), {done} confirmation row(s) "
+                          f"recorded; continue it with: kdsearch confirm {shlex.quote(str(folder))} --seeds {n}"
+                          + (" --all" if every else "")) from None
+    finally:
+        if started_ray:
+            ray.shutdown()
+    finish(folder, spec, log)
+    return folder
+
+
+def _same_teachers(store: ResultStore, p: Plan, log: Callable[..., None]) -> None:
+    """Say so when a teacher pool now picks another checkpoint than the search recorded (a pool
+    trained again elsewhere): confirmation rows then distil another teacher than the search's."""
+    recorded = store.meta().get("teachers") or {}
+    for dataset, picked in p.teachers.items():
+        for key, rec in picked.items():
+            then = (recorded.get(dataset) or {}).get(key)
+            if then and (then.get("name") != rec["name"] or abs(float(then.get("val_score", 0)) - rec["val_score"]) > 1e-6):
+                log(f"warning: teacher {key} of {dataset} is now {rec['name']} (val {rec['val_score']:.4f}); the search "
+                    f"distilled {then.get('name')} (val {float(then.get('val_score', 0)):.4f}): the teacher pool was "
+                    "trained again, so confirmation seeds distil another teacher than the selection seeds did")
 
 
 def duplicate_configs(folder: Path, spec: Spec, p: Plan) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -389,6 +498,8 @@ def plan_lines(spec: Spec, p: Plan, folder: Path, concurrent: int) -> list[str]:
     space = next(iter(p.spaces.values()))
     configs = METHODS[s.method].configs(space, s.budget)
     base = " + the no-KD baseline" if s.baseline else ""
+    if s.confirm_seeds:
+        base += f"; then the picks on {s.confirm_seeds} fresh seed(s), for the verdicts"
     return [
         f"== plan: {s.method}, at most {configs} config(s) per cell x {len(s.seeds)} paired seed(s){base}, {len(p.spaces)} cell(s); "
         f"{concurrent} trial(s) at a time, {s.resources.cpu:g} CPU / {s.resources.gpu:g} GPU each",
@@ -440,22 +551,28 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
     return points
 
 
-def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any, concurrent: int, cap: int,
-               log: Callable[..., None]) -> Any:
+def _run_config(spec: Spec, p: Plan, folder: Path, search_id: str, name: str, log: Callable[..., None]) -> Any:
+    """Where Tune keeps its state (``name`` under the search folder), and the driver's callbacks."""
     s = spec.search
     callbacks = [
         ResultRecorder(str(folder), search_id, s.method, p.defaults, p.cell_info),
         ProgressPrinter(s.metric, s.mode, log),
         CheckpointJanitor(str(folder)),
     ]
-    run_config = tune.RunConfig(
-        name=TUNE_DIR,
+    return tune.RunConfig(
+        name=name,
         storage_path=str(folder),
         callbacks=callbacks,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         verbose=0,
     )
+
+
+def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any, concurrent: int, cap: int,
+               log: Callable[..., None]) -> Any:
+    s = spec.search
+    run_config = _run_config(spec, p, folder, search_id, TUNE_DIR, log)
     if METHODS[s.method].grid_points:
         points = grid_points(spec, p)
         groups = populations(points, {cid: space.base for cid, space in p.spaces.items()}, cap)
@@ -497,10 +614,10 @@ def finish(folder: Path, spec: Spec, log: Callable[..., None] = print) -> dict[s
     trials = store.trials()
     if trials.empty:
         raise KDSearchError(f"search in {folder} finished without a single trial row")
-    best = best_per_cell(trials, spec.search.metric, spec.search.mode)
+    best = best_per_cell(trials, spec.search.metric, spec.search.mode, store.trials(CONFIRM))
     store.write_text(BEST_FILE, best_yaml(best, spec.search.metric))
     store.mark_finished()
-    for line in summary_lines(trials, best, spec.search.metric):
+    for line in summary_lines(trials, best, spec.search.metric, shlex.quote(str(folder))):
         log(line)
     log(f"results: {folder}/trials.parquet, epochs.parquet, {BEST_FILE}")
     if not (trials["status"] == "ok").any():

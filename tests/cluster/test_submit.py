@@ -23,6 +23,7 @@ TINY = [
     "--set", "data.max_train_examples=384", "--set", "data.max_eval_examples=128", "--set", "data.max_length=32",
     "--set", "data.tokenizer.vocab_size=1000", "--set", "teachers.model=xs", "--set", "teachers.train.epochs=2",
     "--set", "search.space={teacher: [t_hs, t_ll], loss: [ce, mse]}", "--set", "search.seeds=[0]",
+    "--set", "search.confirm_seeds=0",
 ]
 
 

@@ -36,8 +36,9 @@ def test_greedy_search_end_to_end(tiny_searches, capsys) -> None:
     folder = tiny_searches["greedy"]
     # readable by pyarrow and by pandas, same rows
     table = pq.read_table(folder / "trials.parquet")
-    trials = pd.read_parquet(folder / "trials.parquet")
-    assert table.num_rows == len(trials)
+    every = pd.read_parquet(folder / "trials.parquet")
+    assert table.num_rows == len(every)
+    trials, confirm = every[every.role == "select"], every[every.role == "confirm"]
     assert TRIAL_COLUMNS <= set(trials.columns)
     assert trials["val_score"].dtype == "float64" and trials["seed"].dtype == "int64"
     assert (trials.status == "ok").all() and trials.method.eq("greedy").all()
@@ -59,8 +60,9 @@ def test_greedy_search_end_to_end(tiny_searches, capsys) -> None:
     # fidelity is measured for every trial, baselines included
     assert trials.val_agreement.between(0, 1).all() and (trials.val_kl >= 0).all()
     epochs = pd.read_parquet(folder / "epochs.parquet")
-    trained = trials[trials.duplicate_of.isna()] if "duplicate_of" in trials else trials  # a copy trained nothing
+    trained = every[every.duplicate_of.isna()] if "duplicate_of" in every else every  # a copy trained nothing
     assert len(epochs) == len(trained) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert confirm.empty  # search.confirm_seeds: 0 (tests/search/test_confirm.py confirms)
     best = yaml.safe_load((folder / "best.yaml").read_text())["rotten_tomatoes/xs"]
     kd = trials[trials.stage != "baseline"]
     if best.get("status") == "every config collapsed":  # students of 1 epoch on 384 examples may learn nothing
@@ -68,7 +70,7 @@ def test_greedy_search_end_to_end(tiny_searches, capsys) -> None:
     else:
         assert best["val_score"] == pytest.approx(means(kd).max(), abs=1e-4)
         assert best["baseline_no_kd"] == pytest.approx(means(trials[trials.stage == "baseline"]).iloc[0], abs=1e-4)
-        assert best["gain_verdict"].startswith("not distinguishable from noise: 2 paired seed(s)")
+        assert best["gain_verdict"] == "no verdict: not confirmed on fresh seeds"
     # finished trials keep no weights: disk stays bounded
     assert not list((folder / "tune").glob("*/checkpoint_*/trainer.pt"))
     # and `kdsearch results` shows them
