@@ -154,9 +154,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     past = load_past(args.store or [DEFAULT_STORE], args.metric)
     if args.max_ms is not None:
-        past = past.within(args.max_ms)
+        past, unmeasured = past.within(args.max_ms)
         fast = sorted(set(past.trials["student"]))
         print(f"students that serve in at most {args.max_ms:g} ms (ONNX Runtime, batch 1, as measured): {', '.join(fast)}")
+        if unmeasured:
+            print(f"left out, never measured: {', '.join(unmeasured)} (`kdsearch costs DIR` measures them)")
     print(f"past datasets ({len(past.features)}), from {len(set(past.trials['search_id']))} search(es):")
     print(format_table([f.to_dict() for f in past.features.values()]))
     if args.loo:
@@ -275,10 +277,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    from kdsearch.deploy.costs import measure_stored
+    from kdsearch.deploy.costs import check_threads, measure_stored
 
+    threads = check_threads(args.threads)
     for folder in args.folders:
-        rows = measure_stored(folder, args.threads)
+        rows = measure_stored(folder, threads)
         print(format_table([{k: r.get(k) for k in COST_COLUMNS} for r in rows]))
         print(f"written: {Path(folder) / 'costs.parquet'}")
     return 0

@@ -23,6 +23,7 @@ from typing import Any
 from kdsearch import atomic, knobs
 from kdsearch.errors import KDSearchError
 from kdsearch.fetch import label
+from kdsearch.owned import check_not_owned, known
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results.store import META_FILE, SPEC_FILE, ResultStore, open_store
 from kdsearch.results.summary import best_per_cell, config_table
@@ -89,41 +90,41 @@ def export_spec(spec: Spec, row: dict[str, Any]) -> Spec:
                                search=dataclasses.replace(spec.search, datasets=[], students=[]))
 
 
-def _within(path: Path, folder: Path) -> bool:
-    return path == folder or path.is_relative_to(folder)
-
-
 def check_out(out: Path, store: ResultStore, spec: Spec, force: bool) -> None:
     """Refuse an ``--out`` that would hide or lose something, before anything is trained.
 
-    Never, even with ``--force``: the workdir (or a folder in it or around it), a search
-    folder, this search's storage, or a folder holding searches. An existing folder that is
-    not empty needs ``--force``, and is then replaced whole once the new one is complete.
+    Never, even with ``--force``: a folder kdsearch owns (see :mod:`kdsearch.owned`: a
+    workdir, a search folder, a folder of searches, or one holding any of them). An existing
+    folder that is not empty needs ``--force``, and is then replaced whole once the new one is
+    complete.
     """
     if out.exists() and not out.is_dir():
         raise KDSearchError(f"--out {out}: exists and is not a folder")
-    target = out.expanduser().resolve()
-    owned = {
-        "the search itself": store.folder.resolve(),
-        "the workdir": Path(spec.workdir).resolve(),
-        "the search's storage": Path(spec.search.storage).resolve() if "://" not in spec.search.storage else None,
-    }
-    for what, folder in owned.items():
-        if folder is not None and (_within(target, folder) or _within(folder, target)):
-            raise KDSearchError(f"--out {out}: is or holds {what} ({folder}), which kdsearch owns; export somewhere else "
-                                "(--force never replaces it)")
-    if target.is_dir() and any((target / f).is_file() for f in (SPEC_FILE, META_FILE)) or target.is_dir() and any(
-            (d / META_FILE).is_file() for d in target.iterdir() if d.is_dir()):
-        raise KDSearchError(f"--out {out}: is or holds kdsearch search folders; export somewhere else (--force never replaces them)")
+    check_not_owned(out, known(spec.workdir, [store.folder], [spec.search.storage]), [spec.search.storage])
     if out.is_dir() and any(out.iterdir()) and not force:
         raise KDSearchError(f"--out {out}: exists and is not empty; pass --force to replace it")
 
 
+def _member_index(trial_id: str) -> int:
+    """A member's place in its population (see ``populations.member_id``)."""
+    return int(str(trial_id).rpartition("-")[2])
+
+
+def _trained_row(row: dict[str, Any]) -> str:
+    """The trial id of the training a row records: its own, or for a copy (``duplicate_of``,
+    a config that trained as another) the original's."""
+    dup = row.get("duplicate_of")
+    return str(dup) if isinstance(dup, str) and dup else str(row["trial_id"])
+
+
 def _population_points(store: ResultStore, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The points of the row's population, in the order its trial built them."""
+    """The points of the row's population, in the order its trial built them (copies of a
+    member, recorded for a config that trained as it, are not members)."""
     trials = store.trials()
     mine = trials[trials["population"] == row["population"]].copy()
-    mine["index"] = mine["trial_id"].map(lambda t: int(str(t).rpartition("-")[2]))
+    if "duplicate_of" in mine:
+        mine = mine[mine["duplicate_of"].isna()]
+    mine["index"] = mine["trial_id"].map(_member_index)
     return [{**knobs.from_row(r), "cell": r["cell"], "seed": int(r["seed"])} for r in mine.sort_values("index").to_dict("records")]
 
 
@@ -143,9 +144,11 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
     pool = TeacherPool(exported.workdir, data, exported.device)
     for teacher_folder in exported.teachers.register:
         pool.register(teacher_folder)
-    # a search read on another machine, or moved away from its workdir: the pool is trained as
-    # the search trained it (checkpoints already there are kept)
-    pool.train(exported.teachers, log=log)
+    if not pool.records:  # a search read on another machine, or moved away from its workdir: say so
+        log(f"warning: no teacher pool for {data.source} in {exported.workdir}, where this search's spec.yaml puts its workdir "
+            "(a copied or moved search?): training one as the search did, so the student may not reproduce its row; "
+            "KDSEARCH_WORKDIR=DIR points kdsearch at the pool it used")
+    pool.train(exported.teachers, log=log)  # the search's own recipe; checkpoints already there are kept
     d = exported.distill
     members = row.get("members")
     if members is None or members != members or int(members) <= 1:  # alone (or a search from before populations)
@@ -157,7 +160,7 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
     from kdsearch.distill.population import Population
 
     points = _population_points(store, row)
-    index = int(str(row["trial_id"]).rpartition("-")[2])  # the member's place (see populations.member_id)
+    index = _member_index(_trained_row(row))
     student = _cell_student(spec, row)
     cell = CellPlan(row["cell"], data.source, data.key, student.model, spec.distill, student.train, student.dropout)
     keys = {knobs.teacher_key(with_knobs(spec.distill, student.train, p)[0].config()) for p in points}
@@ -257,11 +260,12 @@ def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool
     metrics, data = student.metrics, student.data
     again = float(metrics.get(metric, math.nan))
     # the loss as well as the score: a score (accuracy) can agree while the students differ
-    reproduced = all(abs(float(metrics.get(k, math.nan)) - float(row[k])) <= REPRODUCE_TOL
-                     for k in (metric, "val_loss") if k in row and row[k] == row[k])
+    checked = {k: (float(metrics.get(k, math.nan)), float(row[k])) for k in (metric, "val_loss") if k in row and row[k] == row[k]}
+    reproduced = all(abs(now - then) <= REPRODUCE_TOL for now, then in checked.values())
+    differences = "; ".join(f"{k} {now:.6f} against its row's {then:.6f} ({now - then:+.2e})" for k, (now, then) in checked.items())
     if not reproduced:
-        log(f"warning: the retrained student scores {metric} {again:.4f}, its search row {float(row[metric]):.4f}: it does not "
-            "reproduce the searched student (another device, library version, or fetched model?); the model card says so")
+        log(f"warning: the retrained student does not reproduce the searched one beyond {REPRODUCE_TOL:g}: {differences} "
+            "(another device, library version, or fetched model?); the model card says so")
     student.model.save_pretrained(tmp)
     for f in data.tokenizer_dir.iterdir():
         if f.name != "manifest.json":
@@ -278,7 +282,7 @@ def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool
         log("exporting to ONNX (torch.onnx), checking it against PyTorch" + (f", quantising to {quantize}" if quantize else ""))
         deployed = to_onnx(student.model, data, tmp, quantize)
     (tmp / SPEC_NAME).write_text(dump_spec(exported))
-    notes = _notes(collapsed, reproduced, again, row, metric, student.how)
+    notes = _notes(collapsed, reproduced, differences, student.how)
     (tmp / "README.md").write_text(model_card(exported, cell, student.teacher, row, best, metrics, store.folder, metric, notes,
                                               deployed))
     (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics, "trained": student.how,
@@ -292,15 +296,14 @@ def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool
     return {"retrained": metrics, "search_row": row, "reproduced": reproduced, "deploy": deployed, "summary": summary}
 
 
-def _notes(collapsed: bool, reproduced: bool, again: float, row: dict[str, Any], metric: str, how: str) -> list[str]:
+def _notes(collapsed: bool, reproduced: bool, differences: str, how: str) -> list[str]:
     notes = []
     if collapsed:
         notes.append("**Collapsed.** Every config of this cell collapsed: its predictions are one class, or no better than the "
                      "majority class. It was exported with `--force`; do not ship it.")
     if not reproduced:
-        notes.append(f"**Does not reproduce its search row.** Retrained ({how}), validation {metric} is {again:.4f}; the "
-                     f"search's row says {float(row[metric]):.4f}. The device, the library versions or a fetched model differ "
-                     "from the search's.")
+        notes.append(f"**Does not reproduce its search row** (beyond {REPRODUCE_TOL:g}). Retrained ({how}): {differences}. The "
+                     "device, the library versions or a fetched model differ from the search's.")
     return notes
 
 
@@ -314,6 +317,16 @@ def model_card(spec: Spec, cell: str, teacher: str, row: dict, best: dict, metri
     fmt = lambda k: f"{metrics[k]:.4f}" if k in metrics else "n/a"  # noqa: E731
     config = {**d.config(), **{k.name: getattr(spec.student.train, k.name) for k in knobs.section("train")}}
     applies = knobs.effective(config)
+    if knobs.uses_teacher(config):
+        teacher_line = f"`{teacher}` (picked by `{d.teacher}`)"
+        objective = ("L = (1-α)·CE(y, p_s) + α·D(teacher/τt, student/τs)"
+                     + (" + an intermediate term: " + d.describe_intermediate() if d.intermediate else ""))
+        found = "the cell's best config by mean validation {metric} over paired seeds, retrained with its best seed"
+    else:  # the no-KD baseline: no teacher shaped it
+        teacher_line = "none: this is the cell's no-KD baseline (α = 0), trained on the labels alone"
+        objective = "L = CE(y, p_s), the labels alone (no distillation)"
+        found = "the cell's no-KD baseline (every search trains it beside its configs), retrained with its best seed"
+    found = found.format(metric=metric)
     rows = "\n".join(f"| `{k}` | {config[k]} | {KNOBS[k].help} |" for k in KNOBS if k in applies)
     warnings = "".join(f"{n}\n\n" for n in notes or [])
     return f"""---
@@ -324,8 +337,8 @@ tags: [knowledge-distillation, kdsearch]
 
 {warnings}- **Data:** `{spec.data.dataset}` (max length {spec.data.max_length}, tokenizer {spec.data.tokenizer.kind}), labels in `config.id2label`.
 - **Student:** `{label(spec.student.model)}`, seed {spec.student.seed}.
-- **Teacher:** `{teacher}` (picked by `{d.teacher}`).
-- **Objective:** L = (1-α)·CE(y, p_s) + α·D(teacher/τt, student/τs){" + an intermediate term: " + d.describe_intermediate() if d.intermediate else ""}.
+- **Teacher:** {teacher_line}.
+- **Objective:** {objective}.
 
 The knobs that shaped this student (the others do not apply to this config):
 
@@ -340,10 +353,34 @@ The knobs that shaped this student (the others do not apply to this config):
 | validation KL(teacher ‖ student) | {fmt('val_kl')} | |
 | test {metric.replace('val_', '')} | {fmt('test_' + metric.replace('val_', ''))} | |
 
-**How it was found:** a `{spec.search.method}` search by kdsearch ({folder.name}); this is the
-cell's best config by mean validation {metric} over paired seeds, retrained with its best seed.
-Rerun it with `kdsearch distill --config {SPEC_NAME}`.
-{_deploy_section(deployed, metric)}"""
+**How it was found:** a `{spec.search.method}` search by kdsearch ({folder.name}); this is
+{found}. Rerun it with `kdsearch distill --config {SPEC_NAME}`.
+{_usage(row, spec.data.max_length)}{_deploy_section(deployed, metric)}"""
+
+
+def _usage(row: dict[str, Any], max_length: int) -> str:
+    """How to load it in a transformers pipeline, cutting inputs to the length it trained on."""
+    from kdsearch.tasks import TASKS
+
+    task = TASKS.get(str(row.get("task") or "classification"), TASKS["classification"])
+    if task.pipeline_truncates:
+        call, why = (f'pipeline("{task.pipeline}", model="THIS_FOLDER")',
+                     f"cuts an input to the {max_length} tokens it trained on (`model_max_length` in `tokenizer_config.json`)")
+    else:
+        call, why = (f'pipeline("{task.pipeline}", model="THIS_FOLDER", truncation=True)',
+                     f"`truncation=True` cuts an input to the {max_length} tokens it trained on (`model_max_length` in "
+                     f"`tokenizer_config.json`); this pipeline does not truncate unless told (huggingface/transformers#4501), "
+                     "and a longer input fails past the model's positions")
+    return f"""
+## Using it
+
+```python
+from transformers import pipeline
+student = {call}
+```
+
+The pipeline {why}.
+"""
 
 
 def _deploy_section(deployed: dict[str, Any] | None, metric: str) -> str:

@@ -69,6 +69,7 @@ class Knob:
     column: Column = "float64"
     fusable: bool = True
     since: int = 1  # the results format that first recorded it (older searches lack its column)
+    min_classes: int = 0  # below this many classes it changes nothing (DIST's inter-class term on a binary task)
 
     def names(self) -> tuple[str, ...]:
         """The valid names of a registry knob (imported on first use)."""
@@ -154,7 +155,7 @@ _KNOBS = (
          column="string"),
     Knob("ensemble_k", "distill", int, 3, "teacher: ensemble averages the logits of the pool's k lowest-loss checkpoints",
          Range(1.0), applies=lambda c: uses_teacher(c) and _get(c, "teacher") == ENSEMBLE, column="int64", since=2),
-    Knob("loss", "distill", str, "ce", "a registered distance: ce, kl, mse", registry="kdsearch.distill.losses:LOSSES",
+    Knob("loss", "distill", str, "ce", "a registered distance: ce, kl, mse, dist", registry="kdsearch.distill.losses:LOSSES",
          applies=output_kd, column="string"),
     Knob("alpha", "distill", float, 0.5, "weight of the distillation term, in [0, 1]", Range(0.0, 1.0)),
     Knob("tau_t", "distill", float, 1.0, "teacher temperature, > 0", Range(0.0, low_open=True), applies=output_kd),
@@ -162,12 +163,13 @@ _KNOBS = (
          words=(SAME,), applies=output_kd),
     Knob("tau2_scaling", "distill", bool, True, "multiply D by tau_s**2", applies=output_kd, column="bool"),
     Knob("dist_beta", "distill", float, 1.0, "DIST: weight of the inter-class relation (per example, across classes), >= 0",
-         Range(0.0), applies=lambda c: output_kd(c) and _get(c, "loss") == "dist", since=4),
+         Range(0.0), applies=lambda c: output_kd(c) and _get(c, "loss") == "dist", since=4, min_classes=3),
     Knob("dist_gamma", "distill", float, 1.0, "DIST: weight of the intra-class relation (per class, across the batch), >= 0",
          Range(0.0), applies=lambda c: output_kd(c) and _get(c, "loss") == "dist", since=4),
     Knob("logit_std", "distill", bool, False, "z-score each example's logits, teacher and student each, before the temperature",
          applies=output_kd, column="bool", since=4),
-    Knob("tau_schedule", "distill", str, "constant", "constant, or anneal: tau_t (and tau_s when same) falls linearly to 1 over training",
+    Knob("tau_schedule", "distill", str, "constant", "constant, or anneal: tau_t (and tau_s when same) moves linearly to 1 over training (falls from above 1, "
+         "rises from below)",
          registry="kdsearch.distill.losses:TAU_SCHEDULES", applies=lambda c: output_kd(c) and float(_get(c, "tau_t")) != 1.0,
          column="string", since=4),
     Knob("inter_map", "distill", str, "none", "student-to-teacher layer mapping: none, skip, last, init (a cut student's own layers)",

@@ -377,6 +377,9 @@ class SearchSpec:
         for i, st in enumerate(self.students):
             st.check(f"{where}.students[{i}]")
         check_space(self.space, f"{where}.space", method.name)
+        if method.sets_epochs and "epochs" in self.space:
+            raise SpecError(f"{where}.space.epochs: {method.name} sets each rung's epochs itself (student.train.epochs is the "
+                            "full length); take epochs out of the space")
         if self.configs:
             if not method.grid_points:
                 raise SpecError(f"{where}.configs: a list of configs runs with method grid, not {self.method}")
@@ -637,6 +640,10 @@ def spec_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] | None =
     """
     for item in overrides or []:
         apply_override(raw, item)
+    search = raw.get("search")
+    if not stored and isinstance(search, dict) and search.get("configs") == []:
+        # given empty, not left out: a grid of the defaults alone is not what was asked (stored specs write [] for none)
+        raise SpecError("search.configs: an empty list; give at least one config, or leave configs out to search the space")
     _merge_entries(raw)
     base = Path(path).parent.resolve()
     resolve_paths(raw, base, base if stored else Path.cwd(), stored)
@@ -806,6 +813,8 @@ def dump_spec(spec: Spec, relative_to: Path | None = None) -> str:
     raw = dataclasses.asdict(spec)
     if raw["distill"].pop("tau_s_same"):
         raw["distill"]["tau_s"] = knobs.SAME
+    if not raw["search"]["configs"]:
+        del raw["search"]["configs"]  # none: the space is searched (an empty list given is refused)
     if relative_to is not None:
         here = Path(relative_to).resolve()
 

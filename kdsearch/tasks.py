@@ -28,12 +28,18 @@ class Task:
         primary_metric: what ``val_score`` is.
         head: the transformers Auto class of the model.
         columns: column role -> default column name (the roles a dataset must have).
+        pipeline: the ``transformers.pipeline`` task an export loads in.
+        pipeline_truncates: whether that pipeline cuts inputs to the tokenizer's
+            ``model_max_length`` on its own (token classification does; text classification
+            only when called with ``truncation=True``: huggingface/transformers#4501).
     """
 
     name: str
     primary_metric: str
     head: str
     columns: dict[str, str]
+    pipeline: str = "text-classification"
+    pipeline_truncates: bool = False
 
     @property
     def per_token(self) -> bool:
@@ -62,7 +68,8 @@ TASKS: dict[str, Task] = {
         Task("classification", "accuracy", "AutoModelForSequenceClassification", {"text": "text", "label": "label"}),
         Task("pair_classification", "accuracy", "AutoModelForSequenceClassification",
              {"text": "text", "text_pair": "text_pair", "label": "label"}),
-        Task("token_classification", "f1", "AutoModelForTokenClassification", {"tokens": "tokens", "tags": "tags"}),
+        Task("token_classification", "f1", "AutoModelForTokenClassification", {"tokens": "tokens", "tags": "tags"},
+             "token-classification", pipeline_truncates=True),
     )
 }
 COLUMN_ROLES = tuple(dict.fromkeys(role for t in TASKS.values() for role in t.columns))

@@ -34,6 +34,7 @@ search:
   space: {loss: [ce, mse]}
   seeds: [0]
   storage: STORAGE
+  confirm_seeds: 0
 """
 
 
@@ -99,6 +100,11 @@ SPEC_CASES: dict[str, tuple[list[str] | tuple[str, str], str]] = {
     "a cut of no layers": (["student.model=minilm-l6:first0"], r"student.model: model 'minilm-l6:first0': :first0 keeps 0 layers; "
                                                              r"a cut keeps K >= 1 of the model's layers"),
     "a cut of a preset": (["student.model=xs:first1"], r"student.model: model 'xs:first1': a cut .* takes a pretrained model, not the preset xs"),
+    "an empty list of configs": (["search.method=grid", "search.space={}", "search.configs=[]"],
+                                 r"search.configs: an empty list; give at least one config, or leave configs out"),
+    "halving with epochs in its space": (["search.method=halving", "search.space={epochs: [1, 2]}"],
+                                         r"search.space.epochs: halving sets each rung's epochs itself"),
+    "negative confirmation seeds": (["search.confirm_seeds=-1"], r"search.confirm_seeds: must be in 0..100, got -1"),
 }
 
 
@@ -220,11 +226,29 @@ def test_cli_misuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["run", str(spec), "--resume", str(tmp_path)], r"cannot resume '.*': it is not a kdsearch search folder"),
         (["run", str(spec), "--resume", "--method", "grid"], r"--method: a resumed search keeps its method"),
         (["recommend", "--data", "rotten_tomatoes", "--store", str(tmp_path / "none")], r"store '.*none' does not exist"),
+        (["costs", str(tmp_path), "--threads", "-1"], rf"--threads: must be in 1..{os.cpu_count()} \(this machine's cores\), got -1"),
+        (["costs", str(tmp_path), "--threads", "0"], r"--threads: must be in 1\.\.\d+ \(this machine's cores\), got 0"),
+        (["costs", str(tmp_path), "--threads", "999"], r"--threads: must be in 1\.\.\d+ \(this machine's cores\), got 999"),
+        (["bench", "deploy", "--threads", "999", "--out", str(tmp_path / "d.json")], r"--threads: must be in 1\.\.\d+"),
+        (["bench", "deploy", "--spec", "nosuch", "--out", str(tmp_path / "d.json")], r"--spec nosuch: no such file, nor a shipped space \(.*quick"),
+        (["bench", "replay", "--results", str(tmp_path), "--out", str(tmp_path / "r.json")], r"no full grid to replay under"),
+        (["bench", "replay", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "r.json")], r"--results .*none: no such folder"),
+        (["bench", "replay", "--methods", "foo", "--out", str(tmp_path / "r.json")], r"--methods: unknown method 'foo' \(known: auto, greedy"),
+        (["bench", "replay", "--replays", "0", "--out", str(tmp_path / "r.json")], r"--replays: at least 1 replay per method and cell, got 0"),
+        (["bench", "replay", "--replays", "-1", "--out", str(tmp_path / "r.json")], r"--replays: at least 1 replay per method and cell, got -1"),
+        (["bench", "replay", "--seeds", "0", "--results", str(ROOT / "results"), "--out", str(tmp_path / "r.json")],
+         r"--seeds: a replay uses 1\.\.3 of the grids' seeds, got 0"),
+        (["bench", "replay", "--seeds", "99", "--results", str(ROOT / "results"), "--out", str(tmp_path / "r.json")],
+         r"--seeds: a replay uses 1\.\.3 of the grids' seeds, got 99"),
+        (["bench", "calibration", "--draws", "10", "--out", str(tmp_path / "c.json")], r"--draws: at least 100 draws"),
+        (["confirm", str(tmp_path / "nowhere")], r"no search at '.*nowhere': the folder does not exist"),
+        (["confirm", str(tmp_path), "--seeds", "0"], r"--seeds: confirmation seeds per config must be in 1..100, got 0"),
     ]
     for args, pattern in cases:
         code, err = run_main(args, capsys)
         one_line_error(code, err, pattern)
     assert not (tmp_path / "searches").exists() and not (tmp_path / "wd").exists()
+    assert not list(tmp_path.glob("*.json")) and not (ROOT / "results" / "bench" / "d.json").exists()
 
 
 def test_a_dataset_path_that_loops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -398,7 +422,7 @@ def test_export_refuses_a_folder_that_holds_something(search, tmp_path: Path, ca
     one_line_error(code, err, r"--out .*student: exists and is not empty; pass --force to replace it")
     assert (out / "model.safetensors").read_text() == "the old model"
     code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(folder.parent), "--force"], capsys)
-    one_line_error(code, err, r"--out .*: is or holds the search itself .* \(--force never replaces it\)")
+    one_line_error(code, err, r"--out .*: holds the search itself .* \(--force never replaces it\)")
     assert code == 2 and (folder / "trials.parquet").is_file()
 
 
@@ -413,19 +437,60 @@ def test_force_never_replaces_what_kdsearch_owns(search, tmp_path: Path, capsys)
     other = tmp_path / "elsewhere" / "other-search"
     shutil.copytree(folder, other)
     cases = {
-        wd: r"is or holds the workdir",
-        wd / "cache": r"is or holds the workdir",
-        wd.parent: r"is or holds (the workdir|the search)",
-        folder.parent: r"is or holds the search itself",
-        folder: r"is or holds the search itself",
-        other: r"is or holds kdsearch search folders",
-        other.parent: r"is or holds kdsearch search folders",
+        wd: r"is the workdir",
+        wd / "cache": r"is inside the workdir",
+        wd.parent: r"holds (the workdir|the search)",
+        folder.parent: r"holds the search itself",
+        folder: r"is the search itself",
+        other: r"is a kdsearch search folder",
+        other / "tune": r"is inside a kdsearch search folder",
+        other.parent: r"holds a kdsearch search folder",
     }
     before = {p: sorted(q.name for q in p.iterdir()) for p in cases}
     for out, pattern in cases.items():
         code, err = run_main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"], capsys)
         one_line_error(code, err, rf"--out .*: {pattern}.*--force never replaces")
     assert {p: sorted(q.name for q in p.iterdir()) for p in cases} == before
+
+
+def test_force_never_replaces_the_workdir_of_the_folder_it_runs_in(search, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A search copied into incoming/ keeps a workdir relative to itself, which points elsewhere:
+    `--out .kdsearch --force` run beside a real workdir must not replace it, however spelled."""
+    from kdsearch.export import check_out
+    from kdsearch.results.store import ResultStore
+
+    folder, _ = search
+    here = tmp_path / "here"
+    (here / ".kdsearch" / "cache" / "data").mkdir(parents=True)
+    (here / ".kdsearch" / "teachers").mkdir()
+    (here / ".kdsearch" / "teachers" / "pool.json").write_text("[]")
+    copy = here / "incoming" / folder.name
+    shutil.copytree(folder, copy)
+    monkeypatch.chdir(here)
+    before = sorted(str(p.relative_to(here)) for p in here.rglob("*"))
+    for out in (".kdsearch", "./.kdsearch/", "incoming/../.kdsearch"):
+        code, err = run_main(["export", f"incoming/{folder.name}", "--cell", "rotten_tomatoes/xs", "--out", out, "--force"], capsys)
+        one_line_error(code, err, r"--out .*: is this folder's workdir .*--force never replaces it")
+    (here / "wd2" / "models" / "m").mkdir(parents=True)
+    (here / "wd2" / "models" / "m" / "manifest.json").write_text("{}")
+    monkeypatch.setenv("KDSEARCH_WORKDIR", str(here / "wd2"))
+    code, err = run_main(["export", f"incoming/{folder.name}", "--cell", "rotten_tomatoes/xs", "--out", "wd2/../wd2", "--force"], capsys)
+    one_line_error(code, err, r"--out wd2/\.\./wd2: is (the workdir|\$KDSEARCH_WORKDIR) .*--force never replaces it")
+    monkeypatch.delenv("KDSEARCH_WORKDIR")
+    # a workdir is known by what it holds too, wherever it is
+    code, err = run_main(["export", f"incoming/{folder.name}", "--cell", "rotten_tomatoes/xs", "--out", "wd2", "--force"], capsys)
+    one_line_error(code, err, r"--out wd2: is a kdsearch workdir .*--force never replaces it")
+    # a new folder beside the copy, in the folder it was copied into, is fine (the README's --out student/)
+    store = ResultStore(copy)
+    check_out(Path("incoming/student"), store, store.spec(), force=False)
+    check_out(Path("student"), store, store.spec(), force=False)
+    # and a report never goes into a search folder
+    code, err = run_main(["compare", str(copy), "--out", str(copy), "--force"], capsys)
+    one_line_error(code, err, r"--out .*: is the search itself .*")
+    code, err = run_main(["compare", str(copy), "--out", str(copy / "tune")], capsys)
+    one_line_error(code, err, r"--out .*: is inside the search itself .*")
+    assert sorted(str(p.relative_to(here)) for p in here.rglob("*")) == before + ["wd2", "wd2/models", "wd2/models/m",
+                                                                                   "wd2/models/m/manifest.json"]
 
 
 def test_compare_refuses_an_existing_report_or_a_file(search, tmp_path: Path, capsys) -> None:

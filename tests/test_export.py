@@ -47,8 +47,12 @@ def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Pa
 
     val = load_raw(load_spec(out / "kdsearch.yaml").data).splits["validation"]  # the slice the search scored
     assert len(val) == 128
-    clf = pipeline("text-classification", model=str(out), device=-1)
-    preds = [p["label"] for p in clf(val.text.tolist(), truncation=True, batch_size=32)]
+    clf = pipeline("text-classification", model=str(out), device=-1, truncation=True)  # as the card says to load it
+    assert 'pipeline("text-classification", model="THIS_FOLDER", truncation=True)' in (out / "README.md").read_text()
+    assert clf.tokenizer.model_max_length == 32  # the length it trained at: a long input is cut to it ...
+    assert clf("word " * 300)[0]["label"] in ("fresh", "rotten")  # ... past the model's 64 positions too
+    assert len(clf.tokenizer(" ".join(val.text.iloc[:20]), truncation=True)["input_ids"]) == 32
+    preds = [p["label"] for p in clf(val.text.tolist(), batch_size=32)]
     acc = sum(p == y for p, y in zip(preds, val.label)) / len(val)
     assert abs(acc - metrics["retrained"]["val_accuracy"]) <= 0.005
     assert "kdsearch distill --config kdsearch.yaml" in (out / "README.md").read_text()
@@ -88,3 +92,59 @@ def test_a_student_from_a_fused_search_exports_as_searched(local_ray, tiny_spec,
     assert metrics["retrained"]["val_score"] == pytest.approx(metrics["search_row"]["val_score"], abs=1e-6)
     assert metrics["retrained"]["val_loss"] == pytest.approx(metrics["search_row"]["val_loss"], abs=1e-6)
     assert metrics["reproduces_search_row"]
+
+
+def test_a_fused_search_with_copied_rows_exports(local_ray, tiny_spec, tmp_path: Path) -> None:
+    """A teacher trained one epoch: t_hs and t_ll are one checkpoint, so the grid records the t_hs
+    config's rows as copies (trial ids ending =dup) inside populations; the export skips the
+    copies when it rebuilds the population, and the copy's own config exports as the row it copies."""
+    from kdsearch.export import best_trial, retrain  # noqa: F401 - the path under test
+    from kdsearch.results.store import ResultStore
+    from kdsearch.search.runner import run_search
+
+    spec = load_spec(tiny_spec(name="fuseddup", seeds="[0, 1]", train=256),
+                     ["search.fuse=4", "search.method=grid", "search.space={teacher: [t_hs, t_ll]}",
+                      f"workdir={tmp_path / 'wd'}", "teachers.train.epochs=1"])
+    folder = run_search(spec, log=lambda *a, **k: None)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    copies = trials[trials.trial_id.str.endswith("=dup")]
+    assert len(copies) == 2 and (copies.members > 1).all()
+    out = tmp_path / "student"
+    assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trained"].startswith("in its population of ") and metrics["reproduces_search_row"]
+    # the copied config itself, retrained through the row it copies
+    store = ResultStore(folder)
+    spec_, _, _, _ = best_trial(store, "rotten_tomatoes/xs", force=True)
+    row = copies.iloc[0].to_dict()
+    from kdsearch.export import export_spec
+    from kdsearch.preflight import resolve_models
+
+    student = retrain(store, resolve_models(spec_), resolve_models(export_spec(spec_, row)), row, log=lambda *a: None)
+    assert student.metrics["val_score"] == pytest.approx(row["val_score"], abs=1e-6)
+
+
+def test_the_card_of_a_no_kd_student_names_no_teacher(searched: Path) -> None:
+    from kdsearch.export import export_spec, model_card
+    from kdsearch.results.store import ResultStore
+
+    store = ResultStore(searched)
+    trials = store.trials()
+    row = trials[trials.stage == "baseline"].iloc[0].to_dict()
+    spec = export_spec(store.spec(), row)
+    best = {"mean": 0.5, "std": 0.01, "seeds": 2}
+    card = model_card(spec, "rotten_tomatoes/xs", "xs-abc-seed0-epoch2", row, best, {"val_score": 0.5}, searched, "val_score")
+    assert "**Teacher:** none: this is the cell's no-KD baseline (α = 0), trained on the labels alone." in card
+    assert "**Objective:** L = CE(y, p_s), the labels alone (no distillation)." in card
+    assert "picked by" not in card and "best config" not in card and "the cell's no-KD baseline" in card
+    kd = export_spec(store.spec(), trials[trials.stage != "baseline"].iloc[0].to_dict())
+    assert "picked by `" in model_card(kd, "rotten_tomatoes/xs", "t", row, best, {}, searched, "val_score")
+
+
+def test_every_registered_name_is_in_its_knobs_help() -> None:
+    """The cards and --help list a registry knob's choices from its help: none may be missing (dist was)."""
+    from kdsearch.knobs import KNOBS
+
+    for knob in KNOBS.values():
+        missing = [n for n in knob.names() if n not in knob.help]
+        assert not missing, f"{knob.name}: {missing} not in its help {knob.help!r}"

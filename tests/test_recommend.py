@@ -164,9 +164,28 @@ def test_a_latency_budget_keeps_the_students_that_serve_within_it(store: Path, c
     past = load_past([store])
     assert set(past.costs.role) == {"teacher", "student"} and (past.costs.onnx_ms_p50 > 0).all()
     ms = float(past.costs[past.costs.role == "student"].onnx_ms_p50.max())
-    assert len(past.within(ms).trials) == len(past.trials)  # every student here is the same xs
+    kept, unmeasured = past.within(ms)
+    assert len(kept.trials) == len(past.trials) and unmeasured == []  # every student here is the same xs, measured
     assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store), "--max-ms", str(ms * 2)]) == 0
     assert "students that serve in at most" in capsys.readouterr().out
     assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store), "--max-ms", "0.000001"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--max-ms: no past student serves in 1e-06 ms (the fastest measured:" in err[0]
+    assert len(err) == 1 and "--max-ms: no measured past student serves in 1e-06 ms (the fastest measured:" in err[0]
+
+
+def test_a_latency_budget_names_the_students_no_search_measured(capsys: pytest.CaptureFixture) -> None:
+    """The shipped reproduction store has no costs.parquet: its students are named as left out,
+    never dropped in silence, and a latency is matched within the search that measured it."""
+    from kdsearch.paths import DEFAULT_STORE
+
+    past = load_past([DEFAULT_STORE])
+    assert "search_id" in past.costs and set(past.costs.search_id) <= set(past.trials.search_id)
+    ms = float(past.costs[past.costs.role == "student"].onnx_ms_p50.max())
+    kept, unmeasured = past.within(ms)
+    assert set(kept.trials.search_id) == set(past.costs.search_id)  # the pretrained searches alone
+    assert any(u.startswith("rotten_tomatoes/xxxs (reproduction-") for u in unmeasured)
+    assert main(["recommend", "--data", "rotten_tomatoes", "--max-ms", str(ms)]) == 0
+    assert "left out, never measured: " in capsys.readouterr().out
+    assert main(["recommend", "--data", "rotten_tomatoes", "--max-ms", "0.000001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was never measured" not in err and "were never measured (" in err and "a faster one may exist" in err

@@ -23,3 +23,15 @@ def write_result(out: str | Path, result: dict[str, Any]) -> None:
     """Write a benchmark's result JSON atomically and say where."""
     atomic.write_text(Path(out), json.dumps(result, indent=1) + "\n")
     print(f"written: {out}")
+
+
+def bench_spec(given: str | None, default: str) -> str:
+    """A bench's ``--spec``: a file, or a shipped space by name as ``kdsearch run`` takes it
+    (``quick``), else ``default`` (a shipped space's name); one line when it is neither."""
+    from kdsearch.errors import KDSearchError
+    from kdsearch.paths import shipped_spaces, spec_path
+
+    path = spec_path(given or default)
+    if not Path(path).is_file():
+        raise KDSearchError(f"--spec {given}: no such file, nor a shipped space ({', '.join(shipped_spaces())})")
+    return path

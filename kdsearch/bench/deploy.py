@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from kdsearch.bench import portable, write_result
+from kdsearch.bench import bench_spec, portable, write_result
 from kdsearch.display import format_table
 from kdsearch.fetch import label
 
@@ -31,19 +31,18 @@ FIRST2 = "first2"  # the student the ratios are about: the 2-layer cut of the te
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from kdsearch.data.prepare import prepare_data
-    from kdsearch.deploy.costs import default_threads, machine
+    from kdsearch.deploy.costs import check_threads, machine
     from kdsearch.deploy.ship import to_onnx
     from kdsearch.distill.trainer import TrialConfig, train_student
     from kdsearch.knobs import teacher_key
     from kdsearch.models import count_parameters, load_model
-    from kdsearch.paths import SPACES
     from kdsearch.preflight import resolve_models
     from kdsearch.spec import load_spec
     from kdsearch.teachers import TeacherPool
 
-    spec_path = args.spec or str(SPACES / "pretrained.yaml")
-    threads = args.threads or default_threads()
-    named = load_spec(spec_path, args.set)
+    spec_file = bench_spec(args.spec, "pretrained")
+    threads = check_threads(args.threads)
+    named = load_spec(spec_file, args.set)
     spec = resolve_models(named)
     dspec = spec.data_specs[0]
     data = prepare_data(dspec, spec.workdir)

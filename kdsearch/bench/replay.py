@@ -21,6 +21,7 @@ import pandas as pd
 
 from kdsearch.bench import portable, write_result
 from kdsearch.display import format_table
+from kdsearch.errors import KDSearchError
 
 BUDGETS = (0.1, 0.2, 0.3)
 MIN_CONFIGS = 8  # a grid smaller than this has nothing for a method to find
@@ -48,6 +49,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from kdsearch.search.replay import regrets, summary, tables_from_search
 
     root = Path(args.results or "results")
+    unknown = [m for m in args.methods or [] if m not in METHODS]
+    if unknown:
+        raise KDSearchError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    if args.replays < 1:
+        raise KDSearchError(f"--replays: at least 1 replay per method and cell, got {args.replays}")
+    if not root.is_dir():
+        raise KDSearchError(f"--results {root}: no such folder (it holds the committed grids: results/*/NAME-TIME/)")
     folders, left_out = grid_folders(root)
     tables = []
     for folder in folders:
@@ -61,6 +69,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 left_out.append(f"{where}: collapsed (every config scores alike)")
             else:
                 tables.append(t)
+    if not tables:
+        why = f": {'; '.join(left_out)}" if left_out else ""
+        raise KDSearchError(f"no full grid to replay under {root} (a finished search with method grid, as results/grids/){why}")
+    fewest = min(len(t.seeds) for t in tables)
+    if not 1 <= args.seeds <= fewest:
+        raise KDSearchError(f"--seeds: a replay uses 1..{fewest} of the grids' seeds, got {args.seeds}")
     methods = [m for m in (args.methods or METHODS) if not METHODS[m].auto]
     rows = []
     for t in tables:

@@ -18,9 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import portable, write_result
+from kdsearch.bench import bench_spec, portable, write_result
 from kdsearch.display import format_table
-from kdsearch.paths import SPACES
 from kdsearch.results.store import ResultStore
 from kdsearch.results.summary import best_per_cell
 from kdsearch.knobs import BASELINE_STAGE
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"student.train.epochs={args.epochs}",
         *args.set,
     ]
-    spec_path = args.spec or str(SPACES / "quick.yaml")
+    spec_path = bench_spec(args.spec, "quick")
     start_local_ray(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     out: dict[str, Any] = {}
     try:

@@ -36,6 +36,19 @@ from kdsearch.models import build_for, count_parameters
 COSTS_VERSION = 1  # of what a measurement holds: a new one measures again
 
 
+def check_threads(threads: int | None) -> int:
+    """``--threads``: at least 1, at most this machine's cores (more only queue behind each
+    other and time nothing a server would see); None: :func:`default_threads`."""
+    if threads is None:
+        return default_threads()
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        from kdsearch.errors import KDSearchError
+
+        raise KDSearchError(f"--threads: must be in 1..{cores} (this machine's cores), got {threads}")
+    return threads
+
+
 def default_threads() -> int:
     """The threads a measurement uses unless told: a serving process seldom gets a whole machine."""
     return max(1, min(4, os.cpu_count() or 1))

@@ -47,19 +47,28 @@ class PastSearches:
     mode: str
     costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each past architecture costs (costs.parquet)
 
-    def within(self, max_ms: float) -> PastSearches:
-        """Only the past cells whose student serves in at most ``max_ms`` (ONNX, batch 1, as measured)."""
+    def within(self, max_ms: float) -> tuple[PastSearches, list[str]]:
+        """Only the past cells whose student serves in at most ``max_ms`` (ONNX, batch 1, as
+        measured by the same search: another search's tokenizer gives other lengths and
+        embeddings), and the students left out because no search measured them."""
         from kdsearch.reports.tradeoff import LATENCY
 
         if self.costs.empty:
             raise KDSearchError("--max-ms: the past searches measured no serving costs (run `kdsearch costs DIR` on them)")
-        fast = self.costs[(self.costs["role"] == "student") & (self.costs[LATENCY] <= max_ms)]
-        keep = pd.Series(list(zip(self.trials["dataset"], self.trials["student"]))).isin(set(zip(fast["dataset"], fast["model"])))
-        trials = self.trials[keep.to_numpy()]
+        students = self.costs[self.costs["role"] == "student"]
+        where = list(zip(self.trials["search_id"], self.trials["dataset"], self.trials["student"]))
+        measured = pd.Series(where).isin(set(zip(students["search_id"], students["dataset"], students["model"]))).to_numpy()
+        fast = students[students[LATENCY] <= max_ms]
+        keep = pd.Series(where).isin(set(zip(fast["search_id"], fast["dataset"], fast["model"]))).to_numpy()
+        unmeasured = sorted({f"{d}/{st} ({sid})" for (sid, d, st), m in zip(where, measured) if not m})
+        trials = self.trials[keep]
         if trials.empty:
-            fastest = self.costs[self.costs["role"] == "student"][LATENCY].min()
-            raise KDSearchError(f"--max-ms: no past student serves in {max_ms:g} ms (the fastest measured: {fastest:.2f} ms)")
-        return dataclasses.replace(self, trials=trials)
+            fastest = students[LATENCY].min()
+            also = (f"; {len(unmeasured)} past student(s) were never measured ({', '.join(unmeasured)}), so a faster one may "
+                    "exist: `kdsearch costs DIR` measures them") if unmeasured else ""
+            raise KDSearchError(f"--max-ms: no measured past student serves in {max_ms:g} ms (the fastest measured: "
+                                f"{fastest:.2f} ms){also}")
+        return dataclasses.replace(self, trials=trials), unmeasured
 
 
 @dataclass
@@ -130,7 +139,7 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
         raise KDSearchError("past searches disagree on search.mode (max vs min); recommend from one kind")
     from kdsearch.reports.tradeoff import load_costs
 
-    costs = load_costs(folders)
+    costs = load_costs(folders, per_search=True)
     # one cell (dataset/student) distilled from two teacher models is two experiments: keep them apart
     teacher = trials["search_id"].map(teacher_of)
     mixed = teacher.groupby(trials["cell"]).transform("nunique") > 1

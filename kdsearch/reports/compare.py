@@ -11,6 +11,7 @@ import pandas as pd
 from kdsearch import atomic
 from kdsearch.display import format_value
 from kdsearch.errors import KDSearchError
+from kdsearch.owned import check_not_owned, known
 from kdsearch.reports import analysis, tradeoff
 from kdsearch.results import stats
 from kdsearch.results.store import CONFIRM
@@ -155,10 +156,13 @@ def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
     return text
 
 
-def check_out(out: Path, force: bool) -> None:
-    """A report goes into a folder; an existing report there is replaced only with ``force``."""
+def check_out(out: Path, force: bool, folders: Sequence[str | Path] = ()) -> None:
+    """A report goes into a folder; an existing report there is replaced only with ``force``;
+    never into a folder kdsearch owns (a search, a workdir: :mod:`kdsearch.owned`)."""
     if out.exists() and not out.is_dir():
         raise KDSearchError(f"--out {out}: exists and is not a folder (a report is a folder: report.md and its plots)")
+    # a report is written into its folder, not in place of it: beside searches is fine, in one is not
+    check_not_owned(out, known(None, folders), holding=False)
     if (out / "report.md").exists() and not force:
         raise KDSearchError(f"--out {out}: holds a report already; pass --force to replace it")
 
@@ -184,7 +188,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     if metric not in trials or not (ok & trials[metric].notna()).any():
         raise KDSearchError(f"no finished trial in {', '.join(map(str, folders))} (every one failed or diverged): nothing to compare")
     check_tasks(trials)
-    check_out(out, force)
+    check_out(out, force, folders)
     out.mkdir(parents=True, exist_ok=True)
     curves = analysis.anytime(trials, metric, mode)
     reg = analysis.regret(curves, mode)

@@ -21,16 +21,24 @@ from kdsearch.results.store import open_store
 LATENCY = "onnx_ms_p50"  # what the front and the "x lower latency" lines compare
 
 
-def load_costs(folders: Sequence[str | Path]) -> pd.DataFrame:
-    """The ``costs.parquet`` rows of several searches, one per (dataset, role, model), newest last."""
-    frames = [open_store(f).costs() for f in folders]
-    frames = [f for f in frames if not f.empty]
+def load_costs(folders: Sequence[str | Path], per_search: bool = False) -> pd.DataFrame:
+    """The ``costs.parquet`` rows of several searches, one per (dataset, role, model), newest
+    last; with ``per_search``, one per search and (dataset, role, model), with its ``search_id``
+    (searches with other tokenizers measure other lengths and embeddings)."""
+    frames = []
+    for f in folders:
+        store = open_store(f)
+        costs = store.costs()
+        if not costs.empty:
+            frames.append(costs.assign(search_id=store.meta().get("search_id", Path(f).name)))
     if not frames:
         return pd.DataFrame()
     costs = pd.concat(frames, ignore_index=True)
     if "measured_at" in costs:
         costs = costs.sort_values("measured_at", kind="stable")
-    return costs.drop_duplicates(["dataset", "role", "model"], keep="last").reset_index(drop=True)
+    keys = ["search_id", "dataset", "role", "model"] if per_search else ["dataset", "role", "model"]
+    out = costs.drop_duplicates(keys, keep="last").reset_index(drop=True)
+    return out if per_search else out.drop(columns=["search_id"])
 
 
 def _seed_scores(rows: pd.DataFrame, column: str) -> pd.Series:

@@ -293,12 +293,16 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
     what the seeds it was picked on say (optimistic) and what fresh seeds confirm."""
     counts = trials["status"].value_counts().to_dict()
     lines = [f"== {len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
-    ok = trials["status"] == "ok"
+    # a copy (a config that trained as another: duplicate_of) is a row, not a training
+    trained = trials["duplicate_of"].isna() if "duplicate_of" in trials else pd.Series(True, index=trials.index)
+    ok = (trials["status"] == "ok") & trained
     collapsed = _collapsed(trials, metric) & ok
     if collapsed.any():
+        copies = int((_collapsed(trials, metric) & (trials["status"] == "ok") & ~trained).sum())
+        also = f"; {copies} more row(s) are copies of them, for configs that trained as another" if copies else ""
         lines.append(
-            f"warning: {int(collapsed.sum())} of {int(ok.sum())} finished trials collapsed (their validation predictions are "
-            f"one class, or no better than the majority class); rows have {collapsed_column(metric)} = true"
+            f"warning: {int(collapsed.sum())} of {int(ok.sum())} trained students collapsed (their validation predictions are "
+            f"one class, or no better than the majority class); rows have {collapsed_column(metric)} = true{also}"
         )
     for cell, b in best.items():
         if "config" not in b:

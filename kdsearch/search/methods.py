@@ -50,6 +50,8 @@ class Method:
             the method itself is done, as greedy's stages and the grid are).
         most: the most distinct configs it runs per cell without a budget.
         auto: stands for another method, picked for the space and the device (:func:`choose`).
+        sets_epochs: trains configs for epochs of its own choosing (successive halving's rungs), so
+            ``epochs`` cannot be a knob of its space.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Method:
     most: Callable[[Space], int]
     auto: bool = False
     covers_grid: bool = False
+    sets_epochs: bool = False
 
     def budget(self, space: Space, spec_budget: int | None) -> int | None:
         """Configs per cell: the spec's ``search.budget``, else this method's default."""
@@ -140,7 +143,7 @@ _METHODS = (
            most=grid_size),
     Method("halving", "successive halving over the grid: every config for 1 epoch, the best third for 3, ... to full length",
            "kdsearch.search.halving:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
-           most=halving_size, covers_grid=True),
+           most=halving_size, covers_grid=True, sets_epochs=True),
     Method("grid", "every combination of the choices, each behaviour once",
            None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size, covers_grid=True),
     Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
@@ -167,6 +170,7 @@ class AutoRule:
 # from `kdsearch bench replay` (results/bench/replay.json): first rule that fits wins
 AUTO_RULES = (
     AutoRule(None, "ranges", "optuna", "the space has ranges, which only Optuna and random sample; TPE learns where random guesses"),
+    AutoRule(1, "any", "grid", "the space holds one config, the spec's own: it runs once, with the no-KD baseline beside it"),
     AutoRule(200, "gpu", "grid", "on a GPU the whole grid fuses into populations (64 students at once on an H100), and the grid's regret is 0"),
     AutoRule(50, "cpu", "revisit", "on grids of 24 configs, at 30% of the grid's trial-epochs, revisits had the lowest "
              "worst regret (4.3 points; TPE 21, greedy 9.8) and found what greedy missed on BBC News xs (alpha = 1 with tau_t = 4)"),

@@ -172,7 +172,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
             # t_hs and t_ll picking one checkpoint train the same: such configs run once
             aliases = teacher_aliases(picked.get(data.source, {}), spec.distill.teacher)
             spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source), aliases,
-                                spec.search.configs)
+                                spec.search.configs, classes=data.num_labels)
             cell_info[cid] = {"dataset": data.source, "student": label(st.model), "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}

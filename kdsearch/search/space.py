@@ -33,11 +33,14 @@ class Space:
         prefer: a recommendation's values, where the space allows them.
         aliases: knob -> {value: the value it trains the same as}, for this cell: t_hs and
             t_ll picking one checkpoint are one training (see :func:`teacher_aliases`).
+        classes: the cell's number of classes (labels, or tags per token): a knob that changes
+            nothing below its ``min_classes`` (DIST's inter-class weight on a binary task) trains
+            every value as the spec's own.
     """
 
     def __init__(self, space: Mapping[str, list[Value] | RangeSpec], distill: Any, train: Any,
                  prefer: Mapping[str, Value] | None = None, aliases: Mapping[str, Mapping[Value, Value]] | None = None,
-                 configs: list[Mapping[str, Value]] | None = None) -> None:
+                 configs: list[Mapping[str, Value]] | None = None, classes: int | None = None) -> None:
         if configs:  # an explicit list (search.configs): its knobs are the space, its values the choices
             space = {name: list(dict.fromkeys(c[name] for c in configs if name in c))
                      for name in dict.fromkeys(n for c in configs for n in c)}
@@ -53,6 +56,9 @@ class Space:
         self.aliases = {k: dict(v) for k, v in (aliases or {}).items()}
         # every knob's spec value: a config is keyed on all of them, not only its own
         self.base: Config = {**distill.config(), **{k.name: getattr(train, k.name) for k in knobs.section("train")}}
+        for name, values in self.choices.items():
+            if classes is not None and classes < knobs.KNOBS[name].min_classes:
+                self.aliases[name] = {v: self.base[name] for v in values if v != self.base[name]}
         self.defaults: Config = {}
         for name in self.names:
             spec_value = self.base[name]

@@ -81,7 +81,7 @@ def test_every_config_collapsed_names_no_best() -> None:
     best = best_per_cell(trials, "val_score")
     assert best["rt/xs"] == {"status": "every config collapsed", "configs_tried": 2, "majority_class_score": 0.53}
     lines = summary_lines(trials, best, "val_score")
-    assert lines[1].startswith("warning: 3 of 3 finished trials collapsed")
+    assert lines[1].startswith("warning: 3 of 3 trained students collapsed")
     assert lines[2] == ("   rt/xs: every config collapsed (the majority class scores 0.5300): no config is better than "
                         "predicting one class, so none is named best")
 
@@ -93,3 +93,13 @@ def test_a_collapsed_seed_is_flagged_on_the_best_config() -> None:
     kd = best_per_cell(trials[trials.loss == "ce"], "val_score")["rt/xs"]
     assert kd["collapsed_seeds"] == 1
     assert any("[collapsed on 1 seed(s)]" in ln for ln in summary_lines(trials[trials.loss == "ce"], {"rt/xs": kd}, "val_score"))
+
+
+def test_the_collapse_warning_counts_trainings_not_copies() -> None:
+    rows_ = rows(KD, "0", {0: 0.53, 1: 0.53}, True) + rows(PAPER, "0", {0: 0.53, 1: 0.53}, True)
+    for r in rows_[2:]:  # t_ll trained as t_hs here: its rows are copies
+        r["duplicate_of"], r["trial_id"] = r["trial_id"], r["trial_id"] + "=dup"
+    trials = pd.DataFrame(rows_)
+    line = summary_lines(trials, best_per_cell(trials, "val_score"), "val_score")[1]
+    assert line.startswith("warning: 2 of 2 trained students collapsed") and line.endswith(
+        "2 more row(s) are copies of them, for configs that trained as another")

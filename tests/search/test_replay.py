@@ -87,3 +87,18 @@ def test_auto_says_what_it_stands_for() -> None:
             assert method in METHODS and not METHODS[method].auto and why
     assert choose(large, gpu=False)[0] == "optuna" and choose(small, gpu=False)[0] == "revisit"  # on CPU, never the whole grid
     assert choose(large, gpu=True)[0] == "grid"  # it fuses
+    # an empty space is the spec's own config: the grid of that one config runs it (greedy would ask nothing)
+    empty = Space({}, DistillSpec(loss="mse"), OptimSpec())
+    assert grid_size(empty) == 1 and choose(empty, gpu=False)[0] == choose(empty, gpu=True)[0] == "grid"
+    assert list(empty.grid()) == [{}] and "one config" in choose(empty, gpu=False)[1]
+
+
+def test_a_knob_that_needs_more_classes_trains_once_on_a_binary_task() -> None:
+    """DIST's inter-class weight changes nothing with two classes: arms that differ only there are one training."""
+    arms = [{"loss": "dist", "dist_beta": 1.0}, {"loss": "dist", "dist_beta": 2.0}, {"loss": "ce"}]
+    binary = Space({}, DistillSpec(), OptimSpec(), configs=arms, classes=2)
+    assert binary.key(arms[0]) == binary.key(arms[1]) != binary.key(arms[2])
+    grid = list(binary.grid_with_duplicates())
+    assert len(grid) == 2 and grid[0][1] == [arms[1]]  # the second arm: recorded, not trained
+    five = Space({}, DistillSpec(), OptimSpec(), configs=arms, classes=5)
+    assert len(list(five.grid())) == 3
