@@ -364,7 +364,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    defaults = {"kd-loop": {"batch_size": 64, "storage": None}, "search": {"batch_size": 64, "storage": "results/bench/search-runs"},
+    defaults = {"kd-loop": {"batch_size": 64, "storage": None},
+                "search": {"batch_size": 64, "storage": "results/bench/search-runs", "seeds": 2},
                 "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}, "replay": {},
                 "calibration": {}}[args.target]
     for name, value in defaults.items():
@@ -519,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results", help="replay, calibration: where the committed grids are (default: results)")
     b.add_argument("--draws", type=int, help="calibration: simulated comparisons per table cell (default 2000)")
     b.add_argument("--search-seed", type=int, default=0, help="calibration: the simulation's seed")
-    b.add_argument("--seeds", type=int, default=2, help="search: paired seeds per config; replay: seeds a replay uses")
+    b.add_argument("--seeds", type=int, default=None, help="search: paired seeds per config (default 2); replay: the "
+                   "method's own seeds per config, before a race adds more (default 3)")
     b.add_argument("--epochs", type=int, default=2, help="search: student epochs")
     b.add_argument("--storage", default=None, help="search, fused: where their searches go")
     b.add_argument("--k", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16, 64], metavar="K,K,...",

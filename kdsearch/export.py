@@ -73,6 +73,13 @@ def best_trial(store: ResultStore, cell: str, force: bool = False,
     return spec, row.to_dict(), best.to_dict(), collapsed
 
 
+def best_set_of(store: ResultStore, cell: str) -> list[dict[str, Any]]:
+    """The cell's best set (:func:`kdsearch.results.summary.best_per_cell`): the leader first."""
+    spec = store.spec()
+    trials = store.trials()
+    return best_per_cell(trials[trials["cell"] == cell], spec.search.metric, spec.search.mode).get(cell, {}).get("best_set", [])
+
+
 def _cell_student(spec: Spec, row: dict[str, Any]) -> Any:
     return next((st for st in spec.student_specs if label(st.model) == row["student"]), spec.student)
 
@@ -251,6 +258,10 @@ def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool
     from kdsearch.preflight import resolve_models
 
     spec, row, best, collapsed = best_trial(store, cell, force, baseline)
+    tied = [] if baseline else best_set_of(store, cell)
+    if len(tied) > 1:
+        log(f"note: {cell}'s best set holds {len(tied)} configs that a paired test cannot separate from the leader; "
+            "exporting the leader (kdsearch results lists them; more seeds, or search.race, can tell them apart)")
     exported = export_spec(spec, row)
     trained_spec, trained_exported = resolve_models(spec), resolve_models(exported)
     metric = spec.search.metric
@@ -283,6 +294,9 @@ def write_export(store: ResultStore, cell: str, tmp: Path, log: Any, force: bool
         deployed = to_onnx(student.model, data, tmp, quantize)
     (tmp / SPEC_NAME).write_text(dump_spec(exported))
     notes = _notes(collapsed, reproduced, differences, student.how)
+    if len(tied) > 1:
+        notes.append(f"**One of {len(tied)} the seeds cannot tell apart.** A paired test cannot separate {len(tied) - 1} other "
+                     "config(s) from this one (the leader by mean validation score); `kdsearch results` lists them.")
     (tmp / "README.md").write_text(model_card(exported, cell, student.teacher, row, best, metrics, store.folder, metric, notes,
                                               deployed))
     (tmp / "metrics.json").write_text(json.dumps({"search_row": _plain(row), "retrained": metrics, "trained": student.how,

@@ -22,6 +22,7 @@ import yaml
 from kdsearch import knobs
 from kdsearch.errors import SpecError
 from kdsearch.search.methods import METHODS
+from kdsearch.search.race import Race
 from kdsearch.tasks import COLUMN_ROLES, TASKS
 
 MAX_LENGTH = 8192  # tokens: beyond any BERT-style encoder kdsearch builds (its position table grows with it)
@@ -367,6 +368,15 @@ class SearchSpec:
     # fresh seeds for each cell's best config, its no-KD baseline and the paper's recommendation, run when the
     # search ends: the verdicts come from them alone (a config judged on the seeds it was picked on looks better)
     confirm_seeds: int = 3
+    # seeds spent where a decision is open (kdsearch.search.race): auto races under method auto (the
+    # replays' finding), off elsewhere unless asked; true or a block of settings turns it on
+    race: Union[bool, str, Race] = "auto"
+
+    def racing(self) -> Race | None:
+        """The race this search runs, once ``auto`` is resolved (None: none)."""
+        if isinstance(self.race, Race):
+            return self.race
+        return Race() if self.race == "auto" and METHODS[self.method].auto else None
 
     def check(self, where: str) -> None:
         method = METHODS.get(self.method)
@@ -417,6 +427,15 @@ class SearchSpec:
             self.asha.check(f"{where}.asha")
         if not self.storage:
             raise SpecError(f"{where}.storage: must be a path")
+        if self.race is False:
+            self.race = "off"
+        elif self.race is True or self.race == "on":
+            self.race = Race()
+        if isinstance(self.race, str) and self.race not in ("auto", "off"):
+            raise SpecError(f"{where}.race: must be auto, off, on or a block (max_seeds, test, level, min_seeds, budget), "
+                            f"got {self.race!r}")
+        if isinstance(self.race, Race):
+            self.race.check(f"{where}.race")
         if self.fuse is False:
             self.fuse = "off"
         if self.fuse is True or isinstance(self.fuse, str) and self.fuse not in ("auto", "off"):

@@ -190,3 +190,59 @@ def paired(a: Mapping[int, float], b: Mapping[int, float], test: str = VERDICT_T
     """``a`` - ``b`` on the seeds both have (seed -> score), tested."""
     shared = sorted(set(a) & set(b))
     return Paired({int(s): float(a[s]) - float(b[s]) for s in shared}, test, level)
+
+
+# -- which of many configs is best: the leader, the ones a test cannot separate from it --------
+Scores = Mapping[int, "float | None"]  # seed -> score (None: failed)
+BEST_SET_TEST = "t"  # separates from 3 seeds (bench calibration); sign-flip only from 6
+BEST_SET_MIN_SEEDS = 3
+
+
+def seed_mean(scores: Scores) -> float:
+    """The mean over seeds; -inf when a seed failed or diverged (such a config is the worst)."""
+    vals = list(scores.values())
+    if not vals or any(v is None or not math.isfinite(v) for v in vals):
+        return -math.inf
+    return float(np.mean(vals))  # type: ignore[arg-type]
+
+
+def leader(scores: Mapping[str, Scores], sign: float = 1.0) -> str:
+    """The config with the best mean over its own seeds (``sign`` -1: lower is better)."""
+    def rank(k: str) -> float:
+        m = seed_mean(scores[k])
+        return -math.inf if m == -math.inf else sign * m
+    return max(scores, key=rank)
+
+
+def separated(a: Scores, b: Scores, test: str = BEST_SET_TEST, level: float = LEVEL, min_seeds: int = BEST_SET_MIN_SEEDS,
+              sign: float = 1.0) -> bool:
+    """Whether ``b`` is worse than ``a`` on their shared seeds by ``test`` (p <= level)."""
+    if seed_mean(b) == -math.inf:
+        return True
+    shared = sorted(set(a) & set(b))
+    if len(shared) < min_seeds:
+        return False
+    d = Paired({s: float(a[s]) - float(b[s]) for s in shared}, test, level)  # type: ignore[arg-type]
+    return d.p <= level and sign * d.mean > 0
+
+
+def best_set(scores: Mapping[str, Scores], test: str = BEST_SET_TEST, level: float = LEVEL,
+             min_seeds: int = BEST_SET_MIN_SEEDS, sign: float = 1.0) -> list[str]:
+    """The leader first, then every config ``test`` cannot separate from it (the best set)."""
+    if not scores:
+        return []
+    top = leader(scores, sign)
+    return [top] + [k for k in scores if k != top and not separated(scores[top], scores[k], test, level, min_seeds, sign)]
+
+
+def probability_best(scores: Mapping[str, Scores], sign: float = 1.0, draws: int = 2000, seed: int = 0) -> dict[str, float]:
+    """How often each config leads when each config's seeds are drawn again (a bootstrap over
+    its seeds): what the seeds say of which is best, not a verdict."""
+    rng = np.random.default_rng(seed)
+    keys = [k for k in scores if seed_mean(scores[k]) != -math.inf]
+    if not keys:
+        return {}
+    means = np.stack([rng.choice(np.array([float(v) for v in scores[k].values()]), size=(draws, len(scores[k]))).mean(axis=1)
+                      for k in keys], axis=1)
+    wins = np.bincount((sign * means).argmax(axis=1), minlength=len(keys))
+    return {k: float(w) / draws for k, w in zip(keys, wins)}

@@ -260,6 +260,7 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max",
             entry["gain_over_baseline"] = round(float(best["mean"] - base.iloc[0]["mean"]), 4)  # optimistic
             entry["gain_by_seed"] = {s: round(v, 4) for s, v in d.by_seed.items()}
         if p:
+            entry.update(_best_set(trials, str(cell), kd, metric, mode))
             if p.reference is not None:
                 entry["reference"] = {k: _plain(v) for k, v in p.reference.items() if k in json.loads(str(p.reference_key))}
             conf = confirmed(p, str(cell), confirm if confirm is not None else pd.DataFrame(), metric, mode)
@@ -270,6 +271,24 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max",
                                      "no verdict: not confirmed on fresh seeds" if "baseline_no_kd" in entry else "no baseline")
         out[str(cell)] = entry
     return out
+
+
+def _best_set(trials: pd.DataFrame, cell: str, kd: pd.DataFrame, metric: str, mode: str) -> dict[str, Any]:
+    """The configs a paired test cannot separate from the leader, with their seed counts and how
+    often each leads when its seeds are drawn again (a bootstrap over seeds, not a verdict)."""
+    sign = 1.0 if mode == "max" else -1.0
+    scores = {str(k): seed_scores(trials, cell, str(k), metric) for k in kd["config_key"]}
+    scores = {k: v for k, v in scores.items() if v}
+    if not scores:
+        return {}
+    members = stats.best_set(scores, sign=sign)
+    chance = stats.probability_best(scores, sign)
+    rows = kd.set_index("config_key")
+    return {"best_set": [{"config": {k: _plain(v) for k, v in _row_config(rows.loc[key]).items() if k in json.loads(key)},
+                          metric: round(float(np.mean(list(scores[key].values()))), 4), "seeds": len(scores[key]),
+                          "p_best": round(chance.get(key, 0.0), 3)} for key in members],
+            "best_set_test": f"{stats.TESTS[stats.BEST_SET_TEST].label} test at {stats.LEVEL:g}, from "
+                             f"{stats.BEST_SET_MIN_SEEDS} shared seeds"}
 
 
 def _majority(trials: pd.DataFrame, cell: Any, metric: str) -> dict[str, float]:
@@ -318,6 +337,17 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
         flag = f" [collapsed on {b['collapsed_seeds']} seed(s)]" if b.get("collapsed_seeds") else ""
         lines.append(f"   best {cell}: {_knobs_text(b['config'])} -> {metric} {b[metric]:.4f} ± {b['std']:.4f} over "
                      f"{b['seeds']} seed(s){flag}{base}{fid}")
+        if len(b.get("best_set", [])) > 1:
+            shown = b["best_set"][:5]
+            more = f", and {len(b['best_set']) - 5} more" if len(b["best_set"]) > 5 else ""
+            lines.append(f"     best set: {len(b['best_set'])} configs a {b['best_set_test']} cannot separate (P(best) from "
+                         "a bootstrap over seeds): " + "; ".join(
+                             f"{_knobs_text(c['config'])} {c[metric]:.4f} over {c['seeds']} seed(s), "
+                             + (f"P {c['p_best']:.2f}" if c["seeds"] > 1 else "P n/a")
+                             for c in shown) + more)
+        elif b.get("best_set"):
+            lines.append(f"     best set: this config alone (a {b['best_set_test']} separates every other from it; "
+                         f"P(best) {b['best_set'][0]['p_best']:.2f})")
         conf = b.get("confirmed")
         if not conf:
             where = f" {folder}" if folder else " DIR"

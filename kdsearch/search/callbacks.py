@@ -87,6 +87,7 @@ class ResultRecorder(Callback):
             "method": self.method,
             "stage": point.get("stage"),
             "role": point.get("role", SELECT),  # confirmation seeds say so: the search never picks from them
+            **({"race_round": int(point["race_round"])} if "race_round" in point else {}),  # 0: the method's own seeds
             **knobs.resolve(values),  # tau_s a number, with the flag that it followed tau_t
             "tau_s_same": values.get("tau_s") == knobs.SAME,
             "seed": int(point["seed"]),

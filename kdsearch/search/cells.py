@@ -7,6 +7,13 @@ are in (any failed seed makes the config count as failed, i.e. the worst), adds 
 alpha = 0 baseline of every cell, and interleaves cells so they share the cluster.
 A config suggested again in a cell is not run again: the inner searcher is told the
 known result at once, or when the running one finishes.
+
+With a race (:mod:`kdsearch.search.race`), seeds go where a decision is open. A method that
+decides in steps (greedy's stages, revisit's passes, halving's rungs: it waits for results
+before it asks again) has its results held while it waits; the held configs are raced,
+then told their means over every seed they got, so a stage's knob is fixed only after its
+race. A method that never waits (TPE, random, the grid) is told as results come, and the
+cell's configs are raced when it is done.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from kdsearch.search import race as racing
 from kdsearch.search._state import JsonStateSearcher
 from kdsearch.knobs import BASELINE_STAGE, key
+
+QUEUED, RESOLVED, IDLE = "queued", "resolved", "idle"  # what a race step did
 
 
 @dataclass
@@ -31,10 +41,16 @@ class Group:
     seeds: list[int]
     scores: dict[int, float | None] = field(default_factory=dict)
     duplicates: list[dict[str, Any]] = field(default_factory=list)  # other configs asked that train the same
+    told: list[str] = field(default_factory=list)  # inner ids answered already
+    rounds: dict[int, int] = field(default_factory=dict)  # seed -> the race round that added it
 
     @property
     def done(self) -> bool:
-        return len(self.scores) == len(self.seeds)
+        return all(s in self.scores for s in self.seeds)
+
+    @property
+    def baseline(self) -> bool:
+        return self.config.get("stage") == BASELINE_STAGE
 
     def mean(self) -> float | None:
         vals = list(self.scores.values())
@@ -61,6 +77,11 @@ class CellSearcher(JsonStateSearcher):
             keyed (and deduplicated) on its real value.
         keys: cell -> the key of a config (``Space.key``: its aliases too, as t_hs = t_ll);
             default: :func:`kdsearch.knobs.key` over ``base``.
+        race: seeds raced where a decision is open (None: every config gets ``seeds``).
+        race_at_end: the inner searchers never wait for results (samplers, the grid): a cell
+            races its configs when it is done, instead of at each decision.
+        race_seeds: the seeds a race adds, in order (default: counting up past ``seeds``; a
+            replay draws them from its grid's).
     """
 
     def __init__(
@@ -74,8 +95,15 @@ class CellSearcher(JsonStateSearcher):
         max_redundant: int = 50,
         base: dict[str, dict[str, Any]] | None = None,
         keys: dict[str, Any] | None = None,
+        race: racing.Race | None = None,
+        race_at_end: bool = False,
+        race_seeds: list[int] | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
+        self.race = race
+        self.race_at_end = race_at_end
+        top = max(seeds)
+        self.sequence = [*seeds, *(race_seeds if race_seeds is not None else range(top + 1, top + 1 + (race.max_seeds if race else 0)))]
         self.inner = inner
         self.base = base or {}
         self.keys = keys or {}
@@ -92,6 +120,10 @@ class CellSearcher(JsonStateSearcher):
         self.live: dict[str, tuple[str, int]] = {}  # trial id -> (group id, seed)
         self.n_groups = 0
         self.n_asks = 0
+        self.held: dict[str, list[list[str]]] = {c: [] for c in self.cells}  # cell -> [group id, inner id] awaiting a race
+        self.race_over = {c: False for c in self.cells}  # a cell's end race is done
+        self.race_rounds = {c: 0 for c in self.cells}
+        self.race_spent = {c: 0 for c in self.cells}  # trial-epochs the races added
         if baseline is not None:
             for cell in self.cells:
                 self._new_group(cell, {**baseline, "stage": BASELINE_STAGE}, None)
@@ -107,7 +139,7 @@ class CellSearcher(JsonStateSearcher):
     def _new_group(self, cell: str, config: dict[str, Any], inner_id: str | None) -> Group:
         gid = f"g{self.n_groups}"
         self.n_groups += 1
-        group = Group(cell, config, [inner_id] if inner_id else [], self.seeds)
+        group = Group(cell, config, [inner_id] if inner_id else [], list(self.seeds))  # its own: a race adds seeds
         self.groups[gid] = group
         self.by_key[(cell, self._key(cell, config))] = gid
         self.queue.extend((gid, s) for s in self.seeds)
@@ -115,20 +147,79 @@ class CellSearcher(JsonStateSearcher):
 
     def _tell(self, cell: str, inner_id: str, group: Group) -> None:
         mean = group.mean()
+        group.told.append(inner_id)
         self.inner[cell].on_trial_complete(inner_id, None if mean is None else {"score": mean}, error=mean is None)
 
+    def _answer(self, gid: str) -> None:
+        """A done group's asks get its mean, or wait for the cell's race (a stepwise method)."""
+        group = self.groups[gid]
+        for inner_id in group.inner_ids:
+            if inner_id in group.told or [gid, inner_id] in self.held[group.cell]:
+                continue
+            if self.race is not None and not self.race_at_end:
+                self.held[group.cell].append([gid, inner_id])
+            else:
+                self._tell(group.cell, inner_id, group)
+
+    # -- racing -----------------------------------------------------------------------
+    def _busy(self, cell: str) -> bool:
+        return any(self.groups[g].cell == cell for g, _ in self.queue) or any(
+            self.groups[g].cell == cell for g, _ in self.live.values())
+
+    def _epochs(self, group: Group) -> int:
+        return int(group.config.get("epochs", self.base.get(group.cell, {}).get("epochs", 1)))
+
+    def _race_step(self, cell: str) -> str:
+        """One race round in ``cell`` when it is idle: queue the next seed for the configs still
+        tied with the leader (QUEUED), or end the race and tell what it held (RESOLVED)."""
+        if self.race is None or self._busy(cell):
+            return IDLE
+        if self.race_at_end:
+            if not self.cell_done[cell] or self.race_over[cell]:
+                return IDLE
+            gids = [g for g, grp in self.groups.items() if grp.cell == cell and not grp.baseline and grp.done]
+        else:
+            gids = list(dict.fromkeys(g for g, _ in self.held[cell]))
+        if not gids:
+            return IDLE
+        scores = {g: self.groups[g].scores for g in gids}
+        tied = racing.alive(scores, self.race)
+        seed = racing.next_seed(scores, tied, self.sequence) if len(tied) > 1 else None
+        lacking = [g for g in tied if seed is not None and seed not in scores[g]]
+        cost = sum(self._epochs(self.groups[g]) for g in lacking)
+        room = self.race.budget is None or self.race_spent[cell] + cost <= self.race.budget
+        if seed is not None and room and max(len(scores[g]) for g in tied) < self.race.max_seeds:
+            self.race_rounds[cell] += 1
+            for g in lacking:
+                group = self.groups[g]
+                group.seeds.append(seed)
+                group.rounds[seed] = self.race_rounds[cell]
+                self.queue.append((g, seed))
+            self.race_spent[cell] += cost
+            return QUEUED
+        if self.race_at_end:
+            self.race_over[cell] = True
+            return IDLE
+        held, self.held[cell] = self.held[cell], []
+        for g, inner_id in held:
+            self._tell(cell, inner_id, self.groups[g])
+        return RESOLVED
+
     def _ask(self, cell: str) -> bool:
-        """Ask the cell's searcher for a new config; True when one was queued."""
+        """Ask the cell's searcher for a new config; True when one (or a race's seeds) was queued."""
         searcher = self.inner[cell]
         for _ in range(self.max_redundant):
             if self.budget is not None and self.asked[cell] >= self.budget:
                 self.cell_done[cell] = True
-                return False
+                return self._race_step(cell) == QUEUED  # a decision the budget cut still ends its race
             inner_id = f"{cell}#{self.n_asks}"
             self.n_asks += 1
             config = searcher.suggest(inner_id)
-            if config is None:
-                return False
+            if config is None:  # it waits for results: the held ones are raced now, then told
+                step = self._race_step(cell)
+                if step == RESOLVED:
+                    continue
+                return step == QUEUED
             if config == Searcher.FINISHED:
                 self.cell_done[cell] = True
                 return False
@@ -143,7 +234,7 @@ class CellSearcher(JsonStateSearcher):
             if raw not in {self._raw_key(cell, c) for c in [group.config, *group.duplicates]}:
                 group.duplicates.append(dict(config))  # another config, one training (t_hs = t_ll): rows for both
             if group.done:
-                self._tell(cell, inner_id, group)  # known: answer now, ask again
+                self._answer(gid)  # known: answer now (or with its race), ask again
             # running: its result goes to both asks; ask again (a population takes a batch)
         self.cell_done[cell] = True
         return False
@@ -152,17 +243,24 @@ class CellSearcher(JsonStateSearcher):
         if not self.queue:
             for i in range(len(self.cells)):
                 cell = self.cells[(self.turn + i) % len(self.cells)]
-                if not self.cell_done[cell] and self._ask(cell):
+                # a cell done asking (maybe in this very call) still races its configs when its method races at the end
+                queued = (not self.cell_done[cell] and self._ask(cell)) or (self.cell_done[cell] and self._race_step(cell) == QUEUED)
+                if queued:
                     self.turn = (self.turn + i + 1) % len(self.cells)
                     break
         if not self.queue:
-            if all(self.cell_done.values()) and not self.live:
+            racing_on = self.race is not None and any(
+                self.held[c] or self.race_at_end and not self.race_over[c] for c in self.cells)
+            if all(self.cell_done.values()) and not self.live and not racing_on:
                 return Searcher.FINISHED
             return None
         gid, seed = self.queue.pop(0)
         group = self.groups[gid]
         self.live[trial_id] = (gid, seed)
-        return {**group.config, "cell": group.cell, "seed": seed}
+        point = {**group.config, "cell": group.cell, "seed": seed}
+        if self.race is not None:
+            point["race_round"] = group.rounds.get(seed, 0)
+        return point
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -171,9 +269,14 @@ class CellSearcher(JsonStateSearcher):
             "cell_done": self.cell_done,
             "groups": {
                 gid: {"cell": g.cell, "config": g.config, "inner_ids": g.inner_ids, "seeds": g.seeds,
-                      "scores": [[seed, v] for seed, v in g.scores.items()], "duplicates": g.duplicates}
+                      "scores": [[seed, v] for seed, v in g.scores.items()], "duplicates": g.duplicates, "told": g.told,
+                      "rounds": [[seed, r] for seed, r in g.rounds.items()]}
                 for gid, g in self.groups.items()
             },
+            "held": self.held,
+            "race_over": self.race_over,
+            "race_rounds": self.race_rounds,
+            "race_spent": self.race_spent,
             "queue": self.queue,
             "live": self.live,
             "n_groups": self.n_groups,
@@ -187,9 +290,15 @@ class CellSearcher(JsonStateSearcher):
         self.turn, self.asked, self.cell_done = state["turn"], state["asked"], state["cell_done"]
         self.groups = {
             gid: Group(g["cell"], g["config"], g["inner_ids"], g["seeds"], {int(seed): v for seed, v in g["scores"]},
-                       g.get("duplicates", []))
+                       g.get("duplicates", []), g.get("told", list(g["inner_ids"]) if _done(g) else []),
+                       {int(seed): int(r) for seed, r in g.get("rounds", [])})
             for gid, g in state["groups"].items()
         }
+        # searches saved before racing: nothing held, no race run
+        self.held = {c: [list(x) for x in state.get("held", {}).get(c, [])] for c in self.cells}
+        self.race_over = {c: bool(state.get("race_over", {}).get(c, False)) for c in self.cells}
+        self.race_rounds = {c: int(state.get("race_rounds", {}).get(c, 0)) for c in self.cells}
+        self.race_spent = {c: int(state.get("race_spent", {}).get(c, 0)) for c in self.cells}
         self.by_key = {(g.cell, self._key(g.cell, g.config)): gid for gid, g in self.groups.items()}
         self.queue = [(gid, int(seed)) for gid, seed in state["queue"]]
         self.live = {tid: (gid, int(seed)) for tid, (gid, seed) in state["live"].items()}
@@ -210,5 +319,9 @@ class CellSearcher(JsonStateSearcher):
             value = -value
         group.scores[seed] = value
         if group.done:
-            for inner_id in group.inner_ids:
-                self._tell(group.cell, inner_id, group)
+            self._answer(gid)
+
+
+def _done(saved: dict[str, Any]) -> bool:
+    """Whether a group saved before ``told`` was recorded had every seed in (then it was told)."""
+    return {int(seed) for seed, _ in saved["scores"]} >= {int(x) for x in saved["seeds"]}

@@ -52,6 +52,8 @@ class Method:
         auto: stands for another method, picked for the space and the device (:func:`choose`).
         sets_epochs: trains configs for epochs of its own choosing (successive halving's rungs), so
             ``epochs`` cannot be a knob of its space.
+        races_at_end: never waits for results before asking again (samplers, the grid), so a race
+            (:mod:`kdsearch.search.race`) runs over the cell's configs when it is done, not at each decision.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Method:
     auto: bool = False
     covers_grid: bool = False
     sets_epochs: bool = False
+    races_at_end: bool = False
 
     def budget(self, space: Space, spec_budget: int | None) -> int | None:
         """Configs per cell: the spec's ``search.budget``, else this method's default."""
@@ -76,13 +79,13 @@ class Method:
 
     @property
     def grid_points(self) -> bool:
-        """Runs as a fixed set of (cell, config, seed) points, with no searcher."""
+        """Runs as a fixed set of (cell, config, seed) points, with no searcher (unless raced)."""
         return self.make_inner is None and not self.auto
 
     def build(self, ctx: BuildContext) -> Any:
-        """The config-level searcher of one cell."""
-        assert self.make_inner is not None, f"{self.name} runs as grid points"
-        module, _, name = self.make_inner.partition(":")
+        """The config-level searcher of one cell (the grid's: its configs in order, for a race or a replay)."""
+        assert not self.auto, "auto stands for another method"
+        module, _, name = (self.make_inner or "kdsearch.search.space:GridOrder").partition(":")
         return getattr(importlib.import_module(module), name)(ctx)
 
 
@@ -145,13 +148,14 @@ _METHODS = (
            "kdsearch.search.halving:build", takes_ranges=False, supports_asha=False, default_budget=_until_done,
            most=halving_size, covers_grid=True, sets_epochs=True),
     Method("grid", "every combination of the choices, each behaviour once",
-           None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size, covers_grid=True),
+           None, takes_ranges=False, supports_asha=False, default_budget=_until_done, most=grid_size, covers_grid=True,
+           races_at_end=True),
     Method("optuna", "Optuna TPE (constant liar), as many configs as greedy would need unless search.budget says",
            "kdsearch.search.study:build_tpe", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy,
-           most=_as_many_as_greedy),
+           most=_as_many_as_greedy, races_at_end=True),
     Method("random", "random sampling, the same budget rule as optuna",
            "kdsearch.search.study:build_random", takes_ranges=True, supports_asha=True, default_budget=_as_many_as_greedy,
-           most=_as_many_as_greedy),
+           most=_as_many_as_greedy, races_at_end=True),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from kdsearch import knobs
 from kdsearch.knobs import BASELINE_STAGE
+from kdsearch.search.race import Race
 from kdsearch.search.space import Space
 
 METRIC = "val_score"
@@ -106,52 +107,50 @@ def tables_from_search(folder: str | Path) -> list[GridTable]:
     return out
 
 
-class _GridOrder:
-    """The full grid's configs in the order its live search runs them (its points are not a searcher)."""
-
-    def __init__(self, space: Space) -> None:
-        self.configs = list(space.grid())
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        from ray.tune.search import Searcher
-
-        return self.configs.pop(0) if self.configs else Searcher.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        pass
-
-
 @dataclass
 class ReplayResult:
-    picks: dict[float, str | None]  # budget (share of the grid's trial-epochs) -> the key the method answers
-    spent: int  # trial-epochs used in all
+    picks: dict[float, str | None]  # budget (share of the grid's trial-epochs) -> the key the method names
+    best_sets: dict[float, list[str]]  # budget -> the configs a paired test cannot separate from it
+    spent: int  # trial-epochs asked in all, every (config, seed) it asked at its epochs
     configs: int  # distinct configs run in full
+    spent_at: dict[float, int] = field(default_factory=dict)  # budget -> trial-epochs asked when it answered
 
 
-def replay(method: str, table: GridTable, seeds: Sequence[int], search_seed: int, budgets: Sequence[float]) -> ReplayResult:
-    """Run ``method``'s searcher over ``table`` with paired ``seeds`` until the largest budget.
+def replay(method: str, table: GridTable, order: Sequence[int], first: int, search_seed: int, budgets: Sequence[float],
+           race: Race | None = None) -> ReplayResult:
+    """Run ``method``'s searcher over ``table`` until the largest budget, paying for every
+    (config, seed) it asks: the first ``first`` seeds of ``order`` (the grid's seeds as this
+    replay draws them) are the method's own, a race adds the rest in that order.
 
-    ``budgets`` are shares of the grid's trial-epochs; at each, the answer is the best mean
-    over ``seeds`` among configs run in full on every one of them.
+    ``budgets`` are shares of the grid's trial-epochs (every config on every seed). At each,
+    the answer is the leader by its mean over the seeds it got, among the configs run in full
+    on at least the first seeds, and the best set: those a paired test cannot separate from it.
     """
     from ray.tune.search import Searcher
 
+    from kdsearch.results import stats
     from kdsearch.search.cells import CellSearcher
     from kdsearch.search.methods import METHODS, BuildContext
 
     m = METHODS[method]
-    inner = _GridOrder(table.space) if m.grid_points else m.build(
-        BuildContext(table.space, table.cell, f"replay-{search_seed}", None, search_seed, None))
-    cells = CellSearcher({table.cell: inner}, list(seeds), METRIC, base={table.cell: table.space.base},
-                         keys={table.cell: table.space.key})
+    inner = m.build(BuildContext(table.space, table.cell, f"replay-{search_seed}", None, search_seed, None))
+    seeds = list(order[:first])
+    cells = CellSearcher({table.cell: inner}, seeds, METRIC, base={table.cell: table.space.base},
+                         keys={table.cell: table.space.key}, race=race, race_at_end=m.races_at_end,
+                         race_seeds=list(order[first:]))
     limits = sorted(b * table.trial_epochs for b in budgets)
     done: dict[str, dict[int, float]] = {}
     picks: dict[float, str | None] = {}
+    sets: dict[float, list[str]] = {}
+    spent_at: dict[float, int] = {}
+    test = race or Race()
     spent, n = 0, 0
 
-    def answer() -> str | None:
-        full = {k: float(np.mean(list(v.values()))) for k, v in done.items() if len(v) == len(seeds)}
-        return max(full, key=lambda k: full[k]) if full else None
+    def answer(budget: float) -> None:
+        full = {k: v for k, v in done.items() if set(seeds) <= set(v)}
+        picks[budget] = stats.leader(full) if full else None
+        sets[budget] = stats.best_set(full, test.test, test.level, test.min_seeds) if full else []
+        spent_at[budget] = spent
 
     while True:
         point = cells.suggest(f"t{n}")
@@ -160,7 +159,7 @@ def replay(method: str, table: GridTable, seeds: Sequence[int], search_seed: int
         config = {k: v for k, v in point.items() if k in knobs.KNOBS}
         cost = int(config.get("epochs", table.epochs))
         while limits and spent + cost > limits[0]:  # this trial would cross a budget: note the answer there
-            picks[limits.pop(0) / table.trial_epochs] = answer()
+            answer(limits.pop(0) / table.trial_epochs)
         if not limits:
             break
         spent += cost
@@ -170,38 +169,50 @@ def replay(method: str, table: GridTable, seeds: Sequence[int], search_seed: int
         cells.on_trial_complete(f"t{n}", {METRIC: score})
         n += 1
     for limit in limits:  # finished under the budget: its final answer stands
-        picks[limit / table.trial_epochs] = answer()
-    return ReplayResult(picks, spent, sum(len(v) == len(seeds) for v in done.values()))
+        answer(limit / table.trial_epochs)
+    return ReplayResult(picks, sets, spent, sum(set(seeds) <= set(v) for v in done.values()), spent_at)
 
 
-def regrets(method: str, table: GridTable, replays: int, budgets: Sequence[float], seeds_per_replay: int | None = None,
-            rng_seed: int = 0) -> pd.DataFrame:
-    """``replays`` replays of ``method`` on ``table``, each with its own search seed and (when the
-    grid has more seeds than a replay uses) its own subset of seeds; a row per (replay, budget)."""
+def regrets(method: str, table: GridTable, replays: int, budgets: Sequence[float], first: int,
+            race: Race | None = None, rng_seed: int = 0) -> pd.DataFrame:
+    """``replays`` replays of ``method`` on ``table``, each with its own search seed and its own
+    draw of the grid's seeds (the first ``first`` are the method's, a race adds the others in
+    that order); a row per (replay, budget), measured against the grid's truth (every seed)."""
     rng = np.random.default_rng(rng_seed)
-    k = min(seeds_per_replay or len(table.seeds), len(table.seeds))
-    best = table.mean(table.best)
+    truth = table.best
+    best = table.mean(truth)
     rows = []
     for i in range(replays):
-        seeds = sorted(rng.choice(table.seeds, size=k, replace=False).tolist())
-        result = replay(method, table, seeds, search_seed=i, budgets=budgets)
+        order = rng.permutation(table.seeds).tolist()
+        result = replay(method, table, order, first, search_seed=i, budgets=budgets, race=race)
         for budget, pick in result.picks.items():
             regret = math.nan if pick is None else 100 * (best - table.mean(pick))
-            rows.append({"method": method, "cell": table.cell, "replay": i, "budget": round(budget, 4), "seeds": len(seeds),
-                         "regret": regret, "found": pick is not None, "spent": result.spent})
+            named = result.best_sets[budget]
+            rows.append({"method": method, "race": race is not None, "cell": table.cell, "replay": i,
+                         "budget": round(budget, 4), "first_seeds": first, "regret": regret, "found": pick is not None,
+                         "within_half": bool(pick is not None and regret <= 0.5), "covered": truth in named,
+                         "best_set": len(named), "spent": result.spent_at[budget] / table.trial_epochs})
     return pd.DataFrame(rows)
 
 
 def summary(rows: pd.DataFrame, noise: dict[str, float]) -> pd.DataFrame:
-    """Per method and budget, over every replay of every cell: mean, p90 and worst regret (points;
-    a replay that found nothing counts as the worst), and the share within the grid best's noise."""
+    """Per method, racing or not, and budget, over every replay of every cell: mean, p90 and
+    worst regret (points; a replay that found nothing counts as the worst), the share of replays
+    naming a config within 0.5 point of the true best, the share whose best set holds the true
+    best (and the set's mean size), and the share within the grid best's own seed noise."""
     rows = rows.copy()
     rows["noise"] = rows["cell"].map(noise)
     rows["regret"] = rows["regret"].fillna(np.inf)
+    if "race" not in rows:
+        rows["race"] = False
     out = []
-    for (method, budget), g in rows.groupby(["method", "budget"], sort=True):
+    for (method, raced, budget), g in rows.groupby(["method", "race", "budget"], sort=True):
         finite = g["regret"].replace(np.inf, np.nan)
-        out.append({"method": method, "budget": budget, "replays": int(len(g)), "mean_regret": float(finite.mean()),
-                    "p90_regret": float(np.percentile(g["regret"], 90)), "worst_regret": float(g["regret"].max()),
-                    "within_noise": float((g["regret"] <= g["noise"]).mean()), "found": float(g["found"].mean())})
+        out.append({"method": method, "race": bool(raced), "budget": budget, "replays": int(len(g)),
+                    "mean_regret": float(finite.mean()), "p90_regret": float(np.percentile(g["regret"], 90)),
+                    "worst_regret": float(g["regret"].max()), "within_half_point": float(g.get("within_half", g["regret"] <= 0.5).mean()),
+                    "best_set_covers": float(g["covered"].mean()) if "covered" in g else math.nan,
+                    "best_set_size": float(g["best_set"].mean()) if "best_set" in g else math.nan,
+                    "within_noise": float((g["regret"] <= g["noise"]).mean()), "found": float(g["found"].mean()),
+                    "spent": float(g["spent"].mean()) if "spent" in g else math.nan})  # share of the grid's trial-epochs
     return pd.DataFrame(out)

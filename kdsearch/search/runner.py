@@ -43,6 +43,7 @@ from kdsearch.search.cells import CellSearcher
 from kdsearch.search.methods import METHODS, BuildContext
 from kdsearch.search.planning import Plan, plan, sample_students, unfusable_reasons
 from kdsearch.search.populations import PopulationSearcher, fusion, populations
+from kdsearch.search.race import Race
 from kdsearch.search.trial import run_trial
 from kdsearch.spec import Spec, dump_spec
 from kdsearch.trust import check_trusted
@@ -418,7 +419,10 @@ def resolve_auto(spec: Spec) -> tuple[Spec, str]:
     space = Space(spec.search.space, spec.distill, spec.student_specs[0].train)
     gpu = spec.search.resources.gpu > 0 and spec.device != "cpu"
     method, why = choose(space, gpu)
-    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, method=method)), why
+    race = spec.search.racing() or "off"  # auto races: resolved now, while the method still says auto
+    if isinstance(race, Race):
+        why += f"; racing seeds up to {race.max_seeds} where a choice is open"
+    return dataclasses.replace(spec, search=dataclasses.replace(spec.search, method=method, race=race)), why
 
 
 def _remove_claimed(claimed: list[Path]) -> None:
@@ -498,6 +502,11 @@ def plan_lines(spec: Spec, p: Plan, folder: Path, concurrent: int) -> list[str]:
     space = next(iter(p.spaces.values()))
     configs = METHODS[s.method].configs(space, s.budget)
     base = " + the no-KD baseline" if s.baseline else ""
+    race = s.racing()
+    if race is not None:
+        where = "at the end of each cell" if METHODS[s.method].races_at_end else "at each decision"
+        base += (f"; racing {where}: the leader and the configs a {race.test} test cannot separate from it get more "
+                 f"seeds, up to {race.max_seeds}")
     if s.confirm_seeds:
         base += f"; then the picks on {s.confirm_seeds} fresh seed(s), for the verdicts"
     return [
@@ -535,7 +544,8 @@ def _searcher(spec: Spec, p: Plan, folder: Path, search_id: str, cap: int) -> Po
     }
     base = {cid: space.base for cid, space in p.spaces.items()}
     cells = CellSearcher(inner, s.seeds, s.metric, s.mode, baseline=BASELINE if s.baseline else None, budget=budget, base=base,
-                         keys={cid: space.key for cid, space in p.spaces.items()})
+                         keys={cid: space.key for cid, space in p.spaces.items()}, race=s.racing(),
+                         race_at_end=method.races_at_end)
     return PopulationSearcher(cells, cap, base)
 
 
@@ -573,7 +583,7 @@ def _new_tuner(spec: Spec, p: Plan, folder: Path, search_id: str, trainable: Any
                log: Callable[..., None]) -> Any:
     s = spec.search
     run_config = _run_config(spec, p, folder, search_id, TUNE_DIR, log)
-    if METHODS[s.method].grid_points:
+    if METHODS[s.method].grid_points and s.racing() is None:  # a raced grid asks its configs through the searcher
         points = grid_points(spec, p)
         groups = populations(points, {cid: space.base for cid, space in p.spaces.items()}, cap)
         log(f"   full grid: {len(points)} (config, seed) points in {len(groups)} trials")

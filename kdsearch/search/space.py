@@ -143,3 +143,29 @@ def teacher_aliases(picked: Mapping[str, Mapping[str, Any]], default: Value) -> 
             canonical = default if default in group else sorted(group)[0]
             out.update({s: canonical for s in group if s != canonical})
     return {"teacher": out} if out else {}
+
+
+class GridOrder:
+    """The full grid's configs, in the order its live search runs them, as a config-level searcher
+    (a raced grid and the replays ask configs of it; the grid of an unraced search is fixed points)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.configs = list(ctx.space.grid())
+        self.given = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        from ray.tune.search import Searcher
+
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return self.configs[self.given - 1]
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        pass  # the grid asks every config whatever they score
+
+    def get_state(self) -> dict[str, Any]:
+        return {"given": self.given}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.given = int(state["given"])

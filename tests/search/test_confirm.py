@@ -35,6 +35,7 @@ search:
   storage: {storage}
   costs: false
   confirm_seeds: 1
+  race: {{max_seeds: 3, min_seeds: 2}}
 """
 
 
@@ -55,7 +56,14 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ra
 def test_a_search_confirms_its_picks_on_fresh_seeds(confirmed: Path) -> None:
     every = pd.read_parquet(confirmed / "trials.parquet")
     select, confirm = every[every.role == "select"], every[every.role == "confirm"]
-    assert set(select.seed) == {0} and set(confirm.seed) == {CONFIRM_SEEDS_FROM}
+    assert set(confirm.seed) == {CONFIRM_SEEDS_FROM} and not set(confirm.seed) & set(select.seed)
+    # the stage was raced: seed 0 for both losses, then seeds 1 and 2 (race rounds 1, 2) for those
+    # a paired test could not yet separate from the leader; never a (config, seed) twice
+    assert not select.duplicated(["config_key", "seed"]).any()
+    kd = select[select.stage != "baseline"]
+    assert set(kd[kd.race_round == 0].seed) == {0} and set(kd.seed) <= {0, 1, 2}
+    assert (kd.groupby("seed").race_round.first() == kd.groupby("seed").seed.first()).all()
+    assert kd.groupby("config_key").seed.nunique().max() == 3  # the leader raced to max_seeds (separation needs 2 shared)
     assert (confirm.status == "ok").all() and not confirm.duplicated(["config_key", "seed"]).any()
     best = yaml.safe_load((confirmed / "best.yaml").read_text())["bbc_news/xs"]
     assert "config" in best, "BBC News' picks must not collapse here"

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from kdsearch.search.methods import METHODS, choose, grid_size, rungs
+from kdsearch.search.race import Race
 from kdsearch.search.replay import GridTable, regrets, replay, summary
 from kdsearch.search.space import Space, teacher_aliases
 from kdsearch.spec import DistillSpec, OptimSpec
@@ -16,14 +17,14 @@ from kdsearch.spec import DistillSpec, OptimSpec
 SPACE = {"loss": ["ce", "mse"], "alpha": [0.5, 1.0], "tau_t": [1.0, 4.0]}
 
 
-def table(score, epochs: int = 3, seeds: tuple[int, ...] = (0, 1, 2)) -> GridTable:
-    """A grid whose config scores ``score(config)`` (+ a little per seed), rising to it over the epochs."""
+def table(score, epochs: int = 3, seeds: tuple[int, ...] = (0, 1, 2), noise=lambda config, seed: 0.001 * seed) -> GridTable:
+    """A grid whose config scores ``score(config)`` (+ ``noise`` per seed), rising to it over the epochs."""
     space = Space(SPACE, DistillSpec(), OptimSpec(epochs=epochs))
     scores = {}
     for combo in itertools.product(*SPACE.values()):
         config = dict(zip(SPACE, combo))
         final = score(config)
-        scores[space.key(config)] = {s: [final * (e + 1) / epochs + 0.001 * s for e in range(epochs)] for s in seeds}
+        scores[space.key(config)] = {s: [final * (e + 1) / epochs + noise(config, s) for e in range(epochs)] for s in seeds}
     return GridTable("d/s", space, list(seeds), epochs, scores)
 
 
@@ -40,15 +41,15 @@ def test_the_grid_and_halving_with_a_full_budget_reach_the_best() -> None:
     best = t.best
     assert t.mean(best) == pytest.approx(0.801)
     for method in ("grid", "halving"):
-        result = replay(method, t, [0, 1, 2], search_seed=0, budgets=[1.0])
+        result = replay(method, t, [0, 1, 2], 3, search_seed=0, budgets=[1.0])
         assert result.picks[1.0] == best, method
     assert rungs(3) == [1, 3] and rungs(9) == [1, 3, 9] and rungs(1) == [1]
 
 
 def test_revisits_find_the_interaction_a_single_pass_misses() -> None:
     t = table(interacting)
-    greedy = replay("greedy", t, [0, 1, 2], search_seed=0, budgets=[1.0])
-    revisit = replay("revisit", t, [0, 1, 2], search_seed=0, budgets=[1.0])
+    greedy = replay("greedy", t, [0, 1, 2], 3, search_seed=0, budgets=[1.0])
+    revisit = replay("revisit", t, [0, 1, 2], 3, search_seed=0, budgets=[1.0])
     assert t.mean(greedy.picks[1.0]) == pytest.approx(0.621)  # stage alpha: 1.0 lost at tau_t 1 (0.40)
     assert revisit.picks[1.0] == t.best  # found it: the second pass moved alpha at tau_t 4
     assert revisit.configs > greedy.configs
@@ -56,10 +57,10 @@ def test_revisits_find_the_interaction_a_single_pass_misses() -> None:
 
 def test_budgets_stop_a_replay_and_regret_is_in_points() -> None:
     t = table(interacting)
-    result = replay("grid", t, [0, 1], search_seed=0, budgets=[0.1, 0.5, 1.0])
+    result = replay("grid", t, [0, 1, 2], 2, search_seed=0, budgets=[0.1, 0.5, 1.0])
     assert set(result.picks) == {0.1, 0.5, 1.0} and result.spent <= t.trial_epochs
-    rows = regrets("random", t, 5, [0.2, 1.0], seeds_per_replay=2)
-    assert len(rows) == 10 and (rows.seeds == 2).all() and (rows.regret.dropna() >= 0).all()
+    rows = regrets("random", t, 5, [0.2, 1.0], first=2)
+    assert len(rows) == 10 and (rows.first_seeds == 2).all() and (rows.regret.dropna() >= 0).all()
     s = summary(rows, {"d/s": 0.1})
     assert list(s.method) == ["random", "random"] and (s.worst_regret >= s.mean_regret).all()
     assert math.isfinite(float(s[s.budget == 1.0].mean_regret.iloc[0]))
@@ -102,3 +103,113 @@ def test_a_knob_that_needs_more_classes_trains_once_on_a_binary_task() -> None:
     assert len(grid) == 2 and grid[0][1] == [arms[1]]  # the second arm: recorded, not trained
     five = Space({}, DistillSpec(), OptimSpec(), configs=arms, classes=5)
     assert len(list(five.grid())) == 3
+
+
+
+def tied_and_far(c: dict) -> float:
+    """Two configs tied at the top (mse and ce at alpha 0.5, tau_t 4), one 20 points below them."""
+    if c["alpha"] == 0.5 and c["tau_t"] == 4.0:
+        return 0.80
+    return 0.60
+
+
+def wobble(config: dict, seed: int) -> float:
+    """A seed spread of about a point, different for each config (a tie the seeds cannot split)."""
+    import random
+
+    return random.Random(f"{sorted(config.items())}/{seed}").gauss(0, 0.01)
+
+
+def test_a_race_stops_seeding_a_config_20_points_down_and_keeps_seeding_a_tied_one() -> None:
+    t = table(tied_and_far, seeds=tuple(range(10)), noise=wobble)
+    race = Race(max_seeds=8)
+    asked: dict[str, list[int]] = {}
+    result = replay("grid", t, list(range(10)), 3, search_seed=0, budgets=[1.0], race=race)
+    rows = regrets("grid", t, 1, [1.0], first=3, race=race)
+    # replay once more, recording every (config, seed) the race asks
+    from kdsearch.search.cells import CellSearcher
+    from kdsearch.search.methods import METHODS, BuildContext
+
+    inner = METHODS["grid"].build(BuildContext(t.space, t.cell, "x", None, 0, None))
+    cells = CellSearcher({t.cell: inner}, [0, 1, 2], "val_score", base={t.cell: t.space.base}, keys={t.cell: t.space.key},
+                         race=race, race_at_end=True, race_seeds=list(range(3, 10)))
+    n = 0
+    while (point := cells.suggest(f"t{n}")) not in (None, "FINISHED"):
+        config = {k: v for k, v in point.items() if k in SPACE}
+        asked.setdefault(t.key(config), []).append(point["seed"])
+        cells.on_trial_complete(f"t{n}", {"val_score": t.score(config, point["seed"])})
+        n += 1
+    tied = [k for k in asked if t.mean(k) > 0.7]
+    far = [k for k in asked if t.mean(k) < 0.7]
+    assert len(tied) == 2 and len(far) == 6
+    assert all(asked[k] == [0, 1, 2] for k in far)  # 20 points down: separated at 3 seeds, no more
+    assert all(asked[k] == list(range(8)) for k in tied)  # tied: seeded to max_seeds, the same seed ids for both
+    assert result.picks[1.0] in tied and set(result.best_sets[1.0]) == set(tied)
+    assert bool(rows.covered.iloc[0]) and rows.best_set.iloc[0] == 2
+
+
+def test_greedy_with_racing_fixes_a_stage_only_after_its_race() -> None:
+    """Stage 0 (loss) is a tie: its configs get seeds until max_seeds before stage 1 (alpha) is asked."""
+    from kdsearch.search.cells import CellSearcher
+    from kdsearch.search.methods import METHODS, BuildContext
+
+    t = table(lambda c: 0.7 + (0.2 if c["alpha"] == 0.5 and c["tau_t"] == 4.0 else 0.0), seeds=tuple(range(10)), noise=wobble)
+    inner = METHODS["greedy"].build(BuildContext(t.space, t.cell, "x", None, 0, None))
+    cells = CellSearcher({t.cell: inner}, [0, 1, 2], "val_score", base={t.cell: t.space.base}, keys={t.cell: t.space.key},
+                         race=Race(max_seeds=5), race_seeds=list(range(3, 10)))
+    order = []
+    n = 0
+    while (point := cells.suggest(f"t{n}")) not in (None, "FINISHED"):
+        order.append((point["stage"], point["seed"], point.get("race_round")))
+        config = {k: v for k, v in point.items() if k in SPACE}
+        cells.on_trial_complete(f"t{n}", {"val_score": t.score(config, point["seed"])})
+        n += 1
+    stage0 = [i for i, (stage, _, _) in enumerate(order) if stage == 0]
+    stage1 = [i for i, (stage, _, _) in enumerate(order) if stage == 1]
+    assert max(stage0) < min(stage1)  # the knob was fixed after the last of stage 0's race seeds
+    assert {seed for stage, seed, _ in order if stage == 0} == set(range(5))  # raced to max_seeds: the loss is a tie
+    assert {r for stage, _, r in order if stage == 0} == {0, 1, 2}  # rounds 1 and 2 added seeds 3 and 4
+    assert inner.history[0]["knob"] == "loss" and len(inner.history) == len(SPACE)
+
+
+def test_a_resumed_race_continues_without_asking_a_point_twice() -> None:
+    """The searcher's state, saved mid-race and restored in a new searcher, goes on where it was."""
+    from kdsearch.search.cells import CellSearcher
+    from kdsearch.search.methods import METHODS, BuildContext
+
+    t = table(tied_and_far, seeds=tuple(range(10)), noise=wobble)
+
+    def fresh() -> CellSearcher:
+        inner = METHODS["greedy"].build(BuildContext(t.space, t.cell, "x", None, 0, None))
+        return CellSearcher({t.cell: inner}, [0, 1, 2], "val_score", base={t.cell: t.space.base}, keys={t.cell: t.space.key},
+                            race=Race(max_seeds=6), race_seeds=list(range(3, 10)))
+
+    def run(cells: CellSearcher, stop: int | None = None, start: int = 0) -> list[tuple[str, int]]:
+        asked, n = [], start
+        while (point := cells.suggest(f"t{n}")) not in (None, "FINISHED"):
+            config = {k: v for k, v in point.items() if k in SPACE}
+            asked.append((t.key(config), point["seed"]))
+            cells.on_trial_complete(f"t{n}", {"val_score": t.score(config, point["seed"])})
+            n += 1
+            if stop is not None and n == stop:
+                break
+        return asked
+
+    whole = run(fresh())
+    first = fresh()
+    before = run(first, stop=14)
+    assert any(seed >= 3 for _, seed in before), "stopped before any race seed: not mid-race"
+    again = fresh()
+    again.set_state(first.get_state())
+    after = run(again, start=14)
+    assert before + after == whole and len(set(whole)) == len(whole)
+
+
+def test_a_replay_pays_for_every_seed_it_asks() -> None:
+    t = table(tied_and_far, seeds=tuple(range(10)), noise=wobble)
+    plain = replay("grid", t, list(range(10)), 3, search_seed=0, budgets=[1.0])
+    raced = replay("grid", t, list(range(10)), 3, search_seed=0, budgets=[1.0], race=Race(max_seeds=8))
+    assert plain.spent == 8 * 3 * t.epochs  # 8 configs x 3 seeds, 3 epochs each
+    assert raced.spent == plain.spent + 2 * 5 * t.epochs  # and the race's 5 more seeds of the two tied ones
+    capped = replay("grid", t, list(range(10)), 3, search_seed=0, budgets=[0.3], race=Race(max_seeds=8))
+    assert capped.spent_at[0.3] <= 0.3 * t.trial_epochs and capped.spent_at[0.3] > 0.3 * t.trial_epochs - t.epochs
