@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "meets": {**{k: v >= TARGETS[k] for k, v in ratios.items()},
                   "int8_loss_points": (-worst <= TARGETS["int8_loss_points"]) if classification else None},
         "models": {r["model"]: r for r in rows},
-        "setup": {"spec": portable(spec_path), "overrides": args.set, "dataset": data.source, "task": data.task,
+        "setup": {"spec": portable(spec_file), "overrides": args.set, "dataset": data.source, "task": data.task,
                   "seq_len": seq_len, "teacher_checkpoint": record.name, "date": time.strftime("%Y-%m-%d"),
                   "machine": machine(threads), "student_config": dataclasses.asdict(named.distill)},
     }

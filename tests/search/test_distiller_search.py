@@ -27,6 +27,7 @@ def tiny_distiller(workdir: Path, storage: Path, *more: str):
             "teachers.train.epochs=2",
             "student.train.epochs=1",
             "search.seeds=[0]",
+            "search.confirm_seeds=0",  # tests/search/test_confirm.py confirms
             f"workdir={workdir}",
             f"search.storage={storage}",
             *more,
