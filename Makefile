@@ -65,11 +65,18 @@ reproduce-pretrained: models
 	$(BIN)/kdsearch compare results/pretrained/pretrained-* --out results/pretrained --force
 	$(BIN)/kdsearch recommend --loo --store results/pretrained
 
-# results/grids/: the larger full grid that `kdsearch bench replay` replays (about 25 minutes)
+# results/grids/: the larger 3-seed grid (about an hour) and the 10-seed truth that `kdsearch bench
+# replay` replays methods over, with and without racing (about an hour and a half), each confirmed
 reproduce-grids: models
-	rm -rf results/grids/grids-*
+	rm -rf results/grids/grids-* results/grids/truth-*
 	$(BIN)/kdsearch run search_spaces/grids.yaml
+	$(BIN)/kdsearch confirm results/grids/grids-* --seeds 6
+	$(BIN)/kdsearch run search_spaces/truth.yaml
+	$(BIN)/kdsearch confirm results/grids/truth-* --seeds 6
+	$(BIN)/kdsearch compare results/grids/grids-* --out results/grids --force
+	$(BIN)/kdsearch compare results/grids/truth-* --out results/grids/truth --force
 	$(BIN)/kdsearch bench replay
+	$(BIN)/kdsearch bench calibration
 
 # results/objectives/: DIST, logit standardisation and annealing against the paper's
 # recommendation, each cell at the alpha and tau_t best for it in results/pretrained/ (about 40 minutes)
@@ -88,6 +95,7 @@ reproduce-objectives: models
 	  --set 'search.configs=[{alpha: 1.0, tau_t: 1.0}, {loss: dist, alpha: 1.0, tau_t: 1.0}, {loss: dist, alpha: 1.0, tau_t: 4.0}, {logit_std: true, alpha: 1.0, tau_t: 1.0}, {logit_std: true, alpha: 1.0, tau_t: 2.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 1.0, tau_t: 2.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 1.0}, {tau_schedule: anneal, alpha: 1.0, tau_t: 8.0}]'
 	$(BIN)/kdsearch run $(OBJ) --set 'search.datasets=[wnut16]' --set 'search.students=[{model: xs, train: {learning_rate: 1.0e-3}}]' \
 	  --set 'search.configs=[{alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 4.0}, {logit_std: true, alpha: 0.5, tau_t: 1.0}, {logit_std: true, alpha: 0.9, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.5, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.9, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 8.0}]'
+	for d in results/objectives/objectives-*; do $(BIN)/kdsearch confirm $$d --all --seeds 3; done
 	$(BIN)/kdsearch compare results/objectives/objectives-* --out results/objectives --force
 
 clean:

@@ -172,12 +172,15 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max", confirm: pd.Da
     rows = []
     for cell, g in means.groupby("cell", sort=False):
         b = base[base["cell"] == cell]
-        if b.empty or str(cell) not in named:
+        if b.empty:
             continue
-        p = named[str(cell)]
-        best = g[g["config_key"] == p.best_key].iloc[0]
+        p = named.get(str(cell))
+        # a cell whose every config collapsed names no best (summary.picks); its row still shows
+        # the highest mean, so the reader sees the cell and why it holds no verdict
+        best = (g[g["config_key"] == p.best_key].iloc[0] if p is not None
+                else g.loc[g["mean"].idxmax() if mode == "max" else g["mean"].idxmin()])
         per_seed = b.groupby("seed")[[metric, "val_agreement", "val_kl"]].mean()
-        d = paired_difference(trials, cell, p.best_key, str(b["config_key"].iloc[0]), metric)
+        d = paired_difference(trials, cell, str(best["config_key"]), str(b["config_key"].iloc[0]), metric)
         # knobs that change what the best config trains (its key holds only those)
         applies = json.loads(str(best["config_key"]))
         varying = [k for k in KNOBS if k in g.columns and g[k].nunique() > 1 and k in applies]
@@ -188,14 +191,17 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max", confirm: pd.Da
             "best config": ", ".join(f"{k}={best[k]}" for k in varying),
             "gain on its selection seeds (optimistic)": 100 * _sign(mode) * d["mean"],
         }
-        conf = confirmed(p, str(cell), confirm if confirm is not None else pd.DataFrame(), metric, mode)
+        conf = confirmed(p, str(cell), confirm if confirm is not None else pd.DataFrame(), metric, mode) if p else {}
         for role, name in (("no KD", "vs no KD"), ("reference", "vs the paper's recommendation")):
             c = conf.get(role)
             row[f"confirmed {name}: gain (points)"] = 100 * c["gain"] if c else math.nan
-            row[f"{name}: t 95% CI, p, seeds"] = (f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}], {c['p']:.3f}, {c['seeds']}"
-                                                   if c else "")
+            ci = (f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]" if c and all(map(math.isfinite, c["ci"]))
+                  else "no interval from 1 seed")
+            row[f"{name}: t 95% CI, p, seeds"] = f"{ci}, {c['p']:.3f}, {c['seeds']}" if c else ""
             row[f"{name}: verdict"] = c["verdict"] if c else (
-                "not confirmed on fresh seeds" if role == "no KD" or p.reference is not None else "the best is the recommendation")
+                "every config collapsed (one class on every seed): none is named best" if p is None
+                else "not confirmed on fresh seeds" if role == "no KD" or p.reference is not None
+                else "the best is the recommendation")
         row["agreement no KD -> KD"] = f"{per_seed['val_agreement'].mean():.3f} -> {best.get('val_agreement', math.nan):.3f}"
         row["KL no KD -> KD"] = f"{per_seed['val_kl'].mean():.3f} -> {best.get('val_kl', math.nan):.3f}"
         rows.append(row)
@@ -205,7 +211,9 @@ def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max", confirm: pd.Da
 def uses_later_objectives(trials: pd.DataFrame) -> bool:
     """Whether any row trained with an objective since the paper (DIST, z-scored logits, annealing)."""
     ok = trials[trials["status"] == "ok"]
-    return any(k in ok and (ok[k].astype(str) != str(v)).any() for k, v in LATER_DEFAULTS.items())
+    # rows written before a knob existed hold nothing for it (they trained with its default); rows a
+    # later `kdsearch confirm` appended to the same search hold the default itself: neither is "used"
+    return any(k in ok and (ok[k].dropna().astype(str) != str(v)).any() for k, v in LATER_DEFAULTS.items())
 
 
 def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
@@ -220,7 +228,8 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
         match = pd.Series(True, index=g.index)
         for k, v in {**RECOMMENDED, **LATER_DEFAULTS}.items():
             if k in g.columns:
-                match &= g[k].astype(str) == str(v)
+                # a later knob's missing value is its default (the row predates the knob)
+                match &= (g[k].astype(str) == str(v)) | (g[k].isna() if k in LATER_DEFAULTS else False)
         if not match.any():
             continue
         ref = g[match].sort_values("mean", ascending=mode != "max").iloc[0]

@@ -214,25 +214,46 @@ def leader(scores: Mapping[str, Scores], sign: float = 1.0) -> str:
     return max(scores, key=rank)
 
 
-def separated(a: Scores, b: Scores, test: str = BEST_SET_TEST, level: float = LEVEL, min_seeds: int = BEST_SET_MIN_SEEDS,
-              sign: float = 1.0) -> bool:
-    """Whether ``b`` is worse than ``a`` on their shared seeds by ``test`` (p <= level)."""
+def _worse_p(a: Scores, b: Scores, test: str, level: float, min_seeds: int, sign: float) -> float:
+    """The p-value that ``b`` differs from ``a`` on their shared seeds, when ``b`` is the worse
+    of the two there (1.0 when it is not, or when they share fewer than ``min_seeds``; 0.0 when
+    ``b`` failed or diverged on a seed: such a config is the worst)."""
     if seed_mean(b) == -math.inf:
-        return True
+        return 0.0
     shared = sorted(set(a) & set(b))
     if len(shared) < min_seeds:
-        return False
+        return 1.0
     d = Paired({s: float(a[s]) - float(b[s]) for s in shared}, test, level)  # type: ignore[arg-type]
-    return d.p <= level and sign * d.mean > 0
+    return d.p if sign * d.mean > 0 else 1.0
+
+
+def separated(a: Scores, b: Scores, test: str = BEST_SET_TEST, level: float = LEVEL, min_seeds: int = BEST_SET_MIN_SEEDS,
+              sign: float = 1.0) -> bool:
+    """Whether ``b`` is worse than ``a`` on their shared seeds by ``test`` (p <= level), one comparison alone."""
+    return _worse_p(a, b, test, level, min_seeds, sign) <= level
 
 
 def best_set(scores: Mapping[str, Scores], test: str = BEST_SET_TEST, level: float = LEVEL,
              min_seeds: int = BEST_SET_MIN_SEEDS, sign: float = 1.0) -> list[str]:
-    """The leader first, then every config ``test`` cannot separate from it (the best set)."""
+    """The leader first, then every config ``test`` cannot separate from it (the best set).
+
+    The leader is compared with every other config at once, so the p-values are adjusted by
+    Holm's step-down (family-wise error at ``level``): unadjusted, 47 comparisons at 0.05 each
+    would drop some config as good as the leader far more often than 1 time in 20. With it, the
+    best set held the 10-seed truth's best in 96-100% of raced halving replays (``kdsearch
+    bench replay``)."""
     if not scores:
         return []
     top = leader(scores, sign)
-    return [top] + [k for k in scores if k != top and not separated(scores[top], scores[k], test, level, min_seeds, sign)]
+    others = [k for k in scores if k != top]
+    p = {k: _worse_p(scores[top], scores[k], test, level, min_seeds, sign) for k in others}
+    out = set(others)
+    for i, k in enumerate(sorted(others, key=lambda k: p[k])):
+        # a failed config (p 0) is out whatever the others say; the rest step down until one holds
+        if p[k] > 0 and p[k] > level / (len(others) - i):
+            break
+        out.discard(k)
+    return [top] + [k for k in others if k in out]
 
 
 def probability_best(scores: Mapping[str, Scores], sign: float = 1.0, draws: int = 2000, seed: int = 0) -> dict[str, float]:

@@ -188,7 +188,9 @@ class ResultStore:
         return True if self.path(BEST_FILE).is_file() else None if self.format() < PORTABLE_FORMAT else False
 
     def mark_finished(self) -> None:
-        self.write_meta({**self.meta(), "finished": time.time()})
+        meta = self.meta()
+        if not meta.get("finished"):  # a later `kdsearch confirm` keeps when the search itself ended
+            self.write_meta({**meta, "finished": time.time()})
 
 
 def of_role(rows: pd.DataFrame, role: str | None) -> pd.DataFrame:

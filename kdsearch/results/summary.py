@@ -241,7 +241,8 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max",
         p = named.get(str(cell))
         best = pick_from[pick_from["config_key"] == p.best_key].iloc[0] if p else pick_from.iloc[0]
         entry: dict[str, Any] = {
-            "config": {k: _plain(best[k]) for k in knob_cols},
+            # a knob the row predates holds nothing (it trained with the default): not part of the config
+            "config": {k: _plain(best[k]) for k in knob_cols if not _missing(best[k])},
             metric: round(float(best["mean"]), 4),
             "std": round(float(best["std"]), 4),
             "seeds": int(best["seeds"]),
@@ -287,7 +288,7 @@ def _best_set(trials: pd.DataFrame, cell: str, kd: pd.DataFrame, metric: str, mo
     return {"best_set": [{"config": {k: _plain(v) for k, v in _row_config(rows.loc[key]).items() if k in json.loads(key)},
                           metric: round(float(np.mean(list(scores[key].values()))), 4), "seeds": len(scores[key]),
                           "p_best": round(chance.get(key, 0.0), 3)} for key in members],
-            "best_set_test": f"{stats.TESTS[stats.BEST_SET_TEST].label} test at {stats.LEVEL:g}, from "
+            "best_set_test": f"{stats.TESTS[stats.BEST_SET_TEST].label} test at {stats.LEVEL:g} (Holm-adjusted), from "
                              f"{stats.BEST_SET_MIN_SEEDS} shared seeds"}
 
 
@@ -297,8 +298,13 @@ def _majority(trials: pd.DataFrame, cell: Any, metric: str) -> dict[str, float]:
     return {"majority_class_score": round(float(rows[col].dropna().iloc[0]), 4)} if col in rows and rows[col].notna().any() else {}
 
 
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def _knobs_text(config: dict[str, Any]) -> str:
     """The knobs that change what a config trains (a later one only off its default)."""
+    config = {k: v for k, v in config.items() if not _missing(v)}  # knobs a stored row predates
     try:
         applies = set(json.loads(knobs.key(config)))
     except Exception:  # noqa: BLE001 - an odd stored value: name every knob

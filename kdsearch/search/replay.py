@@ -190,7 +190,10 @@ def regrets(method: str, table: GridTable, replays: int, budgets: Sequence[float
             named = result.best_sets[budget]
             rows.append({"method": method, "race": race is not None, "cell": table.cell, "replay": i,
                          "budget": round(budget, 4), "first_seeds": first, "regret": regret, "found": pick is not None,
-                         "within_half": bool(pick is not None and regret <= 0.5), "covered": truth in named,
+                         # a config tied with the truth's best over every seed is the best too (on BBC News
+                         # t_hs and t_ll are one checkpoint: their configs train alike, and either is "it")
+                         "within_half": bool(pick is not None and regret <= 0.5),
+                         "covered": any(table.mean(k) >= best - 1e-12 for k in named),
                          "best_set": len(named), "spent": result.spent_at[budget] / table.trial_epochs})
     return pd.DataFrame(rows)
 

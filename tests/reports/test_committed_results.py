@@ -62,7 +62,11 @@ def test_the_committed_objectives_report_matches_its_parquet(tmp_path: Path) -> 
     assert text == (RESULTS / "objectives" / "report.md").read_text()
     assert "## Objectives since the paper, against its recommendation" in text
     trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
-    assert (trials.groupby(["cell", "config_key"]).seed.nunique() >= 3).all()
+    # every arm: 3 selection seeds, then 3 confirmation seeds (kdsearch confirm --all): 6 paired seeds,
+    # the fewest at which the sign-flip test can call a difference
+    assert (trials.groupby(["cell", "config_key"]).seed.nunique() >= 6).all()
+    role = trials.role.fillna("select")  # rows stored before roles existed are selection rows
+    assert set(role) == {"select", "confirm"} and (trials[role == "confirm"].seed >= 100_000).all()
     assert {"dist"} <= set(trials.loss) and trials.logit_std.any() and (trials.tau_schedule == "anneal").any()
     # a gain over a reference that predicted one class on every seed is flagged as such, and only then
     from kdsearch.reports import analysis
@@ -75,14 +79,33 @@ def test_the_committed_objectives_report_matches_its_parquet(tmp_path: Path) -> 
     assert collapsed_refs and set(flagged.cell) == collapsed_refs
 
 
+def test_the_committed_truth_grid_has_ten_seeds() -> None:
+    """results/grids/truth-*: two cells, at least 48 behaviours, 10 seeds each, every epoch's score kept."""
+    from kdsearch.search.replay import tables_from_search
+
+    (folder,) = sorted((RESULTS / "grids").glob("truth-*"))
+    tables = tables_from_search(folder)
+    assert {t.cell.split("/")[0] for t in tables} == {"rotten_tomatoes", "bbc_news"}
+    for t in tables:
+        assert len(t.scores) >= 48 and t.seeds == list(range(10)) and t.missing == 0 and t.epochs == 3
+        assert all(len(per_epoch) == 3 for seeds in t.scores.values() for per_epoch in seeds.values())
+    assert {"dist", "kl", "mse", "ce"} <= set(pd.read_parquet(folder / "trials.parquet").loss)
+
+
 def test_the_committed_benches_have_their_keys() -> None:
     import json
 
     replay = json.loads((RESULTS / "bench" / "replay.json").read_text())
     assert replay["replays_per_cell"] >= 200 and replay["budgets"] == [0.1, 0.2, 0.3]
-    methods = {r["method"] for r in replay["summary"]}
-    assert {"greedy", "revisit", "halving", "optuna", "random", "grid", "auto"} <= methods
-    assert any(t["configs"] >= 150 for t in replay["tables"])
+    methods = {(r["method"], r["race"]) for r in replay["summary"]}
+    for m in ("greedy", "revisit", "halving", "optuna", "random", "grid"):
+        assert {(m, False), (m, True)} <= methods, m
+    assert ("auto", True) in methods
+    assert all(len(t["seeds"]) >= 10 and t["configs"] >= 48 for t in replay["tables"]) and len(replay["tables"]) == 2
     for r in replay["summary"]:
-        assert {"mean_regret", "p90_regret", "worst_regret", "within_noise"} <= set(r)
+        assert {"mean_regret", "p90_regret", "worst_regret", "within_half_point", "best_set_covers", "spent"} <= set(r)
     assert (RESULTS / "bench" / "replay.png").stat().st_size > 1000
+    calibration = json.loads((RESULTS / "bench" / "calibration.json").read_text())
+    assert calibration["draws"] >= 2000 and calibration["verdict_test"] == "signflip" and calibration["meets_targets"]["a_a"]
+    assert {r["seeds"] for r in calibration["a_a"]} == {2, 3, 5, 8, 10} and {r["K"] for r in calibration["best_of_k"]} == {8, 24, 168}
+    assert (RESULTS / "bench" / "calibration.png").stat().st_size > 1000

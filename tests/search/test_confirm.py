@@ -3,6 +3,7 @@ on, the verdicts read from them alone, and `kdsearch confirm` continued after Ct
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,6 +102,7 @@ def test_kdsearch_confirm_adds_seeds_and_resumes_after_ctrl_c(confirmed: Path, t
     folder = tmp_path / confirmed.name
     shutil.copytree(confirmed, folder)
     before = pd.read_parquet(folder / "trials.parquet")
+    ended = json.loads((folder / "search.json").read_text())["finished"]
     p = kdsearch("confirm", str(folder), "--seeds", "3")
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
@@ -131,3 +133,4 @@ def test_kdsearch_confirm_adds_seeds_and_resumes_after_ctrl_c(confirmed: Path, t
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "every confirmed config has its 3 fresh seed(s) already" in again.stdout
     assert len(pd.read_parquet(folder / "trials.parquet")) == len(every)
+    assert json.loads((folder / "search.json").read_text())["finished"] == ended  # when the search itself ended

@@ -86,7 +86,10 @@ def test_auto_says_what_it_stands_for() -> None:
         for gpu in (False, True):
             method, why = choose(space, gpu)
             assert method in METHODS and not METHODS[method].auto and why
-    assert choose(large, gpu=False)[0] == "optuna" and choose(small, gpu=False)[0] == "revisit"  # on CPU, never the whole grid
+    assert choose(large, gpu=False)[0] == "optuna" and choose(small, gpu=False)[0] == "halving"  # on CPU, never the whole grid
+    # halving sets each rung's epochs: a space that varies them gets the next rule
+    with_epochs = Space({"loss": ["ce", "mse"], "epochs": [1, 2]}, DistillSpec(), OptimSpec())
+    assert choose(with_epochs, gpu=False)[0] == "revisit"
     assert choose(large, gpu=True)[0] == "grid"  # it fuses
     # an empty space is the spec's own config: the grid of that one config runs it (greedy would ask nothing)
     empty = Space({}, DistillSpec(loss="mse"), OptimSpec())
