@@ -3,8 +3,8 @@
 Every config of a decision (a greedy stage, a revisit pass, a halving rung; for samplers and the
 grid, the whole cell at its end) gets the method's first seeds. Then, in rounds, the leader and
 every config that a paired test cannot yet separate from it get the next seed (the same seed id
-for all, so comparisons stay paired); a config the test separates (worse, p <= level) gets no
-more. The race ends when one config is left, when a config reaches ``max_seeds``, or when its
+for all, so comparisons stay paired); a config the test separates (worse, p <= level after
+Holm's adjustment over the configs compared with the leader at once) gets no more. The race ends when one config is left, when a config reaches ``max_seeds``, or when its
 budget of trial-epochs is spent. Nothing here imports Ray: the cell searcher
 (:mod:`kdsearch.search.cells`) runs the rounds, the replays (:mod:`kdsearch.search.replay`)
 and the summaries (:mod:`kdsearch.results.summary`) call the same functions.
