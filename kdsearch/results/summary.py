@@ -346,10 +346,14 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
         if len(b.get("best_set", [])) > 1:
             shown = b["best_set"][:5]
             more = f", and {len(b['best_set']) - 5} more" if len(b["best_set"]) > 5 else ""
-            lines.append(f"     best set: {len(b['best_set'])} configs a {b['best_set_test']} cannot separate (P(best) from "
-                         "a bootstrap over seeds): " + "; ".join(
-                             f"{_knobs_text(c['config'])} {c[metric]:.4f} over {c['seeds']} seed(s), "
-                             + (f"P {c['p_best']:.2f}" if c["seeds"] > 1 else "P n/a")
+            # below the test's fewest seeds nothing can be separated, and a bootstrap over 2 seeds
+            # says "P 1.00" of a lucky pair: say why the set is everything, and give no P
+            few = b["best_set"][0]["seeds"] < stats.BEST_SET_MIN_SEEDS
+            why = (f"{b['best_set'][0]['seeds']} seed(s) are too few for a {b['best_set_test']} to separate any"
+                   if few else f"a {b['best_set_test']} cannot separate (P(best) from a bootstrap over seeds)")
+            lines.append(f"     best set: {len(b['best_set'])} configs, {why}: " + "; ".join(
+                             f"{_knobs_text(c['config'])} {c[metric]:.4f} over {c['seeds']} seed(s)"
+                             + (f", P {c['p_best']:.2f}" if c["seeds"] >= stats.BEST_SET_MIN_SEEDS else "")
                              for c in shown) + more)
         elif b.get("best_set"):
             lines.append(f"     best set: this config alone (a {b['best_set_test']} separates every other from it; "

@@ -103,3 +103,16 @@ def test_the_collapse_warning_counts_trainings_not_copies() -> None:
     line = summary_lines(trials, best_per_cell(trials, "val_score"), "val_score")[1]
     assert line.startswith("warning: 2 of 2 trained students collapsed") and line.endswith(
         "2 more row(s) are copies of them, for configs that trained as another")
+
+
+def test_the_best_set_says_when_its_seeds_are_too_few_to_separate_anything() -> None:
+    """At 2 seeds no config can be separated from the leader, and a bootstrap over 2 seeds
+    says "P 1.00" of a lucky pair: the line says why the set is everything and gives no P."""
+    two = pd.DataFrame(rows(KD, "0", {0: 0.70, 1: 0.71}) + rows(PAPER, "0", {0: 0.65, 1: 0.66}))
+    lines = summary_lines(two, best_per_cell(two, "val_score"), "val_score")
+    (line,) = [ln for ln in lines if "best set:" in ln]
+    assert "2 configs, 2 seed(s) are too few for a paired t test at 0.05 (Holm-adjusted), from 3 shared seeds to separate any" in line
+    assert ", P " not in line
+    three = pd.DataFrame(rows(KD, "0", {0: 0.70, 1: 0.71, 2: 0.64}) + rows(PAPER, "0", {0: 0.65, 1: 0.66, 2: 0.69}))
+    (line,) = [ln for ln in summary_lines(three, best_per_cell(three, "val_score"), "val_score") if "best set:" in ln]
+    assert "cannot separate (P(best) from a bootstrap over seeds)" in line and ", P 0." in line
