@@ -46,7 +46,8 @@ STRING_COLUMNS = ("stage", "error", "status", "cell", "node", "teacher_name", "r
 SPEC_SEAL = "# kdsearch spec, sealed: "  # the last line of a stored spec: its checksum
 
 
-def _is_missing(v: Any) -> bool:
+def is_missing(v: Any) -> bool:
+    """A stored value that holds nothing: None or NaN (a column a row predates)."""
     return v is None or (isinstance(v, float) and v != v)
 
 
@@ -55,7 +56,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
         knob = KNOBS.get(col)
         kind = knob.column if knob else "string" if col in STRING_COLUMNS else None
         if kind == "string":
-            df[col] = df[col].map(lambda v: None if _is_missing(v) else str(v))
+            df[col] = df[col].map(lambda v: None if is_missing(v) else str(v))
         elif kind == "float64" and df[col].dtype == object and not df[col].map(lambda v: isinstance(v, str)).any():
             df[col] = df[col].astype("float64")
     return df

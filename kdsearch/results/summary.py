@@ -26,6 +26,7 @@ import yaml
 from kdsearch import knobs
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results import stats
+from kdsearch.results.store import is_missing
 
 
 def knob_columns(df: pd.DataFrame) -> list[str]:
@@ -242,7 +243,7 @@ def best_per_cell(trials: pd.DataFrame, metric: str, mode: str = "max",
         best = pick_from[pick_from["config_key"] == p.best_key].iloc[0] if p else pick_from.iloc[0]
         entry: dict[str, Any] = {
             # a knob the row predates holds nothing (it trained with the default): not part of the config
-            "config": {k: _plain(best[k]) for k in knob_cols if not _missing(best[k])},
+            "config": {k: _plain(best[k]) for k in knob_cols if not is_missing(best[k])},
             metric: round(float(best["mean"]), 4),
             "std": round(float(best["std"]), 4),
             "seeds": int(best["seeds"]),
@@ -298,13 +299,9 @@ def _majority(trials: pd.DataFrame, cell: Any, metric: str) -> dict[str, float]:
     return {"majority_class_score": round(float(rows[col].dropna().iloc[0]), 4)} if col in rows and rows[col].notna().any() else {}
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def _knobs_text(config: dict[str, Any]) -> str:
     """The knobs that change what a config trains (a later one only off its default)."""
-    config = {k: v for k, v in config.items() if not _missing(v)}  # knobs a stored row predates
+    config = {k: v for k, v in config.items() if not is_missing(v)}  # knobs a stored row predates
     try:
         applies = set(json.loads(knobs.key(config)))
     except Exception:  # noqa: BLE001 - an odd stored value: name every knob

@@ -206,16 +206,13 @@ def summary(rows: pd.DataFrame, noise: dict[str, float]) -> pd.DataFrame:
     rows = rows.copy()
     rows["noise"] = rows["cell"].map(noise)
     rows["regret"] = rows["regret"].fillna(np.inf)
-    if "race" not in rows:
-        rows["race"] = False
     out = []
     for (method, raced, budget), g in rows.groupby(["method", "race", "budget"], sort=True):
         finite = g["regret"].replace(np.inf, np.nan)
         out.append({"method": method, "race": bool(raced), "budget": budget, "replays": int(len(g)),
                     "mean_regret": float(finite.mean()), "p90_regret": float(np.percentile(g["regret"], 90)),
-                    "worst_regret": float(g["regret"].max()), "within_half_point": float(g.get("within_half", g["regret"] <= 0.5).mean()),
-                    "best_set_covers": float(g["covered"].mean()) if "covered" in g else math.nan,
-                    "best_set_size": float(g["best_set"].mean()) if "best_set" in g else math.nan,
+                    "worst_regret": float(g["regret"].max()), "within_half_point": float(g["within_half"].mean()),
+                    "best_set_covers": float(g["covered"].mean()), "best_set_size": float(g["best_set"].mean()),
                     "within_noise": float((g["regret"] <= g["noise"]).mean()), "found": float(g["found"].mean()),
-                    "spent": float(g["spent"].mean()) if "spent" in g else math.nan})  # share of the grid's trial-epochs
+                    "spent": float(g["spent"].mean())})  # share of the grid's trial-epochs
     return pd.DataFrame(out)
