@@ -57,10 +57,10 @@ class Race:
             raise SpecError(f"{where}.test: must be one of {', '.join(stats.TESTS)}, got {self.test!r}")
         if not 0 < self.level < 1:
             raise SpecError(f"{where}.level: must be in (0, 1), got {self.level}")
+        if not 2 <= self.max_seeds <= 100:  # first: min_seeds is checked against it
+            raise SpecError(f"{where}.max_seeds: must be in 2..100, got {self.max_seeds}")
         if not 2 <= self.min_seeds <= self.max_seeds:
             raise SpecError(f"{where}.min_seeds: must be in 2..max_seeds ({self.max_seeds}), got {self.min_seeds}")
-        if not 2 <= self.max_seeds <= 100:
-            raise SpecError(f"{where}.max_seeds: must be in 2..100, got {self.max_seeds}")
         if self.budget is not None and self.budget < 1:
             raise SpecError(f"{where}.budget: at least 1 trial-epoch, got {self.budget}")
 
