@@ -73,9 +73,13 @@ def test_missing_token_is_one_line(tmp_path: Path) -> None:
 
 
 def test_unreachable_head_at_submit(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens there
-    r = run("-m", "kdsearch", "submit", "search_spaces/quick.yaml", "--address", f"http://127.0.0.1:{port}",
-            "--set", f"search.storage={tmp_path}")
+    # a port held bound but never listening: connections are refused, and no other process (a Ray
+    # worker of the shared test cluster) can take it between choosing it and the submit
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        r = run("-m", "kdsearch", "submit", "search_spaces/quick.yaml", "--address", f"http://127.0.0.1:{port}",
+                "--set", f"search.storage={tmp_path}", env={"RAY_AUTH_TOKEN": "0" * 32})  # any token: none is asked
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Ray cluster's job server" in lines[0], lines
