@@ -369,14 +369,32 @@ The knobs that shaped this student (the others do not apply to this config):
 
 **How it was found:** a `{spec.search.method}` search by kdsearch ({folder.name}); this is
 {found}. Rerun it with `kdsearch distill --config {SPEC_NAME}`.
-{_usage(row, spec.data.max_length)}{_deploy_section(deployed, metric)}"""
+{_usage(row, spec.data)}{_deploy_section(deployed, metric)}"""
 
 
-def _usage(row: dict[str, Any], max_length: int) -> str:
-    """How to load it in a transformers pipeline, cutting inputs to the length it trained on."""
+def _usage(row: dict[str, Any], data: Any) -> str:
+    """How to run it with transformers alone, cutting inputs as it was trained (``data``: the spec's DataSpec)."""
     from kdsearch.tasks import TASKS
 
     task = TASKS.get(str(row.get("task") or "classification"), TASKS["classification"])
+    max_length = data.max_length
+    if task.extractive:
+        return _qa_usage(max_length, data.stride)
+    if task.name == "pair_classification":
+        return f"""
+## Using it
+
+```python
+from transformers import pipeline
+student = pipeline("text-classification", model="THIS_FOLDER")
+student({{"text": "the evidence or premise", "text_pair": "the claim or hypothesis"}}, truncation="only_first")
+```
+
+`truncation="only_first"` cuts the first text (the evidence) to fit the {max_length} tokens it trained on
+(`model_max_length` in `tokenizer_config.json`) and keeps the second (the claim) whole, as in training
+(a claim too long to leave the evidence a token was cut from both there). This pipeline does not truncate
+unless told (huggingface/transformers#4501).
+"""
     if task.pipeline_truncates:
         call, why = (f'pipeline("{task.pipeline}", model="THIS_FOLDER")',
                      f"cuts an input to the {max_length} tokens it trained on (`model_max_length` in `tokenizer_config.json`)")
@@ -397,9 +415,53 @@ The pipeline {why}.
 """
 
 
+def _qa_usage(max_length: int, stride: int) -> str:
+    """The extractive-QA reader as the student was scored: windows, best span over them (transformers 5.3
+    removed the ``question-answering`` pipeline: huggingface/transformers#43325)."""
+    from kdsearch.data.qa import MAX_ANSWER_TOKENS
+
+    return f"""
+## Using it
+
+transformers 5.3 removed the `question-answering` pipeline (huggingface/transformers#43325), so this is
+the reader written out, as kdsearch scored the student: the question and the context cut into windows of
+{max_length} tokens overlapping by {stride}, and the best span (start logit + end logit, inside the context,
+at most {MAX_ANSWER_TOKENS} tokens) over all windows.
+
+```python
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
+model = AutoModelForQuestionAnswering.from_pretrained("THIS_FOLDER").eval()
+
+
+def answer(question: str, context: str, max_answer_tokens: int = {MAX_ANSWER_TOKENS}) -> str:
+    enc = tokenizer(question.lstrip(), context, truncation="only_second", max_length={max_length}, stride={stride},
+                    return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
+    offsets = enc.pop("offset_mapping")
+    enc.pop("overflow_to_sample_mapping")
+    with torch.no_grad():
+        out = model(**enc)
+    best, text = -float("inf"), ""
+    for w in range(len(offsets)):
+        in_context = torch.tensor([s == 1 for s in enc.sequence_ids(w)])
+        score = out.start_logits[w][:, None] + out.end_logits[w][None, :]
+        ok = torch.ones_like(score, dtype=torch.bool).triu().tril(max_answer_tokens - 1)
+        score = score.masked_fill(~(ok & in_context[:, None] & in_context[None, :]), -float("inf"))
+        s, e = divmod(int(score.argmax()), score.shape[1])
+        if score[s, e] > best:
+            best, text = float(score[s, e]), context[int(offsets[w][s][0]) : int(offsets[w][e][1])]
+    return text
+```
+"""
+
+
 def _deploy_section(deployed: dict[str, Any] | None, metric: str) -> str:
     if not deployed:
         return ""
+    names = deployed.get("outputs", ["logits"])
+    outputs = ("outputs " if len(names) > 1 else "output ") + " and ".join(f"`{n}`" for n in names)
     from kdsearch.deploy.ship import card_table
 
     return f"""
@@ -407,6 +469,6 @@ def _deploy_section(deployed: dict[str, Any] | None, metric: str) -> str:
 
 {card_table(deployed, metric.replace('val_', ''))}
 `model.onnx` loads in `onnxruntime.InferenceSession` (inputs `input_ids`, `attention_mask`,
-`token_type_ids` from the tokenizer in this folder, batch and length dynamic; output
-`logits`); it was kept only after ONNX Runtime reproduced PyTorch on the {deployed['split']} split.
+`token_type_ids` from the tokenizer in this folder, batch and length dynamic; {outputs}); it
+was kept only after ONNX Runtime reproduced PyTorch on the {deployed['split']} split.
 """

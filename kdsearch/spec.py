@@ -65,6 +65,14 @@ class DataSpec:
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    # extractive QA: how many tokens consecutive windows of a long context share (the HF
+    # examples' doc_stride): an answer cut by one window is whole in the next. None: a third
+    # of max_length, the examples' 128 of 384
+    doc_stride: int | None = None
+
+    @property
+    def stride(self) -> int:
+        return self.max_length // 3 if self.doc_stride is None else self.doc_stride
 
     def check(self, where: str) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -74,6 +82,8 @@ class DataSpec:
         for k in self.columns:
             if k not in COLUMN_ROLES:
                 raise SpecError(f"{where}.columns: unknown role {k!r} (known: {', '.join(sorted(COLUMN_ROLES))})")
+        if self.doc_stride is not None and not 0 <= self.doc_stride < self.max_length:
+            raise SpecError(f"{where}.doc_stride: must be in 0..{self.max_length - 1} (below max_length), got {self.doc_stride}")
         for name in ("max_train_examples", "max_eval_examples"):
             v = getattr(self, name)
             if v is not None and v <= 0:

@@ -56,7 +56,7 @@ def eval_order(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 def make_batch(split: EncodedSplit, index: torch.Tensor) -> Batch:
     lengths = split.lengths[index]
-    width = int(lengths.max())
+    width = split.input_ids.shape[1] if split.fixed_width else int(lengths.max())
     ids = split.input_ids[index, :width]
     mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
     labels = split.labels[index] if split.labels.dim() == 1 else split.labels[index, :width]

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kdsearch import atomic, cache
+from kdsearch.data.qa import QAWindows, encode_windows
 from kdsearch.data.sources import RawData, label_names, load_raw
 from kdsearch.data.stats import train_stats
 from kdsearch.data.tokenizer import get_tokenizer, tokenizer_key
@@ -39,6 +40,9 @@ class EncodedSplit:
     lengths: torch.Tensor
     labels: torch.Tensor
     token_type_ids: torch.Tensor | None = None
+    # batches keep the split's whole width (QA: a window's positions are its classes, and
+    # cached teacher rows have one width), instead of cutting to their longest example
+    fixed_width: bool = False
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -77,18 +81,27 @@ class PreparedData:
     mask_token_id: int | None = None
     special_ids: list[int] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # the train split's (see kdsearch.data.stats)
+    qa: dict[str, QAWindows] = field(default_factory=dict)  # extractive QA: each split's windows and texts
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    @property
+    def num_classes(self) -> int:
+        """The width of a flat logit row: the labels, or for QA a window's positions."""
+        return self.max_length if TASKS[self.task].extractive else self.num_labels
+
     @classmethod
     def load(cls, folder: Path) -> PreparedData:
         meta = json.loads((folder / "meta.json").read_text())
-        splits = {}
+        extractive = TASKS[meta["task"]].extractive
+        splits, qa = {}, {}
         for s in meta["splits"]:
             t = load_file(folder / f"{s}.safetensors")
-            splits[s] = EncodedSplit(t["input_ids"], t["lengths"], t["labels"], t.get("token_type_ids"))
+            splits[s] = EncodedSplit(t["input_ids"], t["lengths"], t["labels"], t.get("token_type_ids"), extractive)
+            if extractive:
+                qa[s] = QAWindows.load(folder, s)
         return cls(
             key=meta["key"],
             task=meta["task"],
@@ -103,6 +116,7 @@ class PreparedData:
             mask_token_id=meta["mask_token_id"],
             special_ids=meta["special_ids"],
             stats=meta.get("stats", {}),
+            qa=qa,
         )
 
 
@@ -126,8 +140,13 @@ def _label_ids(values: list, names: list[str], split: str, raw: RawData) -> list
     return out
 
 
-def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_length: int) -> EncodedSplit:
-    """Tokenize one split with the tokenizer's Rust backend (fast, gives word ids)."""
+def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_length: int,
+                 stride: int = 0) -> tuple[EncodedSplit, QAWindows | None]:
+    """Tokenize one split with the tokenizer's Rust backend (fast, gives word ids); QA
+    splits become windows of ``max_length`` overlapping by ``stride`` (:mod:`kdsearch.data.qa`)."""
+    if TASKS[raw.task].extractive:
+        t, windows = encode_windows(raw.splits[split], raw.columns, tokenizer, max_length, stride, split, raw.source)
+        return EncodedSplit(t["input_ids"], t["lengths"], t["labels"], t["token_type_ids"], fixed_width=True), windows
     backend = tokenizer.backend_tokenizer
     backend.no_padding()
     backend.enable_truncation(max_length=max_length)
@@ -156,8 +175,7 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
     else:
         texts = [str(t) for t in df[cols["text"]]]
         if raw.task == "pair_classification":
-            pairs = [str(t) for t in df[cols["text_pair"]]]
-            encs = backend.encode_batch(list(zip(texts, pairs)))
+            encs = _encode_pairs(backend, texts, [str(t) for t in df[cols["text_pair"]]], max_length)
         else:
             encs = backend.encode_batch(texts)
         labels = torch.tensor(_label_ids(df[cols["label"]].tolist(), names, split, raw))
@@ -167,13 +185,36 @@ def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_leng
     type_ids = _pad([e.type_ids for e in encs], 0) if raw.task == "pair_classification" else None
     if labels.dim() == 2:
         labels = labels[:, : input_ids.shape[1]]
-    return EncodedSplit(input_ids, lengths, labels, type_ids)
+    return EncodedSplit(input_ids, lengths, labels, type_ids), None
+
+
+def _encode_pairs(backend: Any, texts: list[str], pairs: list[str], max_length: int) -> list[Any]:
+    """(text, text_pair) encodings cut from the first text only, so the second (a claim, a
+    hypothesis: short, and what the label is about) stays whole; a pair whose second text
+    alone leaves no room is cut from both (longest first)."""
+    backend.no_truncation()
+    room = max_length - backend.num_special_tokens_to_add(True)
+    second = [len(e.ids) for e in backend.encode_batch(pairs, add_special_tokens=False)]
+    fits = [n < room for n in second]
+    out: list[Any] = [None] * len(texts)
+    for strategy, keep in (("only_first", True), ("longest_first", False)):
+        rows = [i for i, f in enumerate(fits) if f is keep]
+        if rows:
+            backend.enable_truncation(max_length=max_length, strategy=strategy)
+            for i, e in zip(rows, backend.encode_batch([(texts[i], pairs[i]) for i in rows])):
+                out[i] = e
+    return out
 
 
 def data_key(spec: DataSpec, raw: RawData, names: list[str] | None = None) -> str:
     """The cache key of ``spec``'s prepared data (and of its teacher pool)."""
     names = names if names is not None else label_names(raw)
-    ident = [FORMAT_VERSION, raw.fingerprint, tokenizer_key(spec.tokenizer, raw), spec.max_length, names]
+    ident: list[Any] = [FORMAT_VERSION, raw.fingerprint, tokenizer_key(spec.tokenizer, raw), spec.max_length, names]
+    # how windows and pairs are cut, in the key of the tasks it changes (older keys stay valid)
+    if TASKS[raw.task].extractive:
+        ident.append(["windows", spec.stride])
+    elif raw.task == "pair_classification":
+        ident.append(["pairs", "only_first"])
     return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
 
@@ -196,16 +237,19 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
         return data
     log(f"preparing {raw.source} (cached under {folder})")
     tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root, log)
-    specials = tokenizer.num_special_tokens_to_add(pair=raw.task == "pair_classification")
+    specials = tokenizer.num_special_tokens_to_add(pair=raw.task in ("pair_classification", "question_answering"))
     if spec.max_length <= specials:
         raise DataError(f"data.max_length: {spec.max_length} token(s) leave no room for text: the tokenizer adds {specials} "
                         f"special tokens to every example; use at least {specials + 1}")
     with atomic.new_dir(folder) as tmp:
         for split in raw.splits:
             start = time.perf_counter()
-            enc = encode_split(raw, split, tokenizer, names, spec.max_length)
+            enc, windows = encode_split(raw, split, tokenizer, names, spec.max_length, spec.stride)
             save_file(enc.tensors(), tmp / f"{split}.safetensors")
-            log(f"  tokenized {split}: {len(enc)} examples in {time.perf_counter() - start:.1f} s")
+            if windows is not None:
+                windows.save(tmp, split)
+            what = f"{len(windows.contexts)} questions in {len(enc)} windows" if windows is not None else f"{len(enc)} examples"
+            log(f"  tokenized {split}: {what} in {time.perf_counter() - start:.1f} s")
         meta = {
             "key": key,
             "task": raw.task,

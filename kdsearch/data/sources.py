@@ -194,7 +194,7 @@ def _rows(mask: pd.Series) -> str:
 
 
 def _check_values(df: pd.DataFrame, columns: dict[str, str], roles: tuple[str, ...], split: str, source: str) -> None:
-    """Texts present and not all empty; word and tag columns holding lists."""
+    """Texts present and not all empty; word and tag columns holding lists; answers spans of their contexts."""
     for role in roles:
         col = df[columns[role]]
         if role in ("text", "text_pair"):
@@ -203,6 +203,10 @@ def _check_values(df: pd.DataFrame, columns: dict[str, str], roles: tuple[str, .
                 raise DataError(f"{split} split of {source!r} has missing texts in column {columns[role]!r} (rows {_rows(missing)})")
             if not col.astype(str).str.strip().astype(bool).any():
                 raise DataError(f"{split} split of {source!r}: every text in column {columns[role]!r} is empty")
+        elif role == "answers":
+            from kdsearch.data.qa import check_answers
+
+            check_answers(df, columns, split, source)
         elif role in ("tokens", "tags"):
             not_list = col.map(lambda v: isinstance(v, str) or not hasattr(v, "__len__"))
             if not_list.any():
@@ -214,6 +218,8 @@ def _check_values(df: pd.DataFrame, columns: dict[str, str], roles: tuple[str, .
 
 def _infer_task(train: pd.DataFrame, columns: dict[str, str]) -> str:
     cols = set(train.columns)
+    if all(columns.get(r, r) in cols for r in ("question", "context", "answers")):
+        return "question_answering"  # SQuAD's columns
     if columns.get("tokens", "tokens") in cols and columns.get("tags", "tags") in cols:
         return "token_classification"
     if columns.get("text_pair", "text_pair") in cols:
@@ -222,7 +228,11 @@ def _infer_task(train: pd.DataFrame, columns: dict[str, str]) -> str:
 
 
 def label_names(raw: RawData) -> list[str]:
-    """The label set from train: sorted, with ``O`` first for token tags."""
+    """The label set from train: sorted, with ``O`` first for token tags (QA: a window's two rows)."""
+    if TASKS[raw.task].extractive:
+        from kdsearch.data.qa import QA_LABELS
+
+        return list(QA_LABELS)
     if TASKS[raw.task].per_token:
         values = {str(t) for tags in raw.splits["train"][raw.columns["tags"]] for t in tags}
         return sorted(values, key=lambda t: (t != "O", t[2:] if t[:2] in ("B-", "I-") else t, t))

@@ -29,7 +29,12 @@ def train_stats(raw: RawData) -> dict[str, Any]:
     train = raw.splits["train"]
     if len(train) == 0:
         raise DataError(f"train split of {raw.source!r} is empty")
-    if TASKS[raw.task].per_token:
+    if TASKS[raw.task].extractive:
+        # the words a model reads per question: question and context; the two "labels" (a
+        # window's start and end rows) are always balanced
+        lengths = (train[raw.columns["question"]].astype(str) + " " + train[raw.columns["context"]].astype(str)).str.split().map(len)
+        labels = pd.Series(["start", "end"])
+    elif TASKS[raw.task].per_token:
         lengths = train[raw.columns["tokens"]].map(len)
         labels = train[raw.columns["tags"]].explode()
     else:

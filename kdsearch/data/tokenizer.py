@@ -18,6 +18,7 @@ from kdsearch.spec import TokenizerSpec
 from kdsearch.tasks import TASKS
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TEXT_ROLES = ("text", "text_pair", "question", "context")  # the columns of running text a tokenizer learns from
 
 
 def tokenizer_key(spec: TokenizerSpec, raw: RawData) -> str:
@@ -65,7 +66,7 @@ def _train_texts(raw: RawData) -> Iterator[str]:
     if TASKS[raw.task].per_token:
         texts: Iterator[str] = (" ".join(map(str, tokens)) for tokens in df[raw.columns["tokens"]])
     else:
-        texts = (str(t) for col in ("text", "text_pair") if col in raw.columns and raw.columns[col] in df.columns
+        texts = (str(t) for col in TEXT_ROLES if col in raw.columns and raw.columns[col] in df.columns
                  for t in df[raw.columns[col]])
     for text in texts:
         yield _LONG_WORD.sub(" ", text)

@@ -16,6 +16,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -65,12 +66,19 @@ def export(model: torch.nn.Module, path: Path, length: int = 16) -> None:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (), kwargs=inputs, dynamic_shapes=shapes, input_names=list(INPUTS),
-                                        output_names=["logits"], dynamo=True, verbose=False)
+                                        output_names=output_names(model), dynamo=True, verbose=False)
             program.save(str(path))
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds; the user needs one line
         raise KDSearchError(f"torch.onnx cannot export {type(model).__name__}: {str(e).splitlines()[0][:200]}") from None
     finally:
         quiet.setLevel(level)
+
+
+def output_names(model: torch.nn.Module) -> list[str]:
+    """The graph's outputs, named as transformers names them (and Optimum's ORT models read them)."""
+    if type(model).__name__.endswith("ForQuestionAnswering"):
+        return ["start_logits", "end_logits"]
+    return ["logits"]
 
 
 def session(path: Path, threads: int) -> Any:
@@ -97,8 +105,8 @@ def predict(sess: Any, data: PreparedData, split: str, batch_size: int = 64) -> 
     out: torch.Tensor | None = None
     for index in eval_order(enc.lengths, batch_size):
         batch = make_batch(enc, index)
-        logits = torch.from_numpy(sess.run(["logits"], feed(batch))[0])
-        rows = task.select(logits, batch.labels)[0]
+        outputs = {o.name: torch.from_numpy(v) for o, v in zip(sess.get_outputs(), sess.run(None, feed(batch)))}
+        rows = task.select(task.logits(SimpleNamespace(**outputs), batch.attention_mask), batch.labels)[0]
         if out is None:
             out = torch.empty(int(offsets[-1]), rows.shape[-1])
         out[positions_index(offsets, index)] = rows.float()

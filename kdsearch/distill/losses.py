@@ -20,20 +20,32 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch.registry import registrar
+from kdsearch.tasks import MASKED_LOGIT
+
+
+def masked(z: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """``z`` with the classes that do not exist (QA's padding positions) at ``MASKED_LOGIT``,
+    after any temperature: their probability is exactly 0 at every tau."""
+    return z if classes is None else z.masked_fill(~classes, MASKED_LOGIT)
 
 
 @dataclass
 class StudentLogits:
-    """Student logits with log-probabilities computed at most once per temperature."""
+    """Student logits with log-probabilities computed at most once per temperature.
+
+    ``classes`` (a bool mask shaped like the logits) marks the classes that exist; the
+    others (QA's padding positions) get probability 0 at every temperature.
+    """
 
     logits: torch.Tensor
+    classes: torch.Tensor | None = None
     _cache: dict[float | int, torch.Tensor] = field(default_factory=dict)
 
     def log_probs(self, tau: float | torch.Tensor = 1.0) -> torch.Tensor:
         key = tau if isinstance(tau, float) else id(tau)  # a tensor of temperatures: by identity
         if key not in self._cache:
             z = self.logits if isinstance(tau, float) and tau == 1.0 else self.logits / tau
-            self._cache[key] = F.log_softmax(z.float(), dim=-1)
+            self._cache[key] = F.log_softmax(masked(z.float(), self.classes), dim=-1)
         return self._cache[key]
 
 
@@ -43,12 +55,18 @@ Temperature = float | torch.Tensor  # a population passes one per member, shaped
 @dataclass(frozen=True)
 class LossOptions:
     """What a distance may read besides the logits: which positions count (``valid``, the
-    weights of a population's padded batch; None: every row) and DIST's weights (a number,
-    or one per member shaped to multiply ``[K, positions]``)."""
+    weights of a population's padded batch; None: every row), DIST's weights (a number,
+    or one per member shaped to multiply ``[K, positions]``), and which classes exist
+    (``classes``, a bool mask like the logits: QA's window positions; None: all)."""
 
     valid: torch.Tensor | None = None
     dist_beta: float | torch.Tensor = 1.0
     dist_gamma: float | torch.Tensor = 1.0
+    classes: torch.Tensor | None = None
+
+    def class_weights(self, like: torch.Tensor) -> torch.Tensor | None:
+        """The mask of existing classes as 0/1 weights (None: all count)."""
+        return None if self.classes is None else self.classes.to(like.dtype).expand_as(like)
 
 
 Distance = Callable[[StudentLogits, torch.Tensor, Temperature, Temperature, LossOptions], torch.Tensor]
@@ -66,7 +84,7 @@ the positions that count, so one single trial and every member of a population s
 def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
                        options: LossOptions = LossOptions()) -> torch.Tensor:
     """-sum_c softmax(z_t/tau_t)_c * log softmax(z_s/tau_s)_c."""
-    p_t = F.softmax(teacher.float() / tau_t, dim=-1)
+    p_t = F.softmax(masked(teacher.float() / tau_t, options.classes), dim=-1)
     return -(p_t * student.log_probs(tau_s)).sum(-1)
 
 
@@ -74,15 +92,17 @@ def soft_cross_entropy(student: StudentLogits, teacher: torch.Tensor, tau_t: Tem
 def kl_divergence(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
                   options: LossOptions = LossOptions()) -> torch.Tensor:
     """KL(softmax(z_t/tau_t) || softmax(z_s/tau_s))."""
-    log_p_t = F.log_softmax(teacher.float() / tau_t, dim=-1)
+    log_p_t = F.log_softmax(masked(teacher.float() / tau_t, options.classes), dim=-1)
     return (log_p_t.exp() * (log_p_t - student.log_probs(tau_s))).sum(-1)
 
 
 @register_loss("mse")
 def logit_mse(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_s: Temperature,
               options: LossOptions = LossOptions()) -> torch.Tensor:
-    """Mean over classes of (z_t/tau_t - z_s/tau_s)^2."""
-    return ((student.logits.float() / tau_s - teacher.float() / tau_t) ** 2).mean(-1)
+    """Mean over the classes that exist of (z_t/tau_t - z_s/tau_s)^2."""
+    sq = (student.logits.float() / tau_s - teacher.float() / tau_t) ** 2
+    w = options.class_weights(sq)
+    return sq.mean(-1) if w is None else (sq * w).sum(-1) / w.sum(-1).clamp(min=1.0)
 
 
 PEARSON_EPS = 1e-8  # a row (or class) with no spread correlates with nothing: 0, not NaN
@@ -117,21 +137,33 @@ def dist(student: StudentLogits, teacher: torch.Tensor, tau_t: Temperature, tau_
     one class.
     """
     p_s = student.log_probs(tau_s).exp()
-    p_t = F.softmax(teacher.float() / tau_t, dim=-1)
-    intra = (1.0 - pearson(p_s, p_t, dim=-2, weights=options.valid)).mean(-1, keepdim=True)  # [..., 1]
+    p_t = F.softmax(masked(teacher.float() / tau_t, options.classes), dim=-1)
+    cw = options.class_weights(p_s)
+    rows = None if options.valid is None else options.valid.unsqueeze(-1).expand_as(p_s).to(p_s.dtype)
+    within = rows if cw is None else (cw if rows is None else rows * cw)
+    # a class that no row has (a padding position of every window) correlates with nothing
+    # (0 spread): its 1 - r is 1, the same for every student, so it moves no gradient
+    intra = (1.0 - pearson(p_s, p_t, dim=-2, weights=within)).mean(-1, keepdim=True)  # [..., 1]
     out = options.dist_gamma * intra.expand(p_s.shape[:-1])
     if p_s.shape[-1] > 2:
-        out = out + options.dist_beta * (1.0 - pearson(p_s, p_t, dim=-1))
+        out = out + options.dist_beta * (1.0 - pearson(p_s, p_t, dim=-1, weights=cw))
     return out
 
 
 STD_EPS = 1e-7  # as Sun et al.'s code: an example whose logits are all equal stays finite
 
 
-def standardize(logits: torch.Tensor) -> torch.Tensor:
-    """Each row's logits minus their mean, over their standard deviation (Sun et al. 2024)."""
+def standardize(logits: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's logits minus their mean, over their standard deviation (Sun et al. 2024);
+    with ``classes``, over the classes that exist (the others stay masked)."""
     z = logits.float()
-    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + STD_EPS)
+    if classes is None:
+        return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + STD_EPS)
+    w = classes.to(z.dtype)
+    n = w.sum(-1, keepdim=True)
+    mean = (z * w).sum(-1, keepdim=True) / n.clamp(min=1.0)
+    var = (w * (z - mean) ** 2).sum(-1, keepdim=True) / (n - 1).clamp(min=1.0)  # unbiased, as torch.std
+    return masked((z - mean) / (var.sqrt() + STD_EPS), classes)
 
 
 def annealed(tau: Temperature, step: int, total: int) -> Temperature:
@@ -155,6 +187,7 @@ def kd_objective(
     logit_std: bool = False,
     dist_beta: float = 1.0,
     dist_gamma: float = 1.0,
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(1-alpha)*CE(y, p_s) + alpha*D`` on flat ``[positions, classes]`` rows.
 
@@ -164,9 +197,9 @@ def kd_objective(
     Augmented batches may give ``soft_labels`` (mixup's mixed targets) and a 0/1
     ``gold_weight`` per position: CE then averages over the positions whose label holds.
     With ``logit_std`` D reads both models' logits z-scored (CE with the labels reads them
-    as they are).
+    as they are). ``classes`` masks classes that do not exist (QA's padding positions).
     """
-    student = StudentLogits(student_logits)
+    student = StudentLogits(student_logits, classes)
     total = student_logits.new_zeros((), dtype=torch.float32)
     if alpha < 1.0:
         if soft_labels is None and gold_weight is None:
@@ -180,8 +213,9 @@ def kd_objective(
     if alpha > 0.0:
         if teacher_logits is None:
             raise ValueError("alpha > 0 needs teacher logits")
-        s_d, t_d = (StudentLogits(standardize(student_logits)), standardize(teacher_logits)) if logit_std else (student, teacher_logits)
-        d = LOSSES[loss](s_d, t_d, tau_t, tau_s, LossOptions(None, dist_beta, dist_gamma)).mean()
+        s_d, t_d = ((StudentLogits(standardize(student_logits, classes), classes), standardize(teacher_logits, classes))
+                    if logit_std else (student, teacher_logits))
+        d = LOSSES[loss](s_d, t_d, tau_t, tau_s, LossOptions(None, dist_beta, dist_gamma, classes)).mean()
         if tau2_scaling:
             d = d * tau_s**2
         total = total + alpha * d

@@ -44,9 +44,9 @@ from kdsearch import knobs
 from kdsearch.data.batching import eval_order, make_batch, train_order
 from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
 from kdsearch.distill.losses import LOSSES, LossOptions, StudentLogits, annealed, standardize
-from kdsearch.distill.metrics import fidelity
 from kdsearch.distill.teacher_signal import TeacherSignal, autocast, positions_index
-from kdsearch.distill.trainer import Schedule, logit_scores, resolve_device
+from kdsearch.distill.trainer import Schedule, logit_scores, resolve_device, split_fidelity
+from kdsearch.tasks import MASKED_LOGIT, get_task
 
 GPU_LENGTH_STEP = 16
 BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as the single trial uses them
@@ -124,6 +124,7 @@ class Population:
                 raise ValueError(f"a member cannot join a population: {why}")
         self.device = device or resolve_device()
         self.data = data
+        self.task = get_task(data.task)
         self.members = members
         self.k = len(members)
         self.max_grad_norm = max_grad_norm
@@ -176,14 +177,16 @@ class Population:
     # -- the model -----------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None, per_member: bool) -> torch.Tensor:
         """Logits ``[K, B, (L,) C]``; inputs ``[K, ...]`` when ``per_member``, else shared ``[...]``."""
-        names, base = self.names, self.base
+        names, base, extractive = self.names, self.base, self.task.extractive
 
         def f(params: list[torch.Tensor], buffers: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor,
               types: torch.Tensor | None) -> torch.Tensor:
             inputs = {"input_ids": ids, "attention_mask": mask}
             if types is not None:
                 inputs["token_type_ids"] = types
-            return functional_call(base, ({**dict(zip(names, params)), **buffers},), (), inputs).logits
+            out = functional_call(base, ({**dict(zip(names, params)), **buffers},), (), inputs)
+            # QA: [2, L] rows (start, end); its padding is masked after vmap, where the 2D mask is known
+            return torch.stack([out.start_logits, out.end_logits], dim=-2) if extractive else out.logits
 
         d = 0 if per_member else None
         with autocast(self.device):
@@ -191,6 +194,8 @@ class Population:
             return torch.vmap(f, in_dims=dims, randomness="different")(self.params, self.buffers, ids, mask, types)
 
     def _length(self, width: int) -> int:
+        if self.data.splits["train"].fixed_width:
+            return self.data.max_length  # QA: a window's positions are its classes, one width for all
         if not self.fixed_shapes:
             return width
         return min(self.data.max_length, -(-width // GPU_LENGTH_STEP) * GPU_LENGTH_STEP)
@@ -208,7 +213,7 @@ class Population:
         every = torch.arange(len(split))
         dense = []
         for m in self.members:
-            t = torch.zeros((*split.labels.shape, self.data.num_labels))
+            t = torch.zeros((*split.labels.shape, self.data.num_classes))
             if m.teacher is not None and m.distill.alpha > 0:
                 flat = m.teacher.logits("train", make_batch(split, every))
                 if split.labels.dim() == 2:
@@ -238,24 +243,31 @@ class Population:
         ids = torch.where(keep, ids, self.data.pad_token_id)
         labels = self.train_labels[where]
         teacher = self.train_teacher[torch.arange(self.k, device=self.device)[:, None], where]
-        if labels.dim() == 3:  # per token: cut to the width; padding and cut-off rows count nowhere
+        classes = None
+        if self.task.extractive:  # [K, B, 2] start/end rows over [K, B, 2, L] positions, padding masked
+            labels = torch.where(real_d[..., None], labels, IGNORE_INDEX)
+            classes = keep[:, :, None, :].expand(*labels.shape, length)
+        elif labels.dim() == 3:  # per token: cut to the width; padding and cut-off rows count nowhere
             labels, teacher = labels[:, :, :length], teacher[:, :, :length]
             labels = torch.where(keep, labels, IGNORE_INDEX)
         else:
             labels = torch.where(real_d, labels, IGNORE_INDEX)
         types = None if self.train_types is None else torch.where(keep, self.train_types[where, :length], 0)
         additive = torch.where(keep, 0.0, NEG)[:, :, None, None, :]  # [K, B, 1, 1, L]
-        return {"ids": ids, "mask": additive, "labels": labels, "types": types, "teacher": teacher,
+        return {"ids": ids, "mask": additive, "labels": labels, "types": types, "teacher": teacher, "classes": classes,
                 "examples": [len(order[i]) for order in orders]}
 
-    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Each member's objective, ``(1-alpha)*CE(y, p_s) + alpha*D``, over its own positions: [K]."""
+    def _losses(self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
+                classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Each member's objective, ``(1-alpha)*CE(y, p_s) + alpha*D``, over its own positions: [K].
+        ``classes``: which classes exist, shaped like the logits (QA's window positions; None: all)."""
         k, c = self.k, logits.shape[-1]
         s = logits.float().reshape(k, -1, c)
         y = labels.reshape(k, -1)
         valid = (y != IGNORE_INDEX).float()
         count = valid.sum(1).clamp(min=1.0)
-        student = StudentLogits(s)
+        cls = None if classes is None else classes.reshape(k, -1, c)
+        student = StudentLogits(s, cls)
         gold = -student.log_probs(1.0).gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
         hard = (gold * valid).sum(1) / count
         loss = torch.where(self.alpha < 1.0, (1.0 - self.alpha) * hard, torch.zeros_like(hard))
@@ -264,11 +276,11 @@ class Population:
             tau_t, tau_s = self.temperatures()
             if bool(self.logit_std.any()):  # z-scored where a member asks for it, as it is elsewhere
                 std = self.logit_std[:, None, None]
-                student_d = StudentLogits(torch.where(std, standardize(s), s))
-                t = torch.where(std, standardize(t), t.float())
+                student_d = StudentLogits(torch.where(std, standardize(s, cls), s), cls)
+                t = torch.where(std, standardize(t, cls), t.float())
             else:
                 student_d = student
-            options = LossOptions(valid, self.dist_beta[:, None], self.dist_gamma[:, None])
+            options = LossOptions(valid, self.dist_beta[:, None], self.dist_gamma[:, None], cls)
             d = torch.zeros_like(hard)
             for i, name in enumerate(self.loss_names):  # each member reads its own loss's value
                 per_position = LOSSES[name](student_d, t, tau_t[:, None, None], tau_s[:, None, None], options)
@@ -285,7 +297,9 @@ class Population:
 
     def _step(self, batch: dict[str, Any]) -> torch.Tensor:
         logits = self._forward(batch["ids"], batch["mask"], batch["types"], per_member=True)
-        loss = self._losses(logits, batch["labels"], batch["teacher"])
+        if batch["classes"] is not None:
+            logits = logits.masked_fill(~batch["classes"], MASKED_LOGIT)
+        loss = self._losses(logits, batch["labels"], batch["teacher"], batch["classes"])
         # a member whose loss is not finite is frozen from this step on; the others go on
         finite = torch.isfinite(loss.detach())
         newly = self.active & ~finite
@@ -344,7 +358,7 @@ class Population:
         enc = self.data.splits[split]
         was_training = self.base.training
         self.base.eval()
-        out = torch.empty(self.k, int(enc.offsets[-1]), self.data.num_labels)
+        out = torch.empty(self.k, int(enc.offsets[-1]), self.data.num_classes)
         for index in eval_order(enc.lengths, batch_size):
             b = make_batch(enc, index)
             length = self._length(b.input_ids.shape[1])
@@ -353,6 +367,9 @@ class Population:
             mask = torch.where(F.pad(b.attention_mask, (0, grow)).bool(), 0.0, NEG)[:, None, None, :].to(self.device)
             types = None if b.token_type_ids is None else F.pad(b.token_type_ids, (0, grow)).to(self.device)
             logits = self._forward(ids, mask, types, per_member=False).float()
+            if self.task.extractive:
+                present = F.pad(b.attention_mask, (0, grow)).bool().to(self.device)
+                logits = logits.masked_fill(~present[None, :, None, :], MASKED_LOGIT)
             if logits.dim() == 4:  # per token: the labelled positions, in the order Task.select gives
                 labels = F.pad(b.labels, (0, grow), value=IGNORE_INDEX).to(self.device)
                 logits = logits[:, labels != IGNORE_INDEX]
@@ -369,7 +386,7 @@ class Population:
             scores = logit_scores(self.data, split, logits[k])
             teacher = member.teacher.split_logits(split) if member.teacher is not None else None
             if teacher is not None:
-                scores.update(fidelity(logits[k], teacher))
+                scores.update(split_fidelity(self.data, split, logits[k], teacher))
             out.append({p + key: v for key, v in scores.items()})
         return out
 

@@ -58,7 +58,8 @@ def run_model(
     Attention maps need the model's ``eager`` attention (``sdpa`` does not return them).
     """
     out = model(**inputs, output_hidden_states=features, output_attentions=attentions)
-    logits = get_task(task).select(out.logits, labels)[0]
+    t = get_task(task)
+    logits = t.select(t.logits(out, inputs["attention_mask"]), labels)[0]
     pooled = pool_hidden(out.hidden_states, inputs["attention_mask"]) if features else None
     return ModelOutputs(logits, pooled, tuple(out.attentions) if attentions else None)
 

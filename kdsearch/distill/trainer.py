@@ -138,6 +138,10 @@ def logit_scores(data: PreparedData, split: str, logits: torch.Tensor) -> dict[s
     """
     task = get_task(data.task)
     enc = data.splits[split]
+    if task.extractive:  # SQuAD's F1 over questions, from the spans read back out of the windows
+        from kdsearch.data.qa import constant_position, qa_scores
+
+        return qa_scores(logits, enc.labels, data.qa[split], constant_position(data.splits["train"].labels))
     gold = enc.labels if enc.labels.dim() == 1 else enc.labels[enc.labels != IGNORE_INDEX]
     pred = logits.argmax(-1)
     scores: dict[str, Any] = task.scores(pred, gold, enc.offsets, data.label_names)
@@ -147,6 +151,15 @@ def logit_scores(data: PreparedData, split: str, logits: torch.Tensor) -> dict[s
     scores["majority"] = task.scores(constant, gold, enc.offsets, data.label_names)[task.primary_metric]
     scores["collapsed"] = bool(pred.unique().numel() <= 1 or scores["score"] <= scores["majority"])
     return scores
+
+
+def split_fidelity(data: PreparedData, split: str, student: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    """Agreement and KL of a split's flat logits (QA: over positions inside the context)."""
+    if get_task(data.task).extractive:
+        from kdsearch.data.qa import context_only
+
+        student, teacher = context_only(student, data.qa[split]), context_only(teacher, data.qa[split])
+    return fidelity(student, teacher)
 
 
 class Trainer:
@@ -226,7 +239,8 @@ class Trainer:
         hidden, attention = d.hidden_term, d.attention_term
         with autocast(self.device):
             out = self.model(**inputs, output_hidden_states=hidden, output_attentions=attention)
-        s, y = self.task.select(out.logits, batch.labels)
+        s, y = self.task.select(self.task.logits(out, inputs["attention_mask"]), batch.labels)
+        classes = self.task.class_mask(inputs["attention_mask"], batch.labels)
         t = t_features = t_attention = None
         if attention or (aug is not None and bool(aug.rows.any()) and (d.alpha > 0 or hidden)):
             assert self.teacher is not None
@@ -248,7 +262,7 @@ class Trainer:
         loss = kd_objective(
             s, y, t, alpha=d.alpha, loss=d.loss, tau_t=tau_t, tau_s=tau_s,
             tau2_scaling=d.tau2_scaling, soft_labels=soft, gold_weight=weight,
-            logit_std=d.logit_std, dist_beta=d.dist_beta, dist_gamma=d.dist_gamma,
+            logit_std=d.logit_std, dist_beta=d.dist_beta, dist_gamma=d.dist_gamma, classes=classes,
         )
         if hidden:
             assert self.projector is not None
@@ -309,7 +323,7 @@ class Trainer:
         scores = logit_scores(self.data, split, logits)
         teacher_logits = self.teacher.split_logits(split) if self.teacher is not None else None
         if teacher_logits is not None:
-            scores.update(fidelity(logits, teacher_logits))
+            scores.update(split_fidelity(self.data, split, logits, teacher_logits))
         p = f"{prefix or split}_"
         return {p + k: v for k, v in scores.items()}
 

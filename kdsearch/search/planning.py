@@ -20,6 +20,7 @@ from kdsearch.errors import SpecError
 from kdsearch.fetch import label
 from kdsearch.search.space import Space, teacher_aliases
 from kdsearch.spec import DataSpec, RangeSpec, Spec
+from kdsearch.tasks import TASKS
 
 
 def cell_id(data: DataSpec, student: str) -> str:
@@ -142,6 +143,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
         data = prepare_data(dspec, spec.workdir, log=log)
         sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
         log(f"data {data.source}: {data.task}, {data.num_labels} labels ({sizes})")
+        _check_task_knobs(spec, data.task, data.source)
         pool = TeacherPool(spec.workdir, data, spec.device)
         for folder in spec.teachers.register:
             pool.register(folder)
@@ -172,7 +174,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
             # t_hs and t_ll picking one checkpoint train the same: such configs run once
             aliases = teacher_aliases(picked.get(data.source, {}), spec.distill.teacher)
             spaces[cid] = Space(spec.search.space, spec.distill, st.train, (prefer or {}).get(data.source), aliases,
-                                spec.search.configs, classes=data.num_labels)
+                                spec.search.configs, classes=data.num_classes)
             cell_info[cid] = {"dataset": data.source, "student": label(st.model), "task": data.task}
             defaults[cid] = {k: v for k, v in spaces[cid].base.items()
                              if knobs.KNOBS[k].section == "distill" or k in spec.search.space}
@@ -182,6 +184,17 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                       asha=None if asha is None else {"grace_period": asha.grace_period, "reduction_factor": asha.reduction_factor,
                                                       "max_t": spec.student.train.epochs})
     return Plan(payload, spaces, cell_info, defaults, picked, stats)
+
+
+def _check_task_knobs(spec: Spec, task: str, source: str) -> None:
+    """One line, before any teacher trains, for a knob the dataset's task cannot take."""
+    if not TASKS[task].extractive:
+        return
+    asked = {spec.distill.augment, *spec.search.space.get("augment", []), *(c.get("augment", "none") for c in spec.search.configs or [])}
+    if asked - {"none"}:
+        raise SpecError(f"augment: {', '.join(sorted(asked - {'none'}))} on {source!r}: augmentation edits tokens and mixes "
+                        "labels of classification examples; an extractive QA answer is a span of the context, which an "
+                        "edit would move or cut (use augment: none)")
 
 
 def population_members(points: list[dict[str, Any]], cell: CellPlan, data: PreparedData,
