@@ -35,7 +35,7 @@ class RawData:
     columns: dict[str, str]
     splits: dict[str, pd.DataFrame]
     fingerprint: str
-    source: str
+    source: str  # the dataset's name in results: a built-in or hub name, a local folder's own name
     train_rows: int | None = None  # the train split's rows before data.max_train_examples took a sample
 
     @property
@@ -185,7 +185,10 @@ def load_raw(spec: DataSpec) -> RawData:
     key = json.dumps(
         [fingerprint, task, columns, spec.max_train_examples, spec.max_eval_examples, "random-subsample"], sort_keys=True
     )
-    return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], source, train_rows)
+    # what results call it: a local folder by its name, as its cells are (a path of this machine
+    # in trials.parquet would not read on another); messages above named the whole path
+    name = Path(source).name if is_local and spec.dataset not in BUILTIN and not spec.files else source
+    return RawData(task, columns, splits, hashlib.sha256(key.encode()).hexdigest()[:16], name, train_rows)
 
 
 def _rows(mask: pd.Series) -> str:
