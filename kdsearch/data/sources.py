@@ -206,6 +206,10 @@ def _check_values(df: pd.DataFrame, columns: dict[str, str], roles: tuple[str, .
                 raise DataError(f"{split} split of {source!r} has missing texts in column {columns[role]!r} (rows {_rows(missing)})")
             if not col.astype(str).str.strip().astype(bool).any():
                 raise DataError(f"{split} split of {source!r}: every text in column {columns[role]!r} is empty")
+            empty = ~col.astype(str).str.strip().astype(bool)
+            if role == "text_pair" and empty.any():  # half a pair: nothing to compare the first text with
+                raise DataError(f"{split} split of {source!r} has empty texts in column {columns[role]!r} (rows {_rows(empty)}): "
+                                "a pair needs both its texts")
         elif role == "answers":
             from kdsearch.data.qa import check_answers
 

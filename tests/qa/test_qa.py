@@ -173,3 +173,18 @@ def test_a_qa_export_matches_pytorch_in_onnx_and_its_reader_answers(qa_search: P
     for q in range(3):
         got = reader["answer"](test.question[q], test.context[q])
         assert got == ours[q] and got in test.context[q]
+
+
+def test_intermediate_terms_train_a_qa_student(qa_search: Path, qa_data: PreparedData, workdir: Path) -> None:
+    """Pooled hidden states and attention maps have the same shapes in QA: both terms apply."""
+    from kdsearch.distill.trainer import TrialConfig, train_student
+    from kdsearch.spec import DistillSpec, OptimSpec
+    from kdsearch.teachers import TeacherPool
+
+    pool = TeacherPool(workdir, qa_data, "cpu")  # the search's pool (same data, same teacher spec)
+    teacher, _ = pool.signal("t_ll", features=True, with_model=True)
+    for features in ("hidden", "attention"):
+        distill = DistillSpec(alpha=0.5, inter_map="skip", inter_features=features)
+        config = TrialConfig("xxs", OptimSpec(epochs=1, batch_size=16, learning_rate=3e-3, max_steps=6), distill, 0)
+        result = train_student(config, qa_data, teacher, device="cpu")
+        assert result.status == "ok" and 0 <= result.final["val_f1"] <= 1 and result.final["train_loss"] > 0
