@@ -55,15 +55,15 @@ class Task:
         """Spans of a context: rows are start/end, classes are token positions, scores need the text."""
         return self.name == "question_answering"
 
-    def logits(self, out: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, out: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The model output's logits: ``[B, C]``, ``[B, L, C]``, or for QA ``[B, 2, L]`` (start, end)
-        with padding positions at ``MASKED_LOGIT``."""
+        with padding positions at ``MASKED_LOGIT`` (where ``attention_mask`` is given)."""
         if not self.extractive:
             return out.logits
         import torch
 
         both = torch.stack([out.start_logits, out.end_logits], dim=-2)
-        return both.masked_fill(~attention_mask.bool().unsqueeze(-2), MASKED_LOGIT)
+        return both if attention_mask is None else both.masked_fill(~attention_mask.bool().unsqueeze(-2), MASKED_LOGIT)
 
     def class_mask(self, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """Which classes of each selected row exist (QA: the window's real positions); None: all."""

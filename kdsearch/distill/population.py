@@ -177,16 +177,15 @@ class Population:
     # -- the model -----------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None, per_member: bool) -> torch.Tensor:
         """Logits ``[K, B, (L,) C]``; inputs ``[K, ...]`` when ``per_member``, else shared ``[...]``."""
-        names, base, extractive = self.names, self.base, self.task.extractive
+        names, base, task = self.names, self.base, self.task
 
         def f(params: list[torch.Tensor], buffers: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor,
               types: torch.Tensor | None) -> torch.Tensor:
             inputs = {"input_ids": ids, "attention_mask": mask}
             if types is not None:
                 inputs["token_type_ids"] = types
-            out = functional_call(base, ({**dict(zip(names, params)), **buffers},), (), inputs)
-            # QA: [2, L] rows (start, end); its padding is masked after vmap, where the 2D mask is known
-            return torch.stack([out.start_logits, out.end_logits], dim=-2) if extractive else out.logits
+            # QA: [2, L] rows (start, end); their padding is masked after vmap, where the 2D mask is known
+            return task.logits(functional_call(base, ({**dict(zip(names, params)), **buffers},), (), inputs))
 
         d = 0 if per_member else None
         with autocast(self.device):

@@ -68,3 +68,14 @@ def test_bad_pair_data(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     code, err = run_main(["teachers", "train", str(spec)], capsys)
     one_line_error(code, err, PAIR_CASES[case])
     assert not (tmp_path / "wd" / "teachers").exists()
+
+
+def test_augmentation_on_qa_is_refused_before_any_teacher_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "qa"
+    folder.mkdir()
+    _qa(folder, "fine")
+    text = BASE.replace("max_length: 32", "max_length: 48, doc_stride: 16").replace("alpha: 0.5,", "alpha: 0.5, augment: mask,")
+    spec = write_spec(tmp_path, text, dataset=str(folder))
+    code, err = run_main(["run", str(spec)], capsys)
+    one_line_error(code, err, r"augment: mask on 'qa': .*an extractive QA answer is a span of the context")
+    assert not (tmp_path / "wd" / "teachers").exists() and not (tmp_path / "searches").exists()
