@@ -564,6 +564,9 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
 def _run_config(spec: Spec, p: Plan, folder: Path, search_id: str, name: str, log: Callable[..., None]) -> Any:
     """Where Tune keeps its state (``name`` under the search folder), and the driver's callbacks."""
     s = spec.search
+    # a population reports its members' metrics as a list under ``members``; TensorBoard's
+    # logger cannot chart a list and warns with the whole report: the scalars are charted
+    logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
     callbacks = [
         ResultRecorder(str(folder), search_id, s.method, p.defaults, p.cell_info),
         ProgressPrinter(s.metric, s.mode, log),
