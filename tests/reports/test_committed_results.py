@@ -109,3 +109,16 @@ def test_the_committed_benches_have_their_keys() -> None:
     assert calibration["draws"] >= 2000 and calibration["verdict_test"] == "signflip" and calibration["meets_targets"]["a_a"]
     assert {r["seeds"] for r in calibration["a_a"]} == {2, 3, 5, 8, 10} and {r["K"] for r in calibration["best_of_k"]} == {8, 24, 168}
     assert (RESULTS / "bench" / "calibration.png").stat().st_size > 1000
+
+
+def test_the_committed_tasks_report_matches_its_parquet(tmp_path: Path) -> None:
+    """QA on quoref: the report rebuilds from the Parquet, and the files hold metrics, never the
+    data's text (BIG-bench's canary: quoref's passages must not enter the repository)."""
+    folders = sorted((RESULTS / "tasks").glob("tasks-*"))
+    assert folders, "results/tasks holds the finished searches of search_spaces/tasks.yaml"
+    text = compare(folders, tmp_path, log=lambda s: None)
+    assert text == (RESULTS / "tasks" / "report.md").read_text()
+    trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
+    assert "question_answering" in set(trials.task) and trials.test_f1.notna().any()
+    texts = [c for c in trials.columns if pd.api.types.is_string_dtype(trials[c])]
+    assert max(trials[c].astype(str).str.len().max() for c in texts) < 200  # ids, names, knobs: no passage
