@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tests.qa.handmade import pair_frame, qa_frame
@@ -28,6 +27,14 @@ def _qa(folder: Path, case: str) -> str:
     return "max_length: 32" if case != "a question the stride cannot get past" else "max_length: 48, doc_stride: 16"
 
 
+def refused_before_teachers(tmp_path: Path, text: str, folder: Path, pattern: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kdsearch teachers train` on ``folder``: one line matching ``pattern``, exit 2, no teacher trained."""
+    spec = write_spec(tmp_path, text, dataset=str(folder))
+    code, err = run_main(["teachers", "train", str(spec)], capsys)
+    one_line_error(code, err, pattern)
+    assert not (tmp_path / "wd" / "teachers").exists()
+
+
 QA_CASES = {
     "answer not in its context": r"train split of '.*qa', row 3: the answer at answer_start 0 does not match its text \(the text is not in its context\)",
     "answer_start off its text": r"train split of '.*qa', row 5: the answer at answer_start \d+ does not match its text \(the text occurs at \d+\)",
@@ -41,10 +48,7 @@ def test_bad_qa_data(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
     folder = tmp_path / "qa"
     folder.mkdir()
     lengths = _qa(folder, case)
-    spec = write_spec(tmp_path, BASE.replace("max_length: 32", lengths), dataset=str(folder))
-    code, err = run_main(["teachers", "train", str(spec)], capsys)
-    one_line_error(code, err, QA_CASES[case])
-    assert not (tmp_path / "wd" / "teachers").exists()
+    refused_before_teachers(tmp_path, BASE.replace("max_length: 32", lengths), folder, QA_CASES[case], capsys)
 
 
 PAIR_CASES = {
@@ -64,10 +68,8 @@ def test_bad_pair_data(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[
         if split == "train" and case == "an empty claim":
             df.at[4, "text_pair"] = "  "
         df.to_parquet(folder / f"{split}.parquet")
-    spec = write_spec(tmp_path, BASE.replace("data: {", "data: {task: pair_classification, "), dataset=str(folder))
-    code, err = run_main(["teachers", "train", str(spec)], capsys)
-    one_line_error(code, err, PAIR_CASES[case])
-    assert not (tmp_path / "wd" / "teachers").exists()
+    text = BASE.replace("data: {", "data: {task: pair_classification, ")
+    refused_before_teachers(tmp_path, text, folder, PAIR_CASES[case], capsys)
 
 
 def test_augmentation_on_qa_is_refused_before_any_teacher_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
