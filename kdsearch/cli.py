@@ -47,9 +47,9 @@ def _prepare(spec):
 
 
 def _pool(spec, data):
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
-    return TeacherPool(spec.workdir, data, spec.device)
+    return open_pool(spec.workdir, spec.data, data, spec.device)
 
 
 def cmd_teachers(args: argparse.Namespace) -> int:
@@ -162,9 +162,19 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     print(f"past datasets ({len(past.features)}), from {len(set(past.trials['search_id']))} search(es):")
     print(format_table([f.to_dict() for f in past.features.values()]))
     if args.loo:
+        from kdsearch.recommend import feature_ablation, loo_summary
+
         table = leave_one_out(past, args.student)
-        print("\nleave one dataset out (points of the metric; gap = the dataset's best config minus the recommended one):")
+        print("\nleave one dataset out: each dataset's config from the others, costed on it (points of the metric "
+              "below its best config; recommender = nearest datasets, paper = t_ll, ce, tau_s 1 at the others' best "
+              "alpha and tau_t, average = the config best on average over the others, no_kd = not distilling):")
         print(format_table(table.to_dict("records")))
+        m = loo_summary(table)
+        print(f"mean over the {m['datasets']} of {m['of']} dataset(s) where all three were run: recommender "
+              f"{m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f} points (no KD {m['no_kd']:.2f}): "
+              + ("the recommender is below both" if m["beats both"] else "the recommender is NOT below both baselines"))
+        print("\nwhich features carry it (mean recommender cost with each left out; a rise means it carries the answer):")
+        print(format_table(feature_ablation(past, args.student).to_dict("records")))
         return 0
     if args.spec:
         spec = _load(args)

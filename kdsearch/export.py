@@ -144,11 +144,11 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
 
     from kdsearch.data.prepare import prepare_data
     from kdsearch.distill.trainer import TrialConfig, resolve_device, train_student
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
     torch.set_num_threads(max(1, int(spec.search.resources.cpu)))  # as its trial ran: sums in the same order
     data = prepare_data(exported.data, exported.workdir, log=log)
-    pool = TeacherPool(exported.workdir, data, exported.device)
+    pool = open_pool(exported.workdir, exported.data, data, exported.device, log)
     for teacher_folder in exported.teachers.register:
         pool.register(teacher_folder)
     if not pool.records:  # a search read on another machine, or moved away from its workdir: say so

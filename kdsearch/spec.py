@@ -69,10 +69,20 @@ class DataSpec:
     # examples' doc_stride): an answer cut by one window is whole in the next. None: a third
     # of max_length, the examples' 128 of 384
     doc_stride: int | None = None
+    # the teachers' sample of train, larger than the students' (max_train_examples), which it
+    # holds (both are one seeded shuffle's first rows): a teacher fine-tuned once on more data
+    # while each of a search's many students trains on what the budget allows. None: the same
+    teacher_train_examples: int | None = None
 
     @property
     def stride(self) -> int:
         return self.max_length // 3 if self.doc_stride is None else self.doc_stride
+
+    def for_teachers(self) -> DataSpec:
+        """The data the teacher pool trains on."""
+        if self.teacher_train_examples is None:
+            return self
+        return dataclasses.replace(self, max_train_examples=self.teacher_train_examples, teacher_train_examples=None)
 
     def check(self, where: str) -> None:
         if self.task is not None and self.task not in TASKS:
@@ -84,11 +94,19 @@ class DataSpec:
                 raise SpecError(f"{where}.columns: unknown role {k!r} (known: {', '.join(sorted(COLUMN_ROLES))})")
         if self.doc_stride is not None and not 0 <= self.doc_stride < self.max_length:
             raise SpecError(f"{where}.doc_stride: must be in 0..{self.max_length - 1} (below max_length), got {self.doc_stride}")
-        for name in ("max_train_examples", "max_eval_examples"):
+        for name in ("max_train_examples", "max_eval_examples", "teacher_train_examples"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise SpecError(f"{where}.{name}: must be > 0, got {v}")
         self.tokenizer.check(f"{where}.tokenizer")
+        if self.teacher_train_examples is not None:
+            if self.max_train_examples is None or self.teacher_train_examples <= self.max_train_examples:
+                raise SpecError(f"{where}.teacher_train_examples: must be above max_train_examples "
+                                f"({self.max_train_examples or 'unset: the students read all of train'}), got "
+                                f"{self.teacher_train_examples}")
+            if self.tokenizer.kind != "pretrained":
+                raise SpecError(f"{where}.teacher_train_examples: needs a pretrained tokenizer (data.tokenizer.kind: "
+                                "pretrained); one trained on the teachers' sample would not read the students' data alike")
 
 
 class _OptimChecks:

@@ -31,7 +31,7 @@ from kdsearch.errors import KDSearchError, ModelError
 from kdsearch.fetch import label
 from kdsearch.knobs import ENSEMBLE
 from kdsearch.models import load_model
-from kdsearch.spec import DistillSpec, TeacherSpec
+from kdsearch.spec import DataSpec, DistillSpec, TeacherSpec
 
 SELECTORS: dict[str, Callable[[list[TeacherRecord]], TeacherRecord]] = {
     # ties break toward the other criterion, then the earlier checkpoint
@@ -75,11 +75,17 @@ def pool_index(workdir: str | Path, data_key: str) -> Path:
 
 
 class TeacherPool:
-    """The checkpoints available as teachers for one prepared dataset."""
+    """The checkpoints available as teachers for one prepared dataset.
 
-    def __init__(self, workdir: str | Path, data: PreparedData, device: str = "auto") -> None:
+    ``data`` is what they train and are selected on; ``serves`` (default: ``data``) is the
+    data whose students read their outputs: the same splits but a smaller sample of train
+    (``data.teacher_train_examples``).
+    """
+
+    def __init__(self, workdir: str | Path, data: PreparedData, device: str = "auto", serves: PreparedData | None = None) -> None:
         self.workdir = Path(workdir)
         self.data = data
+        self.serves = serves if serves is not None else data
         self.device = resolve_device(device)
         self.index = pool_index(self.workdir, data.key)
         self.root = self.index.parent
@@ -232,7 +238,7 @@ class TeacherPool:
             )
         name = f"{key} ({' + '.join(r.name for r in members)})"
         teacher = CachedTeacher.mean([self.outputs(r, features) for r in members], name)
-        val = logit_scores(self.data, "validation", teacher.split_logits("validation"))  # type: ignore[arg-type]
+        val = logit_scores(self.serves, "validation", teacher.split_logits("validation"))  # type: ignore[arg-type]
         return teacher, TeacherRecord(name, "", val["score"], val["loss"], "ensemble", collapsed=val["collapsed"])
 
     def outputs(self, record: TeacherRecord, features: bool = False, with_model: bool = False) -> CachedTeacher:
@@ -242,19 +248,20 @@ class TeacherPool:
         first time they are asked for); ``with_model`` ships the model itself, which
         augmentation and attention maps need: the teacher then runs in the trial.
         """
-        folder = self.workdir / "cache" / "teacher_outputs" / f"{self.data.key}-{checkpoint_hash(Path(record.path))}"
-        logit_files = [f"{s}.safetensors" for s in self.data.splits]
+        data = self.serves
+        folder = self.workdir / "cache" / "teacher_outputs" / f"{data.key}-{checkpoint_hash(Path(record.path))}"
+        logit_files = [f"{s}.safetensors" for s in data.splits]
         new = not cache.usable(folder, "teacher output", required=logit_files)
-        missing_features = features and (new or any(f"{s}{FEATURES_SUFFIX}" not in cache.listed(folder) for s in self.data.splits))
+        missing_features = features and (new or any(f"{s}{FEATURES_SUFFIX}" not in cache.listed(folder) for s in data.splits))
         model = None
         if new or missing_features or with_model:
-            model = load_model(record.path, self.data.task, self.data.label_names).to(self.device)
+            model = load_model(record.path, data.task, data.label_names).to(self.device)
         if new or missing_features:
             # a new folder appears whole; features added to an old one are written file by
             # file, and the manifest, rewritten last, vouches for them once all are there
             with atomic.new_dir(folder) if new else contextlib.nullcontext(folder) as out:
-                for split, enc in self.data.splits.items():
-                    logits, feats, _ = predict(model, self.data, enc, device=self.device, features=features)
+                for split, enc in data.splits.items():
+                    logits, feats, _ = predict(model, data, enc, device=self.device, features=features)
                     self.forward_passes += 1
                     if new:
                         save_file({"logits": logits.contiguous(), "offsets": enc.offsets}, out / f"{split}.safetensors")
@@ -277,3 +284,20 @@ class TeacherPool:
             }
             for r in self.records
         ]
+
+
+def open_pool(workdir: str | Path, dspec: DataSpec, data: PreparedData, device: str = "auto",
+              log: Callable[[str], None] = print) -> TeacherPool:
+    """The teacher pool whose outputs ``data`` (prepared from ``dspec``) reads: trained on the
+    same data, or on the larger sample ``dspec.teacher_train_examples`` names."""
+    if dspec.teacher_train_examples is None:
+        return TeacherPool(workdir, data, device)
+    from kdsearch.data.prepare import prepare_data
+
+    teaching = prepare_data(dspec.for_teachers(), workdir, log=log)
+    if teaching.label_names != data.label_names:
+        # a label the students' sample lacks would give the teacher a head of another width
+        raise KDSearchError(f"data.teacher_train_examples: the teachers' sample of {data.source!r} has the labels "
+                            f"{teaching.label_names}, the students' {data.label_names}; raise max_train_examples")
+    return TeacherPool(workdir, teaching, device, serves=data)
+

@@ -11,7 +11,7 @@ import pytest
 
 from kdsearch.cli import main
 from kdsearch.errors import KDSearchError
-from kdsearch.recommend import describe, leave_one_out, load_past, recommend, regrets
+from kdsearch.recommend import FEATURES, describe, feature_ablation, leave_one_out, load_past, loo_summary, recommend, regrets
 from kdsearch.reports.analysis import config_means
 from kdsearch.search.space import Space
 from kdsearch.spec import DistillSpec, OptimSpec
@@ -60,6 +60,10 @@ def test_features_of_the_built_in_datasets(store: Path, workdir: Path) -> None:
     assert f["bbc_news"].mean_length > 5 * f["rotten_tomatoes"].mean_length  # long documents
     assert 0.9 < f["rotten_tomatoes"].label_entropy <= 1.0 and f["wnut16"].label_entropy < 0.5  # mostly O
     assert all(x.teacher_score is not None for x in f.values())  # the pools are in the workdir
+    # features a search records since the breadth study: overlap with the (trained) tokenizer, and the
+    # teacher's calibration and t_hs / t_ll agreement from its cached validation logits
+    for x in f.values():
+        assert 0.5 < x.vocab_overlap <= 1.0 and 0.0 <= x.teacher_ece <= 1.0 and 0.0 <= x.teacher_agreement <= 1.0
     # and the search recorded the teachers it used, so a store alone gives the same features
     meta = json.loads(next(store.glob("past-*/search.json")).read_text())
     assert max(t["val_score"] for t in meta["teachers"]["bbc_news"].values()) == f["bbc_news"].teacher_score
@@ -93,7 +97,7 @@ def test_recommendation_is_the_lowest_weighted_regret(store: Path) -> None:
     assert own.evidence[0].dataset == "rotten_tomatoes" and own.evidence[0].distance == pytest.approx(0.0)
 
 
-def test_leave_one_out_gaps_match_the_parquet(store: Path) -> None:
+def test_leave_one_out_costs_match_the_parquet(store: Path) -> None:
     past = load_past([store])
     loo = leave_one_out(past)
     assert set(loo.dataset) == {"rotten_tomatoes", "bbc_news", "wnut16"}
@@ -101,10 +105,32 @@ def test_leave_one_out_gaps_match_the_parquet(store: Path) -> None:
     for row in loo.itertuples():
         rec = recommend(past.features[row.dataset], past, exclude_self=True)
         assert row.recommended == f"loss={rec.config['loss']}"  # only the knobs the store varied
-        here = table[(table.dataset == row.dataset) & (table.config_key == rec.key)]
-        assert row.gap == pytest.approx(here.regret.mean()) and row.gap >= 0
-        assert row.cells == row.cells_with_it == 1  # the grid ran every config in every cell
-        assert not pd.isna(row.no_kd_gap)
+        here = table[table.dataset == row.dataset]
+        assert row.recommender == pytest.approx(here[here.config_key == rec.key].regret.mean()) and row.recommender >= 0
+        others = table[table.dataset != row.dataset]
+        # best on average over the others: each other dataset one vote
+        per = others.groupby(["config_key", "dataset"])["regret"].mean().unstack().mean(axis=1)
+        assert row.average == pytest.approx(here[here.config_key == per.idxmin()].regret.mean())
+        # the paper's: ce (t_ll, tau_s 1 are the spec's, not searched), whatever the others say
+        ce = here[here.config_key.map(lambda k: json.loads(k)["loss"]) == "ce"]
+        assert row.paper == pytest.approx(ce.regret.mean())
+        assert not pd.isna(row.no_kd)
+    m = loo_summary(loo)
+    assert m["datasets"] == 3 and m["recommender"] == pytest.approx(loo.recommender.mean())
+    assert m["beats both"] == (m["recommender"] < min(m["paper"], m["average"]))
+
+
+def test_feature_ablation_leaves_each_feature_out(store: Path) -> None:
+    past = load_past([store])
+    ab = feature_ablation(past)
+    assert ab.iloc[0]["features"] == "all" and ab.iloc[0]["answers changed"] == 0
+    left_out = [f.removeprefix("without ") for f in ab["features"][1:]]
+    # the store's search recorded every feature, teacher ones included
+    assert {"task", "train_size", "vocab_overlap", "teacher_score", "teacher_ece", "teacher_agreement"} <= set(left_out)
+    for row in ab.itertuples():
+        if row.features != "all":
+            kept = [f for f in FEATURES if f != row.features.removeprefix("without ")]
+            assert row._2 == pytest.approx(loo_summary(leave_one_out(past, features=kept))["recommender"], nan_ok=True)
 
 
 def test_cli_recommend_and_loo(store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -112,7 +138,8 @@ def test_cli_recommend_and_loo(store: Path, capsys: pytest.CaptureFixture) -> No
     out = capsys.readouterr().out
     assert "recommended config" in out and "evidence" in out and "bbc_news" in out
     assert main(["recommend", "--loo", "--store", str(store)]) == 0
-    assert "leave one dataset out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "leave one dataset out" in out and "recommender" in out and "which features carry it" in out
     assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from kdsearch.data.prepare import prepare_data
 from kdsearch.errors import KDSearchError, ModelError
+from kdsearch.models import load_model
+from kdsearch.spec import OptimSpec, TeacherSpec
 from kdsearch.teachers import TeacherPool, TeacherRecord
 
 
@@ -107,3 +110,53 @@ def test_a_search_over_ensembles_records_the_knob(local_ray, tiny_spec, tmp_path
     ens = kd[kd.teacher == "ensemble"]
     assert ens.teacher_name.str.startswith("ensemble:").all() and set(ens.ensemble_k) <= {2, 3}
     assert kd.config_key.nunique() == len(kd)
+
+
+def test_teachers_train_on_a_larger_sample_that_holds_the_students(tmp_path: Path) -> None:
+    """data.teacher_train_examples: the pool trains on more of train than the students read, and
+    serves its outputs on the students' own examples (which its sample holds)."""
+    import torch
+
+    from kdsearch.distill.teacher_signal import predict
+    from kdsearch.spec import TokenizerSpec
+    from kdsearch.teachers import open_pool
+    from tests.conftest import small_data_spec, tiny_bert_folder
+
+    tok = TokenizerSpec(kind="pretrained", name=str(tiny_bert_folder(tmp_path / "bert")))
+    dspec = small_data_spec(max_train_examples=96, teacher_train_examples=256, tokenizer=tok)
+    dspec.check("data")
+    work = tmp_path / "work"
+    data = prepare_data(dspec, work, log=lambda s: None)
+    pool = open_pool(work, dspec, data, "cpu", log=lambda s: None)
+    assert len(pool.data.splits["train"]) == 256 and len(data.splits["train"]) == 96
+    assert pool.data.key != data.key and len(pool.data.splits["validation"]) == len(data.splits["validation"])
+    pool.train(TeacherSpec(model="xs", seeds=[0], train=OptimSpec(epochs=1, batch_size=32, learning_rate=2e-3)), log=lambda s: None)
+    rec = pool.select("t_ll")
+    served = pool.outputs(rec)
+    assert served.split_logits("train").shape == (96, 2)
+    # the students' examples are rows of the teachers' sample, and their cached logits are the
+    # teacher's own predictions on those rows
+    model = load_model(rec.path, data.task, data.label_names)
+    own, _, _ = predict(model, pool.data, pool.data.splits["train"])
+    rows = {tuple(r[:n].tolist()): i for i, (r, n) in enumerate(zip(pool.data.splits["train"].input_ids, pool.data.splits["train"].lengths))}
+    student = data.splits["train"]
+    at = [rows[tuple(r[:n].tolist())] for r, n in zip(student.input_ids, student.lengths)]
+    assert torch.allclose(served.split_logits("train"), own[at], atol=1e-5)
+    # the same pool is found again, untrained, by a second open
+    again = open_pool(work, dspec, data, "cpu", log=lambda s: None)
+    assert [r.name for r in again.records] == [r.name for r in pool.records]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"max_train_examples": 96, "teacher_train_examples": 96}, "must be above max_train_examples"),
+    ({"max_train_examples": None, "teacher_train_examples": 500}, "students read all of train"),
+    ({"max_train_examples": 96, "teacher_train_examples": 500, "pretrained": False}, "needs a pretrained tokenizer"),
+])
+def test_a_teachers_sample_that_cannot_hold_the_students_is_refused(fields: dict, message: str) -> None:
+    from kdsearch.errors import SpecError
+    from kdsearch.spec import TokenizerSpec
+    from tests.conftest import small_data_spec
+
+    tok = TokenizerSpec(kind="pretrained", name="minilm-l6") if fields.pop("pretrained", True) else TokenizerSpec(vocab_size=1000)
+    with pytest.raises(SpecError, match=f"data.teacher_train_examples: .*{message}"):
+        small_data_spec(tokenizer=tok, **fields).check("data")

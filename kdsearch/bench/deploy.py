@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from kdsearch.models import count_parameters, load_model
     from kdsearch.preflight import resolve_models
     from kdsearch.spec import load_spec
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
     spec_file = bench_spec(args.spec, "pretrained")
     threads = check_threads(args.threads)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dspec = spec.data_specs[0]
     data = prepare_data(dspec, spec.workdir)
     print(f"== bench deploy: {data.source}, {threads} thread(s); teacher pool first (trained once, then reused)", flush=True)
-    pool = TeacherPool(spec.workdir, data, spec.device)
+    pool = open_pool(spec.workdir, dspec, data, spec.device)
     pool.train(spec.teachers)
     record = pool.select("t_hs")
     signal = pool.outputs(record)

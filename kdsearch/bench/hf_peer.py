@@ -78,10 +78,10 @@ def grid_search(spec: Any, grid: dict[str, list[Any]], resources: dict[str, floa
 
     from kdsearch.data.prepare import prepare_data
     from kdsearch.models import build_for
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
     data = prepare_data(spec.data, spec.workdir, log=lambda s: None)
-    pool = TeacherPool(spec.workdir, data, spec.device)
+    pool = open_pool(spec.workdir, spec.data, data, spec.device)
     teachers = {}
     for sel in grid["teacher"]:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(pool.select(sel).path)

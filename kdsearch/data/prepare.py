@@ -234,6 +234,9 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
         data = PreparedData.load(folder)
         if not cache.usable(data.tokenizer_dir, "tokenizer", required=["tokenizer.json"]):
             get_tokenizer(spec.tokenizer, raw, cache_root, log)  # teachers and exports copy it
+        if "vocab_overlap" not in data.stats:
+            # a cache made before the statistic existed: worked out here (~1 s), not rewritten (it is sealed)
+            data.stats = train_stats(raw, get_tokenizer(spec.tokenizer, raw, cache_root, log)[0])
         return data
     log(f"preparing {raw.source} (cached under {folder})")
     tokenizer, tok_dir = get_tokenizer(spec.tokenizer, raw, cache_root, log)
@@ -262,7 +265,7 @@ def prepare_data(spec: DataSpec, workdir: str | Path, log: Callable[[str], None]
             "max_length": spec.max_length,
             "mask_token_id": tokenizer.mask_token_id,
             "special_ids": sorted(set(tokenizer.all_special_ids)),
-            "stats": train_stats(raw),
+            "stats": train_stats(raw, tokenizer),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         cache.seal(tmp)

@@ -210,7 +210,7 @@ def measure_stored(folder: str | Path, threads: int | None = None, log: Callable
     from kdsearch.distill.trainer import logit_scores
     from kdsearch.preflight import resolve_models
     from kdsearch.results.store import COSTS, open_store
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
     store = open_store(folder)
     trained = resolve_models(store.spec())
@@ -221,7 +221,7 @@ def measure_stored(folder: str | Path, threads: int | None = None, log: Callable
         data[prepared.source] = prepared
         pick = dict(teachers.get(prepared.source, {}).get("t_hs", {}))
         if "test_score" not in pick and "test" in prepared.splits:
-            pool = TeacherPool(trained.workdir, prepared, trained.device)
+            pool = open_pool(trained.workdir, dspec, prepared, trained.device, log)
             pool.train(trained.teachers, log=log)
             rec = pool.select("t_hs")
             if pick and abs(rec.val_score - pick.get("val_score", rec.val_score)) > 1e-4:

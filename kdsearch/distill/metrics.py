@@ -58,3 +58,17 @@ def fidelity(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict
     agree = float((s.argmax(-1) == t.argmax(-1)).float().mean())
     kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
     return {"agreement": agree, "kl": float(kl)}
+
+
+def calibration_error(logits: torch.Tensor, gold: torch.Tensor, bins: int = 10) -> float:
+    """Expected calibration error (Guo et al. 2017): over ``bins`` equal-width bins of top-1
+    confidence, the gap between confidence and accuracy, weighted by the bin's share of rows."""
+    if gold.numel() == 0:
+        return float("nan")
+    probs = F.softmax(logits.float(), -1)
+    conf, pred = probs.max(-1)
+    right = (pred == gold).float()
+    which = torch.clamp((conf * bins).long(), max=bins - 1)
+    total = torch.zeros(bins).index_add_(0, which, torch.ones_like(conf))
+    gap = torch.zeros(bins).index_add_(0, which, conf - right).abs()
+    return float(gap.sum() / total.sum())

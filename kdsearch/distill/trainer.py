@@ -162,6 +162,29 @@ def split_fidelity(data: PreparedData, split: str, student: torch.Tensor, teache
     return fidelity(student, teacher)
 
 
+def teacher_traits(data: PreparedData, best: torch.Tensor, other: torch.Tensor | None, split: str = "validation") -> dict[str, float]:
+    """What a teacher pool says about a dataset before any student trains (recommender features):
+    ``teacher_ece``, the calibration error of ``best``'s ``split`` logits (QA: start and end rows
+    of the windows that hold the answer, over context positions), and ``teacher_agreement``,
+    the top-1 agreement of ``best`` with ``other`` (t_hs with t_ll; 1 when they are one checkpoint)."""
+    from kdsearch.distill.metrics import calibration_error
+
+    enc = data.splits[split]
+    rows, gold = best, enc.labels.reshape(-1)
+    if get_task(data.task).extractive:
+        from kdsearch.data.qa import context_only
+
+        rows = context_only(best, data.qa[split])
+        holds = gold != 0  # a window without the whole answer points at [CLS], outside the context
+        rows, gold = rows[holds], gold[holds]
+    else:
+        gold = gold[gold != IGNORE_INDEX]
+    out = {"teacher_ece": calibration_error(rows, gold)}
+    if other is not None:
+        out["teacher_agreement"] = split_fidelity(data, split, best, other)["agreement"]
+    return out
+
+
 class Trainer:
     """Trains ``model`` on ``data``'s train split, evaluating on validation each epoch."""
 

@@ -3,7 +3,8 @@
 Nearest past datasets, not a regressor: the built-in store holds three datasets, too few to
 fit a model over features and configs, while a weighted vote of neighbours stays readable
 (every number in the answer traces to a past cell). Datasets are compared by their
-:class:`DatasetFeatures` in fixed units (``SCALES``); each past dataset weighs
+:class:`DatasetFeatures`, each feature in its fixed unit (``features.FEATURES``), the RMS
+over the features the target and every past dataset have; each past dataset weighs
 ``exp(-(d**2 - d_min**2) / 2)``, 1 for the nearest. A config's score is
 its weighted regret (points below its cell's best, mean over the dataset's cells and
 seeds); the recommendation is the lowest-regret config run on datasets that carry at
@@ -25,16 +26,12 @@ import pandas as pd
 
 from kdsearch.errors import KDSearchError
 from kdsearch.fetch import label
-from kdsearch.recommend.features import DatasetFeatures, describe
-from kdsearch.knobs import BASELINE_STAGE
-from kdsearch.reports.analysis import config_means
+from kdsearch.knobs import BASELINE_STAGE, LATER_DEFAULTS
+from kdsearch.recommend.features import FEATURES, DatasetFeatures, describe, difference
+from kdsearch.reports.analysis import RECOMMENDED, config_means
 from kdsearch.results.store import ResultStore
 
 MIN_COVERAGE = 0.5
-# one unit of distance per feature: 10x the train size, labels or length; a quarter of the
-# label entropy's range; another task; 10 points of teacher score. Fixed, not fitted: a
-# handful of past datasets gives no stable spread to standardize by.
-SCALES = np.array([math.log(10), math.log(10), math.log(10), 0.25, 1.0, 0.10])
 
 
 @dataclass
@@ -128,7 +125,8 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
         # its workdir nor its data need to be here (older searches: described from their data)
         teachers = meta.get("teachers") or {}
         recorded = meta.get("datasets") or {}
-        described = [DatasetFeatures(**stats) for stats in recorded.values()] or [describe(d, spec.workdir) for d in spec.data_specs]
+        described = ([DatasetFeatures.from_record(stats) for stats in recorded.values()]
+                     or [describe(d, spec.workdir) for d in spec.data_specs])
         for f in described:
             picked = teachers.get(f.name)
             if picked:
@@ -148,38 +146,66 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
 
 
 def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:
-    """Per (dataset, config): regret below each cell's best, mean over the dataset's cells."""
+    """Per (cell, config): regret below the cell's best, in points.
+
+    A search that set epochs per rung (successive halving) trained its configs at several
+    lengths: each config is judged at the longest it reached, against the best of that
+    rung. Keys leave epochs out (the recommendation is a KD config, not a schedule).
+    """
     t = past.trials if student is None else past.trials[past.trials["student"] == student]
     if t.empty:
         raise KDSearchError(f"no past trials for student {student!r}")
     means = config_means(t, past.metric)
     sign = 1.0 if past.mode == "max" else -1.0
-    best = means.groupby("cell")["mean"].transform("max" if past.mode == "max" else "min")
+    rung = means["epochs"] if "epochs" in means else pd.Series(0, index=means.index)
+    best = means.groupby([means["cell"], rung])["mean"].transform("max" if past.mode == "max" else "min")
     means["regret"] = sign * (best - means["mean"]) * 100.0
+    means["rung"] = rung
+    # epochs are a cell's schedule, not a KD choice: every search's keys leave them out alike
+    # (``trial_key`` keeps the rows' own, which their seeds are found by)
+    means["trial_key"] = means["config_key"]
+    means["config_key"] = means["config_key"].map(_without_epochs)
+    means = means.sort_values("rung", kind="stable").groupby(["cell", "config_key"], sort=False).tail(1)
     means["dataset"] = means["cell"].map(t.groupby("cell")["dataset"].first())
-    return means
+    return means.reset_index(drop=True)
 
 
-def _distances(target: DatasetFeatures, past: dict[str, DatasetFeatures], exclude_self: bool) -> dict[str, float]:
-    """RMS over features of the difference in each feature's unit (see ``SCALES``)."""
+def _without_epochs(key: str) -> str:
+    knobs = json.loads(key)
+    knobs.pop("epochs", None)
+    return json.dumps(knobs, sort_keys=True)
+
+
+def usable_features(target: DatasetFeatures, past: dict[str, DatasetFeatures], names: Sequence[str]) -> list[str]:
+    """The features the target and every past dataset in ``names`` have."""
+    return [f for f in FEATURES if all(not math.isnan(difference(f, target, past[n])) for n in names)]
+
+
+def _distances(target: DatasetFeatures, past: dict[str, DatasetFeatures], exclude_self: bool,
+               features: Sequence[str] | None = None) -> dict[str, float]:
+    """RMS over features of the difference in each feature's unit (``features.FEATURES``);
+    ``features`` limits them (the leave-one-out's ablation)."""
     names = [n for n in past if not (exclude_self and n == target.name)]
     if not names:
         raise KDSearchError(f"no past dataset other than {target.name!r} to learn from")
-    with_teacher = target.teacher_score is not None and all(past[n].teacher_score is not None for n in names)
-    scale = SCALES[: 6 if with_teacher else 5]
-    zt = target.vector(with_teacher) / scale
-    return {n: float(np.sqrt((((past[n].vector(with_teacher) / scale) - zt) ** 2).mean())) for n in names}
+    used = [f for f in usable_features(target, past, names) if features is None or f in features]
+    if not used:
+        return {n: 0.0 for n in names}  # nothing tells them apart: every dataset weighs alike
+    return {n: float(np.sqrt(np.mean([difference(f, target, past[n]) ** 2 for f in used]))) for n in names}
 
 
 def recommend(
-    target: DatasetFeatures, past: PastSearches, student: str | None = None, exclude_self: bool = False
+    target: DatasetFeatures, past: PastSearches, student: str | None = None, exclude_self: bool = False,
+    features: Sequence[str] | None = None, table: pd.DataFrame | None = None,
 ) -> Recommendation:
-    """The config to use on ``target``; ``exclude_self`` leaves its own past searches out."""
-    distances = _distances(target, past.features, exclude_self)
+    """The config to use on ``target``; ``exclude_self`` leaves its own past searches out,
+    ``features`` limits what datasets are compared by, ``table`` is ``regrets(past, student)``
+    when the caller has it."""
+    distances = _distances(target, past.features, exclude_self, features)
     nearest = min(distances.values())
     # relative to the nearest, so far-away stores still give an answer (and say so)
     weights = {n: math.exp(-(d**2 - nearest**2) / 2) for n, d in distances.items()}
-    table = regrets(past, student)
+    table = regrets(past, student) if table is None else table
     table = table[table["dataset"].isin(weights)]
     if table.empty:
         raise KDSearchError("the past searches have no finished KD trials on other datasets")
@@ -226,11 +252,42 @@ def _knobs(key: str) -> dict[str, Any]:
     return json.loads(key)
 
 
-def leave_one_out(past: PastSearches, student: str | None = None) -> pd.DataFrame:
-    """For each past dataset: recommend from the others, then look the config up in its cells.
+def _cost_on(here: pd.DataFrame, key: str | None) -> float:
+    """A config's regret on one dataset, mean over its cells; NaN where it was not run."""
+    if key is None:
+        return math.nan
+    mine = here[here["config_key"] == key]
+    return float(mine["regret"].mean()) if len(mine) else math.nan
 
-    ``gap`` is the dataset's best config mean minus the recommendation's mean (points,
-    mean over its cells, ± std over them); ``no_kd_gap`` is the same for the no-KD baseline.
+
+def best_on_average(table: pd.DataFrame, only: dict[str, str] | None = None) -> str | None:
+    """The config with the lowest mean regret over ``table``'s datasets (each dataset one vote,
+    its cells averaged), among configs run on at least half of them; ``only`` keeps configs
+    whose knobs read so (the paper's recommendation: t_ll, ce, tau_s 1, its alpha and tau_t
+    the best of these)."""
+    if only:
+        keys = table["config_key"].map(_knobs)
+        table = table[keys.map(lambda k: all(str(k.get(n, v)) == v for n, v in only.items())).to_numpy()]
+    if table.empty:
+        return None
+    per = table.groupby(["config_key", "dataset"])["regret"].mean().unstack()
+    coverage = per.notna().mean(axis=1)
+    score = per.mean(axis=1)[coverage >= min(MIN_COVERAGE, coverage.max())]
+    return str(score.sort_values(kind="stable").index[0])
+
+
+# the paper's fixed recommendation as config knobs read (later objectives at their defaults: no DIST)
+PAPER_CONFIG = {**RECOMMENDED, **{k: str(v) for k, v in LATER_DEFAULTS.items()}}
+
+
+def leave_one_out(past: PastSearches, student: str | None = None, features: Sequence[str] | None = None) -> pd.DataFrame:
+    """For each past dataset: recommend from the others, then look each answer up in its cells.
+
+    Three answers, each costed on the held-out dataset as its best config's mean minus the
+    answer's (points, mean over its cells): ``recommender`` (nearest datasets by
+    ``features``, all by default), ``paper`` (Sultan et al.'s fixed t_ll, ce, tau_s 1, at the
+    alpha and tau_t best on average over the others) and ``average`` (the config best on
+    average over the others). ``no_kd`` is the same cost for not distilling.
     """
     rows = []
     table = regrets(past, student)
@@ -242,23 +299,56 @@ def leave_one_out(past: PastSearches, student: str | None = None) -> pd.DataFram
     for name in sorted(past.features):
         if name not in set(table["dataset"]):
             continue
-        rec = recommend(past.features[name], past, student, exclude_self=True)
-        here = table[(table["dataset"] == name)]
-        mine = here[here["config_key"] == rec.key]
+        others = table[table["dataset"] != name]
+        if others.empty:
+            continue
+        rec = recommend(past.features[name], past, student, exclude_self=True, features=features, table=table)
+        here = table[table["dataset"] == name]
+        top = here[here["rung"] == here.groupby("cell")["rung"].transform("max")]
+        best = top.groupby("cell")["mean"].max() if past.mode == "max" else top.groupby("cell")["mean"].min()
         base = ok[(ok["dataset"] == name) & (ok["stage"] == BASELINE_STAGE)].groupby("cell")[past.metric].mean()
-        best = here.groupby("cell")["mean"].max() if past.mode == "max" else here.groupby("cell")["mean"].min()
         no_kd = (sign * (best - base) * 100.0).dropna()
+        nearest = sorted((e for e in rec.evidence), key=lambda e: e.distance)[:2]
         rows.append(
             {
                 "dataset": name,
-                "recommended": ", ".join(f"{k}={rec.config.get(k)}" for k in varying),
-                "confidence": rec.confidence,
                 "cells": int(here["cell"].nunique()),
-                "cells_with_it": int(len(mine)),
-                "gap": float(mine["regret"].mean()) if len(mine) else math.nan,
-                "gap_std": float(mine["regret"].std(ddof=0)) if len(mine) else math.nan,
-                "seed_std": float(mine["std"].mean() * 100.0) if len(mine) else math.nan,
-                "no_kd_gap": float(no_kd.mean()) if len(no_kd) else math.nan,
+                "recommended": ", ".join(f"{k}={rec.config.get(k)}" for k in varying),
+                "nearest": ", ".join(f"{e.dataset} ({e.distance:.2f})" for e in nearest),
+                "recommender": _cost_on(here, rec.key),
+                "paper": _cost_on(here, best_on_average(others, PAPER_CONFIG)),
+                "average": _cost_on(here, best_on_average(others)),
+                "no_kd": float(no_kd.mean()) if len(no_kd) else math.nan,
+                "seed_std": float(here["std"].median() * 100.0),
+                "confidence": rec.confidence,
             }
         )
+    return pd.DataFrame(rows)
+
+
+def loo_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Mean leave-one-out cost of each answer over the datasets where all three were run."""
+    both = table.dropna(subset=["recommender", "paper", "average"])
+    out: dict[str, Any] = {"datasets": int(len(both)), "of": int(len(table))}
+    for col in ("recommender", "paper", "average", "no_kd"):
+        out[col] = float(both[col].mean()) if len(both) else math.nan
+    out["beats both"] = bool(len(both)) and out["recommender"] < min(out["paper"], out["average"])
+    return out
+
+
+def feature_ablation(past: PastSearches, student: str | None = None) -> pd.DataFrame:
+    """Which features carry the recommendation: the mean leave-one-out cost with every usable
+    feature, and with each one left out (a rise: it carries the answer), and how many
+    held-out datasets get another config without it."""
+    full = leave_one_out(past, student)
+    names = sorted(past.features)
+    used = set.intersection(*[set(usable_features(past.features[n], past.features, [m for m in names if m != n]))
+                              for n in names]) if len(names) > 1 else set()
+    rows = [{"features": "all", "mean cost": loo_summary(full)["recommender"], "answers changed": 0}]
+    for f in FEATURES:
+        if f not in used:
+            continue
+        without = leave_one_out(past, student, [g for g in FEATURES if g != f])
+        changed = int((without["recommended"] != full["recommended"]).sum())
+        rows.append({"features": f"without {f}", "mean cost": loo_summary(without)["recommender"], "answers changed": changed})
     return pd.DataFrame(rows)

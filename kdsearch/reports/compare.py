@@ -156,6 +156,50 @@ def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
     return text
 
 
+def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: str, mode: str, gain: pd.DataFrame) -> str:
+    """Sultan et al.'s analyses over the cells (:mod:`kdsearch.reports.across`), and with three
+    datasets or more the recommender left one dataset out at a time (:mod:`kdsearch.recommend`)."""
+    from kdsearch.recommend import feature_ablation, leave_one_out, load_past, loo_summary, regrets
+    from kdsearch.reports import across
+
+    if trials["cell"].nunique() < 2:
+        return ""
+    past = load_past(folders, metric)
+    table = regrets(past)
+    costs = across.knob_costs(table, trials, metric)
+    if costs.empty:
+        return ""
+    text = ("\n## Across cells: what each choice costs\n\n"
+            "A choice's cost in a cell: the best config that makes it, in points below the cell's best (configs at the "
+            "longest schedule they trained, against the best of that schedule). Mean and worst over the cells that ran the "
+            "knob; `real differences`: cells whose ranking seeds tell the choice's best from the cell's best (sign-flip at "
+            f"{stats.LEVEL:g}; with {stats.TESTS[stats.VERDICT_TEST].seeds_needed() - 1} seeds or fewer it never can, and "
+            "those seeds picked both, so a count there would be optimistic).\n\n" + _md(costs))
+    avg = across.best_on_average(table)
+    if not avg.empty:
+        text += ("\n### The configs best on average (each cell one vote)\n\n" + _md(avg))
+    rules = across.principles(table)
+    if not rules.empty:
+        text += ("\n### The paper's three principles\n\n"
+                 "What following each costs in a cell: the best config that follows it minus the best that does not "
+                 "(points; below 0 it wins). It holds where that is at most the cell's seed noise (median seed std of its "
+                 "configs). " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
+    if len(past.features) >= 3:
+        loo = leave_one_out(past)
+        m = loo_summary(loo)
+        below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"
+        text += ("\n## The recommender, one dataset left out at a time\n\n"
+                 "Each dataset's config is recommended from the others, then costed on it (points below its best config, "
+                 "mean over its cells): `recommender` (nearest datasets by their features), `paper` (t_ll, ce, tau_s 1 at "
+                 "the alpha and tau_t best on average over the others), `average` (the config best on average over the "
+                 f"others), `no_kd` (not distilling). Mean over the {m['datasets']} of {m['of']} datasets where all three "
+                 f"were run: recommender {m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f}: the "
+                 f"recommender {below}.\n\n" + _md(loo))
+        text += ("\nWhich features carry it: the mean recommender cost with each feature left out (a rise: it carries "
+                 "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past)))
+    return text
+
+
 def check_out(out: Path, force: bool, folders: Sequence[str | Path] = ()) -> None:
     """A report goes into a folder; an existing report there is replaced only with ``force``;
     never into a folder kdsearch owns (a search, a workdir: :mod:`kdsearch.owned`)."""
@@ -245,6 +289,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                  f"p, and the verdict (\"a real gain\" or \"a real loss\" only where p <= {stats.LEVEL:g}; below "
                  f"{stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds it cannot be reached and the row says so).\n\n")
         text += _md(analysis.against_reference(pd.concat([trials, confirm], ignore_index=True), metric, mode))
+    text += across_section(folders, trials, metric, mode, analysis.kd_gain(trials, metric, mode, confirm))
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)

@@ -128,7 +128,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
     """
     from kdsearch.data.prepare import prepare_data
     from kdsearch.progress import StepProgress
-    from kdsearch.teachers import TeacherPool
+    from kdsearch.teachers import open_pool
 
     cells: dict[str, CellPlan] = {}
     data_by_key, teachers, names = {}, {}, {}
@@ -144,12 +144,11 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
         sizes = ", ".join(f"{s} {len(e)}" for s, e in data.splits.items())
         log(f"data {data.source}: {data.task}, {data.num_labels} labels ({sizes})")
         _check_task_knobs(spec, data.task, data.source)
-        pool = TeacherPool(spec.workdir, data, spec.device)
+        pool = open_pool(spec.workdir, dspec, data, spec.device, log)
         for folder in spec.teachers.register:
             pool.register(folder)
         pool.train(spec.teachers, log=log, progress=StepProgress)
         data_by_key[data.key] = data
-        stats[data.source] = data.stats
         teachers[data.key], names[data.key] = {}, {}
         loaded: dict[str, Any] = {}  # t_hs and t_ll often pick the same checkpoint: ship it once
         for key in keys:
@@ -166,6 +165,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                     "better than the majority class, so its soft labels carry nothing; train the pool longer")
             picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
                                                        "collapsed": rec.collapsed, **_test_score(data, signal)}
+        stats[data.source] = {**data.stats, **_teacher_traits(data, pool, loaded)}
         for st in spec.student_specs:
             cid = cell_id(dspec, st.model)
             if cid in cells:
@@ -216,6 +216,25 @@ def population_members(points: list[dict[str, Any]], cell: CellPlan, data: Prepa
         models.append(build_for(cell.student, data, cell.dropout))
         members.append(Member(distill, train, seed, teachers[knobs.teacher_key(distill.config())]))
     return models, members
+
+
+def _teacher_traits(data: PreparedData, pool: Any, loaded: dict[str, Any]) -> dict[str, float]:
+    """The teacher features the recommender reads (see ``distill.trainer.teacher_traits``), from
+    logits this search loaded anyway: the best-scoring checkpoint (t_hs) against the lowest-loss
+    one (t_ll). A search that loads only one of them records its calibration alone, rather than
+    run the pool over every split for a feature."""
+    from kdsearch.distill.trainer import teacher_traits
+
+    if not pool.records:
+        return {}
+    best, lowest = pool.select("t_hs"), pool.select("t_ll")
+    if best.name not in loaded:
+        best, lowest = lowest, best
+    if best.name not in loaded:
+        return {}
+    logits = loaded[best.name][0].split_logits("validation")
+    other = loaded[lowest.name][0].split_logits("validation") if lowest.name in loaded else None
+    return {} if logits is None else teacher_traits(data, logits, other)
 
 
 def _test_score(data: PreparedData, teacher: CachedTeacher) -> dict[str, float]:

@@ -1,0 +1,163 @@
+"""Sultan et al.'s analyses across cells: what each choice costs, the config best on average,
+and whether the paper's three principles hold, read from trial rows alone.
+
+Every number starts from :func:`kdsearch.recommend.nearest.regrets`: each config of a cell at
+the longest schedule it trained (successive halving trains configs at several), in points
+below the best config of that schedule. A knob's choice costs, in a cell, the regret of the
+best config that makes it (the other knobs free, as a user who fixes one knob and searches
+the rest); this is the paper's "cost of a sub-optimal choice".
+
+Differences between choices are seen on the seeds the configs were ranked on; those are
+tested (sign-flip, :mod:`kdsearch.results.stats`) only to say whether the seeds *could* tell,
+and a count of "real" differences says how many cells could be tested at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from kdsearch.knobs import PAPER
+from kdsearch.results import stats
+from kdsearch.results.summary import seed_scores
+
+
+@dataclass(frozen=True)
+class Principle:
+    knob: str
+    follows: str  # the paper's choice, as the column reads
+    against: tuple[str, ...]  # the choices it was claimed over
+    claim: str
+
+
+# the paper's three principles (Sultan et al. 2024, section 5), each a choice over its rivals
+PRINCIPLES = (
+    Principle("loss", "ce", ("mse",), "CE (KL) as the distance, not MSE"),
+    Principle("teacher", "t_ll", ("t_hs",), "the lowest-validation-loss teacher checkpoint, not the best-scoring one"),
+    Principle("tau_s", str(float(PAPER["tau_s"])), (), "a student temperature of 1, not the teacher's"),
+)
+
+
+def _as_text(v: object) -> str:
+    return str(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def choice_costs(table: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, knob and choice: the regret of the best config that makes that choice. Knobs
+    are those the configs' keys vary (a knob that does not apply to a config, DIST's beta
+    under CE, is not in its key: that config makes no choice of it)."""
+    # a cell where every config scored alike (all collapsed to one class) ranks no choice
+    table = table[table.groupby("cell")["regret"].transform("max") > 0]
+    keys = table["config_key"].map(json.loads)
+    rows = []
+    for k in _varying(table):
+        values = keys.map(lambda d: _as_text(d[k]) if k in d else None)
+        for cell, g in table[values.notna()].groupby("cell", sort=True):
+            v = values[g.index]
+            if v.nunique() < 2:
+                continue
+            for choice, h in g.groupby(v, sort=True):
+                best = h.loc[h["regret"].idxmin()]
+                rows.append({"cell": cell, "dataset": best["dataset"], "knob": k, "choice": choice, "cost": float(best["regret"]),
+                             "config_key": best["config_key"], "trial_key": best["trial_key"], "rung": best["rung"]})
+    return pd.DataFrame(rows)
+
+
+def _tested(trials: pd.DataFrame, metric: str, table: pd.DataFrame, row: pd.Series) -> stats.Paired | None:
+    """The best config of a choice against the best of its schedule, seed by seed (None: it is that best)."""
+    same = table[(table["cell"] == row["cell"]) & (table["rung"] == row["rung"])]
+    top = same.loc[same["regret"].idxmin()]
+    if top["trial_key"] == row["trial_key"]:
+        return None
+    return stats.paired(seed_scores(trials, row["cell"], top["trial_key"], metric),
+                        seed_scores(trials, row["cell"], row["trial_key"], metric))
+
+
+def knob_costs(table: pd.DataFrame, trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The paper's table: each knob's choices, their cost in points (mean and worst over the
+    cells that ran both), the cells where each is best, and how many cells' seeds tell the
+    choice from the cell's best (sign-flip at ``stats.LEVEL``, on the ranking seeds)."""
+    costs = choice_costs(table)
+    if costs.empty:
+        return pd.DataFrame()
+    rows = []
+    for (knob, choice), g in costs.groupby(["knob", "choice"], sort=False):
+        worst = g.loc[g["cost"].idxmax()]
+        tests = [t for _, r in g.iterrows() if (t := _tested(trials, metric, table, r)) is not None]
+        real = sum(t.real for t in tests)
+        could = sum(t.reachable for t in tests)
+        rows.append({"knob": knob, "choice": choice, "cells": int(len(g)), "best in": int((g["cost"] == 0).sum()),
+                     "mean cost": float(g["cost"].mean()), "worst cost": float(worst["cost"]), "worst cell": worst["cell"],
+                     "real differences": f"{real} of {len(tests)} ({could} could tell)"})
+    return pd.DataFrame(rows).sort_values(["knob", "mean cost"], kind="stable").reset_index(drop=True)
+
+
+def best_on_average(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """The configs with the lowest mean regret over cells (each cell one vote), with their
+    worst-case regret and where. Only configs run in the most cells any config was (every
+    cell, for a grid or halving): a mean over other cells would not compare."""
+    per = table.pivot_table(index="config_key", columns="cell", values="regret", aggfunc="mean")
+    if per.empty:
+        return pd.DataFrame()
+    runs = per.notna().sum(axis=1)
+    per = per[runs == runs.max()]
+    mean = per.mean(axis=1).sort_values(kind="stable")
+    rows = []
+    for key in mean.index[:top]:
+        knobs = json.loads(key)
+        rows.append({"config": ", ".join(f"{k}={v}" for k, v in knobs.items() if k in _varying(table)),
+                     "mean cost": float(mean[key]), "worst cost": float(per.loc[key].max()),
+                     "worst cell": str(per.loc[key].idxmax()), "best in": int((per.loc[key] == 0).sum()),
+                     "cells": f"{int(per.loc[key].notna().sum())} of {per.shape[1]}"})
+    return pd.DataFrame(rows)
+
+
+def _varying(table: pd.DataFrame) -> list[str]:
+    keys = table["config_key"].map(json.loads)
+    names = dict.fromkeys(k for d in keys for k in d)
+    return [k for k in names if len({str(d.get(k)) for d in keys}) > 1]
+
+
+def principles(table: pd.DataFrame) -> pd.DataFrame:
+    """Each principle per cell: what following it costs against its rivals (points: the best
+    config that follows it minus the best that does not; below 0 it wins), and whether it
+    holds (it costs at most the cell's seed noise: the median over configs of the seed std)."""
+    costs = choice_costs(table)
+    rows = []
+    for p in PRINCIPLES:
+        mine = costs[costs["knob"] == p.knob]
+        held, broke, cells = [], [], 0
+        for cell, g in mine.groupby("cell", sort=True):
+            by = g.set_index("choice")["cost"]
+            rivals = [c for c in by.index if c != p.follows and (not p.against or c in p.against)]
+            if p.follows not in by or not rivals:
+                continue
+            cells += 1
+            cost = float(by[p.follows] - by[rivals].min())
+            noise = float(table.loc[table["cell"] == cell, "std"].median() * 100.0)
+            (held if cost <= noise else broke).append(f"{cell} ({cost:+.2f}, noise {noise:.2f})")
+        if not cells:
+            continue
+        verdict = ("holds in every cell" if not broke else "does not hold" if len(broke) > len(held)
+                   else "holds in most cells")
+        rows.append({"principle": p.claim, "cells": cells, "holds in": len(held), "verdict": verdict,
+                     "where it does not (cost, noise)": "; ".join(broke) or "-",
+                     "where it holds": "; ".join(held) or "-"})
+    return pd.DataFrame(rows)
+
+
+def reference_verdicts(gain: pd.DataFrame) -> str:
+    """One line from the confirmation verdicts of ``analysis.kd_gain``: the best against the
+    paper's recommendation on fresh seeds, counted over cells."""
+    col = "vs the paper's recommendation: verdict"
+    if gain.empty or col not in gain:
+        return ""
+    v = gain[col].astype(str)
+    counts = {"a real gain for the best": v.str.startswith("a real gain").sum(),
+              "a real loss for the best": v.str.startswith("a real loss").sum(),
+              "cannot tell": v.str.contains("cannot tell").sum(),
+              "the best is the recommendation": (v == "the best is the recommendation").sum()}
+    said = "; ".join(f"{name}: {n}" for name, n in counts.items() if n)
+    return f"On fresh seeds, the best config against the paper's recommendation in {len(gain)} cell(s): {said or 'no verdicts'}."
