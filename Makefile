@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdsearch-installed
 
-.PHONY: setup demo test bench reproduce models reproduce-pretrained reproduce-grids reproduce-objectives clean
+.PHONY: setup demo test bench reproduce models reproduce-pretrained reproduce-grids reproduce-objectives reproduce-breadth clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,14 @@ reproduce-objectives: models
 	  --set 'search.configs=[{alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 1.0}, {loss: dist, alpha: 0.5, tau_t: 4.0}, {logit_std: true, alpha: 0.5, tau_t: 1.0}, {logit_std: true, alpha: 0.9, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.5, tau_t: 1.0}, {loss: dist, logit_std: true, alpha: 0.9, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 1.0}, {tau_schedule: anneal, alpha: 0.5, tau_t: 8.0}]'
 	for d in results/objectives/objectives-*; do $(BIN)/kdsearch confirm $$d --all --seeds 3; done
 	$(BIN)/kdsearch compare results/objectives/objectives-* --out results/objectives --force
+
+# results/breadth/: the paper's study over the seven datasets of shared/datasets (about 8 hours on
+# 2 cores). Stopped, it goes on where it was with `kdsearch run breadth --resume` (then the two
+# lines after `run` here).
+reproduce-breadth: models
+	$(BIN)/kdsearch run breadth
+	$(BIN)/kdsearch compare results/breadth/breadth-* --out results/breadth --force
+	$(BIN)/kdsearch recommend --loo --store results/breadth
 
 clean:
 	rm -rf .kdsearch .pytest_cache

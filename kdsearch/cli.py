@@ -59,7 +59,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     if args.action == "train":
         for folder in spec.teachers.register:
             pool.register(folder)
-        pool.train(spec.teachers, progress=StepProgress)
+        pool.train(spec.teachers.for_data(spec.data), progress=StepProgress)
     elif args.action == "register":
         for folder in args.folders:
             rec = pool.register(folder)
@@ -193,6 +193,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     for e in rec.evidence:
         here = "not run there" if e.regret is None else f"{e.regret:.2f} points below that dataset's best"
         print(f"    {e.dataset}: distance {e.distance:.2f}, weight {e.weight:.2f}; this config {here}; its best {e.best_score:.4f} with {_config_text(e.best_config)}")
+        print(f"      why this near: {e.why()}")
     return 0
 
 

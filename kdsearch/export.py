@@ -155,7 +155,7 @@ def retrain(store: ResultStore, spec: Spec, exported: Spec, row: dict[str, Any],
         log(f"warning: no teacher pool for {data.source} in {exported.workdir}, where this search's spec.yaml puts its workdir "
             "(a copied or moved search?): training one as the search did, so the student may not reproduce its row; "
             "KDSEARCH_WORKDIR=DIR points kdsearch at the pool it used")
-    pool.train(exported.teachers, log=log)  # the search's own recipe; checkpoints already there are kept
+    pool.train(exported.teachers.for_data(exported.data), log=log)  # the search's own recipe; checkpoints already there are kept
     d = exported.distill
     members = row.get("members")
     if members is None or members != members or int(members) <= 1:  # alone (or a search from before populations)

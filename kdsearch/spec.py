@@ -73,6 +73,9 @@ class DataSpec:
     # holds (both are one seeded shuffle's first rows): a teacher fine-tuned once on more data
     # while each of a search's many students trains on what the budget allows. None: the same
     teacher_train_examples: int | None = None
+    # this dataset's teacher learning rate, over teachers.train's: a pretrained teacher may need
+    # another rate per dataset (MiniLM learns WNUT-16's entities at 2e-4 and nothing at 5e-5)
+    teacher_learning_rate: float | None = None
 
     @property
     def stride(self) -> int:
@@ -99,6 +102,8 @@ class DataSpec:
             if v is not None and v <= 0:
                 raise SpecError(f"{where}.{name}: must be > 0, got {v}")
         self.tokenizer.check(f"{where}.tokenizer")
+        if self.teacher_learning_rate is not None and not self.teacher_learning_rate > 0:
+            raise SpecError(f"{where}.teacher_learning_rate: must be > 0, got {self.teacher_learning_rate}")
         if self.teacher_train_examples is not None:
             if self.max_train_examples is None or self.teacher_train_examples <= self.max_train_examples:
                 raise SpecError(f"{where}.teacher_train_examples: must be above max_train_examples "
@@ -160,6 +165,12 @@ class TeacherSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     train: OptimSpec = field(default_factory=lambda: OptimSpec(epochs=4, learning_rate=5e-4))
     register: list[str] = field(default_factory=list)
+
+    def for_data(self, data: DataSpec) -> TeacherSpec:
+        """How the teachers of ``data`` train: its own learning rate, where it names one."""
+        if data.teacher_learning_rate is None:
+            return self
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, learning_rate=data.teacher_learning_rate))
 
     def check(self, where: str) -> None:
         _check_model(self.model, f"{where}.model")

@@ -92,6 +92,9 @@ def test_recommendation_is_the_lowest_weighted_regret(store: Path) -> None:
     assert rec.key == score.idxmin()
     assert rec.regret == pytest.approx(score.min(), abs=1e-9)
     assert rec.config == json.loads(rec.key) and rec.confidence in {"high", "medium", "low"}
+    # what each distance is made of: the RMS of the per-feature differences
+    for e in rec.evidence:
+        assert e.distance == pytest.approx(math.sqrt(sum(d * d for d in e.apart.values()) / len(e.apart)))
     # its own dataset, when allowed, is the nearest (distance 0)
     own = recommend(target, past)
     assert own.evidence[0].dataset == "rotten_tomatoes" and own.evidence[0].distance == pytest.approx(0.0)
@@ -137,6 +140,7 @@ def test_cli_recommend_and_loo(store: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["recommend", "--data", "rotten_tomatoes", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "recommended config" in out and "evidence" in out and "bbc_news" in out
+    assert "why this near: alike in task" in out  # rotten_tomatoes and bbc_news are both classification
     assert main(["recommend", "--loo", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert "leave one dataset out" in out and "recommender" in out and "which features carry it" in out

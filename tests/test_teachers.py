@@ -160,3 +160,21 @@ def test_a_teachers_sample_that_cannot_hold_the_students_is_refused(fields: dict
     tok = TokenizerSpec(kind="pretrained", name="minilm-l6") if fields.pop("pretrained", True) else TokenizerSpec(vocab_size=1000)
     with pytest.raises(SpecError, match=f"data.teacher_train_examples: .*{message}"):
         small_data_spec(tokenizer=tok, **fields).check("data")
+
+
+def test_a_datasets_own_teacher_learning_rate(tmp_path: Path) -> None:
+    from kdsearch.errors import SpecError
+    from kdsearch.spec import spec_from_text
+
+    text = """
+teachers: {model: xs, train: {epochs: 3, learning_rate: 1.0e-4}}
+search:
+  datasets: [rotten_tomatoes, {dataset: wnut16, teacher_learning_rate: 2.0e-4}]
+"""
+    spec = spec_from_text(text, tmp_path / "s.yaml")
+    rt, ner = spec.data_specs
+    assert spec.teachers.for_data(rt).train.learning_rate == 1.0e-4
+    mine = spec.teachers.for_data(ner).train
+    assert mine.learning_rate == 2.0e-4 and mine.epochs == 3  # only the rate is the dataset's
+    with pytest.raises(SpecError, match=r"search.datasets\[1\].teacher_learning_rate: must be > 0"):
+        spec_from_text(text.replace("2.0e-4", "0.0"), tmp_path / "s.yaml")

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = prepare_data(dspec, spec.workdir)
     print(f"== bench deploy: {data.source}, {threads} thread(s); teacher pool first (trained once, then reused)", flush=True)
     pool = open_pool(spec.workdir, dspec, data, spec.device)
-    pool.train(spec.teachers)
+    pool.train(spec.teachers.for_data(dspec))
     record = pool.select("t_hs")
     signal = pool.outputs(record)
     models: list[tuple[str, str, Any]] = [("teacher", label(spec.teachers.model), load_model(record.path, data.task, data.label_names))]

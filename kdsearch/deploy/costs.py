@@ -222,7 +222,7 @@ def measure_stored(folder: str | Path, threads: int | None = None, log: Callable
         pick = dict(teachers.get(prepared.source, {}).get("t_hs", {}))
         if "test_score" not in pick and "test" in prepared.splits:
             pool = open_pool(trained.workdir, dspec, prepared, trained.device, log)
-            pool.train(trained.teachers, log=log)
+            pool.train(trained.teachers.for_data(dspec), log=log)
             rec = pool.select("t_hs")
             if pick and abs(rec.val_score - pick.get("val_score", rec.val_score)) > 1e-4:
                 log(f"warning: the pool's t_hs on {prepared.source} scores val {rec.val_score:.4f}, the search's "

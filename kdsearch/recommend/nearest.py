@@ -76,6 +76,16 @@ class Evidence:
     regret: float | None  # points below the best of its cells; None: not run there
     best_config: dict[str, Any]
     best_score: float
+    apart: dict[str, float] = field(default_factory=dict)  # feature -> how far, in its unit (what the distance is made of)
+
+    def why(self) -> str:
+        """The features that make this dataset near or far, in words."""
+        if not self.apart:
+            return "no feature tells them apart"
+        ranked = sorted(self.apart.items(), key=lambda kv: kv[1])
+        near = ", ".join(f for f, d in ranked if d < 0.25) or "none"
+        far = ", ".join(f"{f} {d:.2f}" for f, d in ranked[::-1] if d >= 0.25)
+        return f"alike in {near}" + (f"; apart in {far} (units)" if far else "")
 
 
 @dataclass
@@ -202,6 +212,8 @@ def recommend(
     ``features`` limits what datasets are compared by, ``table`` is ``regrets(past, student)``
     when the caller has it."""
     distances = _distances(target, past.features, exclude_self, features)
+    used = usable_features(target, past.features, list(distances))
+    used = [f for f in used if features is None or f in features]
     nearest = min(distances.values())
     # relative to the nearest, so far-away stores still give an answer (and say so)
     weights = {n: math.exp(-(d**2 - nearest**2) / 2) for n, d in distances.items()}
@@ -243,6 +255,7 @@ def recommend(
                 None if pd.isna(per.loc[key].get(n, math.nan)) else float(per.loc[key][n]),
                 _knobs(str(best_row["config_key"])) if best_row is not None else {},
                 float(best_row["mean"]) if best_row is not None else math.nan,
+                {f: difference(f, target, past.features[n]) for f in used},
             )
         )
     return Recommendation(target.name, _knobs(key), key, float(ranked.iloc[0]), float(coverage[key]), confidence, why, evidence)

@@ -147,7 +147,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
         pool = open_pool(spec.workdir, dspec, data, spec.device, log)
         for folder in spec.teachers.register:
             pool.register(folder)
-        pool.train(spec.teachers, log=log, progress=StepProgress)
+        pool.train(spec.teachers.for_data(dspec), log=log, progress=StepProgress)
         data_by_key[data.key] = data
         teachers[data.key], names[data.key] = {}, {}
         loaded: dict[str, Any] = {}  # t_hs and t_ll often pick the same checkpoint: ship it once
