@@ -138,6 +138,26 @@ def qa_search(qa_dir: Path, workdir: Path, tmp_path_factory: pytest.TempPathFact
     return run_search(load_spec(spec, ["student.dropout=0.0"]), log=lambda *a, **k: None)
 
 
+def test_teacher_traits_of_qa_read_the_answer_windows_over_the_context(qa_data: PreparedData) -> None:
+    """Calibration over the start/end rows of windows that hold the answer (a window without it
+    points at [CLS], outside the context); agreement over context positions, as fidelity."""
+    from kdsearch.distill.trainer import teacher_traits
+
+    enc = qa_data.splits["validation"]
+    gold = enc.labels.reshape(-1)
+    width = qa_data.num_classes
+    sure = torch.full((len(gold), width), -8.0).scatter(1, gold.unsqueeze(1), 8.0)  # certain, and right
+    traits = teacher_traits(qa_data, sure, sure.clone())
+    assert traits["teacher_ece"] < 1e-3 and traits["teacher_agreement"] == pytest.approx(1.0)
+    # half as sure on the answer rows: confidence ~0.5 at 100% accuracy, an ECE of ~0.5
+    holds = gold != 0
+    assert 0 < int(holds.sum()) < len(gold)  # some windows miss the answer
+    half = sure.clone()
+    rows = holds.nonzero().squeeze(1)
+    half[rows, (gold[rows] + 1) % width] = 8.0  # a second position as likely as the gold one
+    assert teacher_traits(qa_data, half, None)["teacher_ece"] == pytest.approx(0.5, abs=0.05)
+
+
 def test_a_qa_search_runs_greedy_in_populations_and_writes_rows(qa_search: Path) -> None:
     trials = pd.read_parquet(qa_search / "trials.parquet")
     assert (trials.status == "ok").all() and set(trials.loss.dropna()) >= {"ce", "mse", "dist"}
@@ -148,6 +168,8 @@ def test_a_qa_search_runs_greedy_in_populations_and_writes_rows(qa_search: Path)
     assert "test_f1" in trials.columns and trials.test_f1.notna().all()
     search = json.loads((qa_search / "search.json").read_text())
     assert "question_answering" in json.dumps(search)
+    features = next(iter(search["datasets"].values()))  # what the recommender reads of it
+    assert 0 < features["vocab_overlap"] <= 1 and 0 <= features["teacher_ece"] <= 1 and 0 <= features["teacher_agreement"] <= 1
 
 
 def test_a_qa_export_matches_pytorch_in_onnx_and_its_reader_answers(qa_search: Path, tmp_path: Path, qa_dir: Path,
