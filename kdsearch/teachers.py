@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors.torch import save, save_file
 
 from kdsearch import atomic, cache
@@ -269,6 +270,17 @@ class TeacherPool:
                         atomic.write_bytes(out / f"{split}{FEATURES_SUFFIX}", save({"features": feats.contiguous()}))
                 cache.seal(out)
         return CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
+
+    def split_logits(self, record: TeacherRecord, split: str) -> torch.Tensor:
+        """One split's logits of a checkpoint on the served data: from the output cache when the
+        search cached them, else one pass over that split alone (nothing cached: a feature that
+        needs one split is not worth a pass over train)."""
+        folder = self.workdir / "cache" / "teacher_outputs" / f"{self.serves.key}-{checkpoint_hash(Path(record.path))}"
+        if cache.usable(folder, "teacher output", required=[f"{s}.safetensors" for s in self.serves.splits]):
+            return CachedTeacher.load(folder, record.name).split_logits(split)  # type: ignore[return-value]
+        model = load_model(record.path, self.serves.task, self.serves.label_names).to(self.device)
+        self.forward_passes += 1
+        return predict(model, self.serves, self.serves.splits[split], device=self.device).logits
 
     def table(self) -> list[dict[str, object]]:
         picks = {s: SELECTORS[s](self.records).name for s in SELECTORS} if self.records else {}

@@ -131,7 +131,6 @@ def pooled_stats(spec: Any, workdir: str | Path) -> dict[str, Any]:
     data = prepare_data(spec, workdir, log=lambda _: None)
     pool = open_pool(workdir, spec, data, log=lambda _: None)
     best, lowest = pool.select("t_hs"), pool.select("t_ll")
-    logits = pool.outputs(best).split_logits("validation")
-    other = logits if lowest.name == best.name else pool.outputs(lowest).split_logits("validation")
-    traits = teacher_traits(data, logits, other) if logits is not None else {}
-    return {**data.stats, "teacher_score": best.val_score, **traits}
+    logits = pool.split_logits(best, "validation")
+    other = logits if lowest.name == best.name else pool.split_logits(lowest, "validation")
+    return {**data.stats, "teacher_score": best.val_score, **teacher_traits(data, logits, other)}

@@ -19,7 +19,8 @@ from kdsearch.distill.teacher_signal import CachedTeacher
 from kdsearch.errors import SpecError
 from kdsearch.fetch import label
 from kdsearch.search.space import Space, teacher_aliases
-from kdsearch.spec import DataSpec, RangeSpec, Spec
+from kdsearch.search.ranges import RangeSpec
+from kdsearch.spec import DataSpec, Spec
 from kdsearch.tasks import TASKS
 
 
@@ -165,7 +166,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                     "better than the majority class, so its soft labels carry nothing; train the pool longer")
             picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
                                                        "collapsed": rec.collapsed, **_test_score(data, signal)}
-        stats[data.source] = {**data.stats, **_teacher_traits(data, pool, loaded)}
+        stats[data.source] = {**data.stats, **_teacher_traits(data, pool)}
         for st in spec.student_specs:
             cid = cell_id(dspec, st.model)
             if cid in cells:
@@ -218,23 +219,18 @@ def population_members(points: list[dict[str, Any]], cell: CellPlan, data: Prepa
     return models, members
 
 
-def _teacher_traits(data: PreparedData, pool: Any, loaded: dict[str, Any]) -> dict[str, float]:
-    """The teacher features the recommender reads (see ``distill.trainer.teacher_traits``), from
-    logits this search loaded anyway: the best-scoring checkpoint (t_hs) against the lowest-loss
-    one (t_ll). A search that loads only one of them records its calibration alone, rather than
-    run the pool over every split for a feature."""
+def _teacher_traits(data: PreparedData, pool: Any) -> dict[str, float]:
+    """The teacher features the recommender reads (see ``distill.trainer.teacher_traits``): the
+    best-scoring checkpoint (t_hs) against the lowest-loss one (t_ll), on validation (from the
+    output cache where the search cached them, else one validation pass each)."""
     from kdsearch.distill.trainer import teacher_traits
 
     if not pool.records:
         return {}
     best, lowest = pool.select("t_hs"), pool.select("t_ll")
-    if best.name not in loaded:
-        best, lowest = lowest, best
-    if best.name not in loaded:
-        return {}
-    logits = loaded[best.name][0].split_logits("validation")
-    other = loaded[lowest.name][0].split_logits("validation") if lowest.name in loaded else None
-    return {} if logits is None else teacher_traits(data, logits, other)
+    logits = pool.split_logits(best, "validation")
+    other = logits if lowest.name == best.name else pool.split_logits(lowest, "validation")
+    return teacher_traits(data, logits, other)
 
 
 def _test_score(data: PreparedData, teacher: CachedTeacher) -> dict[str, float]:

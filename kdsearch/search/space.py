@@ -16,7 +16,7 @@ from typing import Any
 from kdsearch import knobs
 from kdsearch.errors import SpecError
 from kdsearch.knobs import Config, Value
-from kdsearch.spec import RangeSpec
+from kdsearch.search.ranges import RangeSpec
 
 
 class Space:
