@@ -250,7 +250,7 @@ class TeacherPool:
         augmentation and attention maps need: the teacher then runs in the trial.
         """
         data = self.serves
-        folder = self.workdir / "cache" / "teacher_outputs" / f"{data.key}-{checkpoint_hash(Path(record.path))}"
+        folder = self._output_folder(record)
         logit_files = [f"{s}.safetensors" for s in data.splits]
         new = not cache.usable(folder, "teacher output", required=logit_files)
         missing_features = features and (new or any(f"{s}{FEATURES_SUFFIX}" not in cache.listed(folder) for s in data.splits))
@@ -271,11 +271,15 @@ class TeacherPool:
                 cache.seal(out)
         return CachedTeacher.load(folder, record.name, features=features, model=model.cpu() if with_model and model is not None else None)
 
+    def _output_folder(self, record: TeacherRecord) -> Path:
+        """Where a checkpoint's outputs on the served data are cached (they follow its weights)."""
+        return self.workdir / "cache" / "teacher_outputs" / f"{self.serves.key}-{checkpoint_hash(Path(record.path))}"
+
     def split_logits(self, record: TeacherRecord, split: str) -> torch.Tensor:
         """One split's logits of a checkpoint on the served data: from the output cache when the
         search cached them, else one pass over that split alone (nothing cached: a feature that
         needs one split is not worth a pass over train)."""
-        folder = self.workdir / "cache" / "teacher_outputs" / f"{self.serves.key}-{checkpoint_hash(Path(record.path))}"
+        folder = self._output_folder(record)
         if cache.usable(folder, "teacher output", required=[f"{s}.safetensors" for s in self.serves.splits]):
             return CachedTeacher.load(folder, record.name).split_logits(split)  # type: ignore[return-value]
         model = load_model(record.path, self.serves.task, self.serves.label_names).to(self.device)

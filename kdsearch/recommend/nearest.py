@@ -167,7 +167,8 @@ def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:
         raise KDSearchError(f"no past trials for student {student!r}")
     means = config_means(t, past.metric)
     sign = 1.0 if past.mode == "max" else -1.0
-    rung = means["epochs"] if "epochs" in means else pd.Series(0, index=means.index)
+    # a cell's rungs; rows of searches without the column stand at one rung (NaN would drop them)
+    rung = means["epochs"].fillna(0) if "epochs" in means else pd.Series(0, index=means.index)
     best = means.groupby([means["cell"], rung])["mean"].transform("max" if past.mode == "max" else "min")
     means["regret"] = sign * (best - means["mean"]) * 100.0
     means["rung"] = rung
