@@ -174,7 +174,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               f"{m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f} points (no KD {m['no_kd']:.2f}): "
               + ("the recommender is below both" if m["beats both"] else "the recommender is NOT below both baselines"))
         print("\nwhich features carry it (mean recommender cost with each left out; a rise means it carries the answer):")
-        print(format_table(feature_ablation(past, args.student).to_dict("records")))
+        print(format_table(feature_ablation(past, args.student, table).to_dict("records")))
         return 0
     if args.spec:
         spec = _load(args)

@@ -286,6 +286,18 @@ class TeacherPool:
         self.forward_passes += 1
         return predict(model, self.serves, self.serves.splits[split], device=self.device).logits
 
+    def traits(self) -> dict[str, float]:
+        """What the pool says of its data before any student trains (the recommender's teacher
+        features, ``distill.trainer.teacher_traits``): t_hs against t_ll on validation."""
+        from kdsearch.distill.trainer import teacher_traits
+
+        if not self.records:
+            return {}
+        best, lowest = self.select("t_hs"), self.select("t_ll")
+        logits = self.split_logits(best, "validation")
+        other = logits if lowest.name == best.name else self.split_logits(lowest, "validation")
+        return teacher_traits(self.serves, logits, other)
+
     def table(self) -> list[dict[str, object]]:
         picks = {s: SELECTORS[s](self.records).name for s in SELECTORS} if self.records else {}
         return [

@@ -125,12 +125,8 @@ def describe(spec: Any, workdir: str | Path | None = None) -> DatasetFeatures:
 def pooled_stats(spec: Any, workdir: str | Path) -> dict[str, Any]:
     """The train statistics and teacher features of data that has a teacher pool in ``workdir``."""
     from kdsearch.data.prepare import prepare_data
-    from kdsearch.distill.trainer import teacher_traits
     from kdsearch.teachers import open_pool
 
     data = prepare_data(spec, workdir, log=lambda _: None)
     pool = open_pool(workdir, spec, data, log=lambda _: None)
-    best, lowest = pool.select("t_hs"), pool.select("t_ll")
-    logits = pool.split_logits(best, "validation")
-    other = logits if lowest.name == best.name else pool.split_logits(lowest, "validation")
-    return {**data.stats, "teacher_score": best.val_score, **teacher_traits(data, logits, other)}
+    return {**data.stats, "teacher_score": pool.select("t_hs").val_score, **pool.traits()}

@@ -350,11 +350,12 @@ def loo_summary(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def feature_ablation(past: PastSearches, student: str | None = None) -> pd.DataFrame:
+def feature_ablation(past: PastSearches, student: str | None = None, full: pd.DataFrame | None = None) -> pd.DataFrame:
     """Which features carry the recommendation: the mean leave-one-out cost with every usable
     feature, and with each one left out (a rise: it carries the answer), and how many
-    held-out datasets get another config without it."""
-    full = leave_one_out(past, student)
+    held-out datasets get another config without it. ``full`` is ``leave_one_out(past,
+    student)`` when the caller has it."""
+    full = leave_one_out(past, student) if full is None else full
     names = sorted(past.features)
     used = set.intersection(*[set(usable_features(past.features[n], past.features, [m for m in names if m != n]))
                               for n in names]) if len(names) > 1 else set()

@@ -196,7 +196,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
                  f"were run: recommender {m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f}: the "
                  f"recommender {below}.\n\n" + _md(loo))
         text += ("\nWhich features carry it: the mean recommender cost with each feature left out (a rise: it carries "
-                 "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past)))
+                 "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past, full=loo)))
     return text
 
 
@@ -255,6 +255,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                           "p (sign-flip)": d.p, "seeds": d.seeds,
                           "what it says": "nothing yet: both were ranked on these seeds (optimistic)"
                           if d.reachable else f"nothing: {d.seeds} seeds can never reach {d.level:g}; {d.needed} can"})
+    gain = analysis.kd_gain(trials, metric, mode, confirm)  # its table, and the across-cell section's verdict line
     plots = _plots(trials, curves, costs, metric, out)
     served = tradeoff.table(trials, tradeoff.load_costs(folders), metric, mode)
     if not served.empty:
@@ -277,7 +278,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
              f"{stats.TESTS[stats.VERDICT_TEST].label} test of the mean paired difference at {stats.LEVEL:g} (two-sided; exact "
              f"at any seed count, it cannot reject below {stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds), with the "
              "paired t interval beside it. The same against the paper's recommendation (t_ll, ce, tau_s = 1 at its best "
-             "alpha and tau_t).\n\n" + _md(analysis.kd_gain(trials, metric, mode, confirm)))
+             "alpha and tau_t).\n\n" + _md(gain))
     text += "\n## Best against runner-up, seed by seed (selection seeds)\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)
@@ -289,7 +290,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                  f"p, and the verdict (\"a real gain\" or \"a real loss\" only where p <= {stats.LEVEL:g}; below "
                  f"{stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds it cannot be reached and the row says so).\n\n")
         text += _md(analysis.against_reference(pd.concat([trials, confirm], ignore_index=True), metric, mode))
-    text += across_section(folders, trials, metric, mode, analysis.kd_gain(trials, metric, mode, confirm))
+    text += across_section(folders, trials, metric, mode, gain)
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)

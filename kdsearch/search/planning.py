@@ -166,7 +166,7 @@ def plan(spec: Spec, log: Callable[[str], None] = print, prefer: dict[str, dict[
                     "better than the majority class, so its soft labels carry nothing; train the pool longer")
             picked.setdefault(data.source, {})[key] = {"name": rec.name, "val_score": rec.val_score, "val_loss": rec.val_loss,
                                                        "collapsed": rec.collapsed, **_test_score(data, signal)}
-        stats[data.source] = {**data.stats, **_teacher_traits(data, pool)}
+        stats[data.source] = {**data.stats, **pool.traits()}
         for st in spec.student_specs:
             cid = cell_id(dspec, st.model)
             if cid in cells:
@@ -217,20 +217,6 @@ def population_members(points: list[dict[str, Any]], cell: CellPlan, data: Prepa
         models.append(build_for(cell.student, data, cell.dropout))
         members.append(Member(distill, train, seed, teachers[knobs.teacher_key(distill.config())]))
     return models, members
-
-
-def _teacher_traits(data: PreparedData, pool: Any) -> dict[str, float]:
-    """The teacher features the recommender reads (see ``distill.trainer.teacher_traits``): the
-    best-scoring checkpoint (t_hs) against the lowest-loss one (t_ll), on validation (from the
-    output cache where the search cached them, else one validation pass each)."""
-    from kdsearch.distill.trainer import teacher_traits
-
-    if not pool.records:
-        return {}
-    best, lowest = pool.select("t_hs"), pool.select("t_ll")
-    logits = pool.split_logits(best, "validation")
-    other = logits if lowest.name == best.name else pool.split_logits(lowest, "validation")
-    return teacher_traits(data, logits, other)
 
 
 def _test_score(data: PreparedData, teacher: CachedTeacher) -> dict[str, float]:
