@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -418,11 +419,23 @@ def resolve_auto(spec: Spec) -> tuple[Spec, str]:
 
     space = Space(spec.search.space, spec.distill, spec.student_specs[0].train)
     gpu = spec.search.resources.gpu > 0 and spec.device != "cpu"
-    method, why = choose(space, gpu)
+    method, why = choose(space, gpu, first_rung_steps(spec))
     race = spec.search.racing() or "off"  # auto races: resolved now, while the method still says auto
     if isinstance(race, Race):
         why += f"; racing seeds up to {race.max_seeds} where a choice is open"
     return dataclasses.replace(spec, search=dataclasses.replace(spec.search, method=method, race=race)), why
+
+
+def first_rung_steps(spec: Spec) -> int | None:
+    """The fewest optimizer steps halving's first rung (``GRACE`` epochs) would train in any
+    cell, from each dataset's ``max_train_examples`` and each student's batch size (a dataset
+    read whole counts as not known; QA counts questions, fewer than its windows)."""
+    from kdsearch.search.methods import GRACE
+
+    caps = [d.max_train_examples for d in spec.data_specs if d.max_train_examples]
+    if not caps:
+        return None
+    return min(math.ceil(n / s.train.batch_size) * GRACE for n in caps for s in spec.student_specs)
 
 
 def _remove_claimed(claimed: list[Path]) -> None:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from kdsearch.search.methods import METHODS, choose, grid_size, rungs
+from kdsearch.search.methods import METHODS, MIN_RUNG_STEPS, choose, grid_size, rungs
 from kdsearch.search.race import Race
 from kdsearch.search.replay import GridTable, regrets, replay, summary
 from kdsearch.search.space import Space, teacher_aliases
@@ -91,6 +91,12 @@ def test_auto_says_what_it_stands_for() -> None:
     with_epochs = Space({"loss": ["ce", "mse"], "epochs": [1, 2]}, DistillSpec(), OptimSpec())
     assert choose(with_epochs, gpu=False)[0] == "revisit"
     assert choose(large, gpu=True)[0] == "grid"  # it fuses
+    # halving's first rung too short to rank (under MIN_RUNG_STEPS optimizer steps): the grid, which trains each
+    # config at full length; enough steps, or not known: halving as before
+    assert choose(small, gpu=False, first_rung_steps=MIN_RUNG_STEPS - 1)[0] == "grid"
+    assert "optimizer steps" in choose(small, gpu=False, first_rung_steps=63)[1]
+    assert choose(small, gpu=False, first_rung_steps=MIN_RUNG_STEPS)[0] == "halving"
+    assert choose(large, gpu=False, first_rung_steps=10)[0] == "optuna"  # too large for the grid either way
     # an empty space is the spec's own config: the grid of that one config runs it (greedy would ask nothing)
     empty = Space({}, DistillSpec(loss="mse"), OptimSpec())
     assert grid_size(empty) == 1 and choose(empty, gpu=False)[0] == choose(empty, gpu=True)[0] == "grid"
@@ -216,3 +222,18 @@ def test_a_replay_pays_for_every_seed_it_asks() -> None:
     assert raced.spent == plain.spent + 2 * 5 * t.epochs  # and the race's 5 more seeds of the two tied ones
     capped = replay("grid", t, list(range(10)), 3, search_seed=0, budgets=[0.3], race=Race(max_seeds=8))
     assert capped.spent_at[0.3] <= 0.3 * t.trial_epochs and capped.spent_at[0.3] > 0.3 * t.trial_epochs - t.epochs
+
+
+def test_auto_counts_the_steps_of_halvings_first_rung(tiny_spec) -> None:
+    from kdsearch.search.runner import first_rung_steps, resolve_auto
+    from kdsearch.spec import load_spec
+
+    spec = load_spec(tiny_spec(method="auto"))  # 384 examples at batch 32: 12 steps in an epoch
+    assert first_rung_steps(spec) == 12
+    resolved, why = resolve_auto(spec)
+    assert resolved.search.method == "grid" and f"under {MIN_RUNG_STEPS} optimizer steps" in why
+    larger = load_spec(tiny_spec(method="auto", train=3200))
+    assert first_rung_steps(larger) == 100 and resolve_auto(larger)[0].search.method == "halving"
+    # the smallest cell decides: a second student at batch 64 halves the steps
+    two = load_spec(tiny_spec(method="auto", train=3200), ["search.students=[xs, {model: xs, train: {batch_size: 64}}]"])
+    assert first_rung_steps(two) == 50 and resolve_auto(two)[0].search.method == "grid"
