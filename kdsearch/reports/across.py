@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kdsearch.knobs import PAPER
+from kdsearch.knobs import BASELINE_STAGE, PAPER
 from kdsearch.results import stats
 from kdsearch.results.summary import seed_scores
 
@@ -44,10 +44,26 @@ def _as_text(v: object) -> str:
     return str(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def choice_costs(table: pd.DataFrame) -> pd.DataFrame:
+def one_training(trials: pd.DataFrame) -> set[tuple[str, str]]:
+    """(cell, knob) pairs whose choices train one student: the teacher knob in a cell where
+    t_hs and t_ll name the same checkpoint (its configs that differ only there are run once,
+    the copies marked ``duplicate_of``). There the knob is no choice: every config ties."""
+    if not {"teacher", "teacher_name", "stage"} <= set(trials.columns):
+        return set()
+    kd = trials[(trials["stage"] != BASELINE_STAGE) & trials["teacher"].notna()]
+    out = set()
+    for cell, g in kd.groupby("cell", sort=False):
+        names = g.groupby("teacher")["teacher_name"].agg(lambda s: frozenset(s.dropna()))
+        if len(names) > 1 and len(set(names)) == 1:
+            out.add((str(cell), "teacher"))
+    return out
+
+
+def choice_costs(table: pd.DataFrame, skip: set[tuple[str, str]] = frozenset()) -> pd.DataFrame:
     """Per cell, knob and choice: the regret of the best config that makes that choice. Knobs
     are those the configs' keys vary (a knob that does not apply to a config, DIST's beta
-    under CE, is not in its key: that config makes no choice of it)."""
+    under CE, is not in its key: that config makes no choice of it). (cell, knob) pairs in
+    ``skip`` (see :func:`one_training`) are left out: their choices would tie as one."""
     # a cell where every config scored alike (all collapsed to one class) ranks no choice
     table = table[table.groupby("cell")["regret"].transform("max") > 0]
     keys = table["config_key"].map(json.loads)
@@ -55,6 +71,8 @@ def choice_costs(table: pd.DataFrame) -> pd.DataFrame:
     for k in _varying(table):
         values = keys.map(lambda d: _as_text(d[k]) if k in d else None)
         for cell, g in table[values.notna()].groupby("cell", sort=True):
+            if (cell, k) in skip:
+                continue
             v = values[g.index]
             if v.nunique() < 2:
                 continue
@@ -77,9 +95,10 @@ def _tested(trials: pd.DataFrame, metric: str, table: pd.DataFrame, row: pd.Seri
 
 def knob_costs(table: pd.DataFrame, trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The paper's table: each knob's choices, their cost in points (mean and worst over the
-    cells that ran both), the cells where each is best, and how many cells' seeds tell the
-    choice from the cell's best (sign-flip at ``stats.LEVEL``, on the ranking seeds)."""
-    costs = choice_costs(table)
+    cells that ran both as distinct trainings), the cells where each is best, and how many
+    cells' seeds tell the choice from the cell's best (sign-flip at ``stats.LEVEL``, on the
+    ranking seeds)."""
+    costs = choice_costs(table, one_training(trials))
     if costs.empty:
         return pd.DataFrame()
     rows = []
@@ -120,14 +139,18 @@ def _varying(table: pd.DataFrame) -> list[str]:
     return [k for k in names if len({str(d.get(k)) for d in keys}) > 1]
 
 
-def principles(table: pd.DataFrame) -> pd.DataFrame:
+def principles(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Each principle per cell: what following it costs against its rivals (points: the best
     config that follows it minus the best that does not; below 0 it wins), and whether it
-    holds (it costs at most the cell's seed noise: the median over configs of the seed std)."""
-    costs = choice_costs(table)
+    holds (it costs at most the cell's seed noise: the median over configs of the seed std).
+    Cells where its choices trained as one (t_hs and t_ll one checkpoint) are named, not counted."""
+    costs = choice_costs(table, one_training(trials))
+    tied = choice_costs(table)
     rows = []
     for p in PRINCIPLES:
         mine = costs[costs["knob"] == p.knob]
+        ran = set(tied.loc[tied["knob"] == p.knob, "cell"])
+        one = sorted(ran - set(mine["cell"]))
         held, broke, cells = [], [], 0
         for cell, g in mine.groupby("cell", sort=True):
             by = g.set_index("choice")["cost"]
@@ -138,13 +161,14 @@ def principles(table: pd.DataFrame) -> pd.DataFrame:
             cost = float(by[p.follows] - by[rivals].min())
             noise = float(table.loc[table["cell"] == cell, "std"].median() * 100.0)
             (held if cost <= noise else broke).append(f"{cell} ({cost:+.2f}, noise {noise:.2f})")
-        if not cells:
+        if not cells and not one:
             continue
-        verdict = ("holds in every cell" if not broke else "does not hold" if len(broke) > len(held)
-                   else "holds in most cells")
+        verdict = ("not judged: its choices trained as one in every cell" if not cells else "holds in every cell"
+                   if not broke else "does not hold" if len(broke) > len(held) else "holds in most cells")
         rows.append({"principle": p.claim, "cells": cells, "holds in": len(held), "verdict": verdict,
                      "where it does not (cost, noise)": "; ".join(broke) or "-",
-                     "where it holds": "; ".join(held) or "-"})
+                     "where it holds": "; ".join(held) or "-",
+                     "choices trained as one (not counted)": "; ".join(one) or "-"})
     return pd.DataFrame(rows)
 
 

@@ -512,8 +512,8 @@ class _StopSignals:
 def plan_lines(spec: Spec, p: Plan, folder: Path, concurrent: int) -> list[str]:
     """What the search will do, said once before the trials: method, budget, where things go."""
     s = spec.search
-    space = next(iter(p.spaces.values()))
-    configs = METHODS[s.method].configs(space, s.budget)
+    # cells' spaces differ (t_hs and t_ll one checkpoint in some, DIST's beta moot with two classes)
+    configs = max(METHODS[s.method].configs(space, s.budget) for space in p.spaces.values())
     base = " + the no-KD baseline" if s.baseline else ""
     race = s.racing()
     if race is not None:

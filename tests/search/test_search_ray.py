@@ -203,13 +203,19 @@ def test_resume_after_kill_9_mid_population(tiny_spec, tmp_path: Path) -> None:
     epoch (no duplicate rows), and the resume may change the resources a trial asks for."""
     spec = tiny_spec(name="killpop", train=512, epochs=2, seeds="[0, 1]")
     args = ["--set", "search.fuse=16", "--set", "search.space={loss: [ce, mse]}"]
+    # Tune's own state (which checkpoint each trial holds) reaches the search folder by a copy
+    # that runs in the background after each checkpoint: a kill between an epoch's rows and that
+    # copy resumes the trial from scratch (its rows are replaced, none lost). So the kill waits
+    # for a copy of that state newer than the first epoch's rows.
     p = kdsearch("run", str(spec), *args, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         found = list((tmp_path / "searches").glob("killpop-*/epochs.parquet"))
         if found and len(pd.read_parquet(found[0])) >= 6:  # the population's first epoch: 6 member rows
-            break
-        time.sleep(0.2)
+            saved = [f.stat().st_mtime_ns for f in found[0].parent.glob("tune/experiment_state-*.json")]
+            if saved and max(saved) > found[0].stat().st_mtime_ns:
+                break
+        time.sleep(0.1)
     assert p.poll() is None, "the search ended before it could be killed"
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()

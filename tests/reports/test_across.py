@@ -1,0 +1,94 @@
+"""Sultan et al.'s across-cell analyses on hand-made rows whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from kdsearch.recommend import regrets
+from kdsearch.recommend.nearest import PastSearches
+from kdsearch.reports import across
+
+# (teacher, loss) -> validation score; seeds add +-0.1 point around it
+CELL_A = {("t_ll", "ce"): 0.80, ("t_hs", "ce"): 0.78, ("t_ll", "mse"): 0.70, ("t_hs", "mse"): 0.69}
+# t_hs and t_ll were one checkpoint: t_hs's rows copy t_ll's (duplicate_of); MSE wins here
+CELL_B = {("t_ll", "ce"): 0.60, ("t_ll", "mse"): 0.65}
+
+
+def _rows(cell: str, scores: dict[tuple[str, str], float], copied_teacher: str | None = None) -> list[dict]:
+    """Rows as a search writes them; with ``copied_teacher``, t_hs and t_ll are one checkpoint
+    and that teacher's configs are copies of the other's (``duplicate_of``)."""
+    rows = []
+    for (teacher, loss), score in scores.items():
+        for seed, noise in zip((0, 1, 2), (-0.001, 0.0, 0.001)):
+            knobs = {"teacher": teacher, "loss": loss, "alpha": 0.5, "tau_s": 1.0}
+            base = {"cell": f"{cell}/xs", "dataset": cell, "student": "xs", "stage": "1", "status": "ok", "seed": seed,
+                    **knobs, "config_key": json.dumps(knobs, sort_keys=True), "val_score": score + noise,
+                    "trial_id": f"{cell}-{teacher}-{loss}-{seed}", "duplicate_of": None,
+                    "teacher_name": f"{cell}-epoch3" if copied_teacher or teacher == "t_ll" else f"{cell}-epoch2"}
+            rows.append(base)
+            if copied_teacher:
+                copy = {**knobs, "teacher": copied_teacher}
+                rows.append({**base, **copy, "config_key": json.dumps(copy, sort_keys=True),
+                             "trial_id": base["trial_id"] + "-copy", "duplicate_of": base["trial_id"]})
+    return rows
+
+
+@pytest.fixture
+def trials() -> pd.DataFrame:
+    return pd.DataFrame(_rows("A", CELL_A) + _rows("B", CELL_B, copied_teacher="t_hs"))
+
+
+@pytest.fixture
+def table(trials: pd.DataFrame) -> pd.DataFrame:
+    return regrets(PastSearches(trials, {}, "val_score", "max"))
+
+
+def test_the_teacher_is_no_choice_where_both_name_one_checkpoint(trials: pd.DataFrame) -> None:
+    assert across.one_training(trials) == {("B/xs", "teacher")}
+    # however the configs were asked: a greedy search copies the first it met, later stages train one value only
+    b = trials[trials["cell"] == "B/xs"]
+    later = b[b["teacher"] == "t_ll"].assign(loss="dist", config_key=lambda d: d["config_key"].str.replace("mse", "dist"))
+    assert across.one_training(pd.concat([b[b["duplicate_of"].isna() | (b["loss"] == "ce")], later])) == {("B/xs", "teacher")}
+    assert across.one_training(trials.drop(columns="teacher_name")) == set()
+
+
+def test_a_choice_costs_its_best_config_and_a_copy_is_no_choice(trials: pd.DataFrame, table: pd.DataFrame) -> None:
+    costs = across.knob_costs(table, trials, "val_score").set_index(["knob", "choice"])
+    # teacher: only cell A ran two distinct teachers (in B they tie as one training, not a choice)
+    assert costs.loc[("teacher", "t_ll"), "cells"] == 1 and costs.loc[("teacher", "t_ll"), "mean cost"] == pytest.approx(0.0)
+    assert costs.loc[("teacher", "t_hs"), "mean cost"] == pytest.approx(2.0) and costs.loc[("teacher", "t_hs"), "worst cell"] == "A/xs"
+    # loss: CE is 5 points behind in B, MSE 10 behind in A
+    assert costs.loc[("loss", "ce"), "mean cost"] == pytest.approx(2.5) and costs.loc[("loss", "ce"), "worst cell"] == "B/xs"
+    assert costs.loc[("loss", "mse"), "mean cost"] == pytest.approx(5.0) and costs.loc[("loss", "mse"), "best in"] == 1
+    # tested only where it is not the cell's best (A); three seeds never tell, and the table says so
+    assert costs.loc[("loss", "mse"), "real differences"] == "0 of 1 (0 could tell)"
+    # without the copies marked, B's tie would count t_hs as best there too
+    tied = across.choice_costs(table)
+    assert set(tied.loc[tied["knob"] == "teacher", "cell"]) == {"A/xs", "B/xs"}
+
+
+def test_the_principles_name_their_cells(trials: pd.DataFrame, table: pd.DataFrame) -> None:
+    rules = across.principles(table, trials).set_index("principle")
+    ce = rules.loc[next(p.claim for p in across.PRINCIPLES if p.knob == "loss")]
+    assert ce["cells"] == 2 and ce["holds in"] == 1 and ce["verdict"] == "holds in most cells"
+    assert ce["where it does not (cost, noise)"].startswith("B/xs (+5.00") and ce["where it holds"].startswith("A/xs (-10.00")
+    teacher = rules.loc[next(p.claim for p in across.PRINCIPLES if p.knob == "teacher")]
+    assert teacher["cells"] == 1 and teacher["verdict"] == "holds in every cell"
+    assert teacher["choices trained as one (not counted)"] == "B/xs"
+    # tau_s was never varied: no row
+    assert len(rules) == 2
+    # a store where the teachers were one checkpoint everywhere cannot judge that principle, and says so
+    only_b = trials[trials["cell"] == "B/xs"]
+    b_rules = across.principles(regrets(PastSearches(only_b, {}, "val_score", "max")), only_b).set_index("principle")
+    assert b_rules.loc[teacher.name, "verdict"].startswith("not judged") and b_rules.loc[teacher.name, "cells"] == 0
+
+
+def test_the_config_best_on_average_and_its_worst_case(table: pd.DataFrame) -> None:
+    avg = across.best_on_average(table)
+    top = avg.iloc[0]
+    assert "teacher=t_ll" in top["config"] and "loss=ce" in top["config"]
+    assert top["mean cost"] == pytest.approx(2.5) and top["worst cost"] == pytest.approx(5.0) and top["worst cell"] == "B/xs"
+    assert list(avg["mean cost"]) == sorted(avg["mean cost"])
