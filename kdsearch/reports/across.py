@@ -164,7 +164,8 @@ def principles(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
         if not cells and not one:
             continue
         verdict = ("not judged: its choices trained as one in every cell" if not cells else "holds in every cell"
-                   if not broke else "does not hold" if len(broke) > len(held) else "holds in most cells")
+                   if not broke else "holds in most cells" if len(held) > len(broke)
+                   else "holds in half the cells" if len(held) == len(broke) else "does not hold")
         rows.append({"principle": p.claim, "cells": cells, "holds in": len(held), "verdict": verdict,
                      "where it does not (cost, noise)": "; ".join(broke) or "-",
                      "where it holds": "; ".join(held) or "-",
