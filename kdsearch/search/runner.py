@@ -169,6 +169,8 @@ def run_search(
     if METHODS[spec.search.method].auto:
         spec, why = resolve_auto(spec)
         log(f"== method: auto -> {spec.search.method}: {why}")
+    elif not resume and (short := short_rung_warning(spec)):
+        log(short)
     s = spec.search
     _writable(spec)
     trained = resolve_models(spec)  # every model checked, before a folder is made or a teacher trains
@@ -436,6 +438,19 @@ def first_rung_steps(spec: Spec) -> int | None:
     if not caps:
         return None
     return min(math.ceil(n / s.train.batch_size) * GRACE for n in caps for s in spec.student_specs)
+
+
+def short_rung_warning(spec: Spec) -> str | None:
+    """A line for a method that sets its rungs' epochs (halving) asked by name where its first
+    rung trains under ``MIN_RUNG_STEPS`` optimizer steps: that rung likely ranks nothing."""
+    from kdsearch.search.methods import GRACE, MIN_RUNG_STEPS
+
+    steps = first_rung_steps(spec)
+    if not METHODS[spec.search.method].sets_epochs or steps is None or steps >= MIN_RUNG_STEPS:
+        return None
+    return (f"warning: {spec.search.method}'s first rung ({GRACE} epoch) trains {steps} optimizer steps in the smallest "
+            f"cell, under {MIN_RUNG_STEPS}: students that short often all predict one class, and then the rung ranks "
+            "nothing (search.method: auto would run the grid here)")
 
 
 def _remove_claimed(claimed: list[Path]) -> None:

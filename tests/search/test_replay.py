@@ -225,7 +225,7 @@ def test_a_replay_pays_for_every_seed_it_asks() -> None:
 
 
 def test_auto_counts_the_steps_of_halvings_first_rung(tiny_spec) -> None:
-    from kdsearch.search.runner import first_rung_steps, resolve_auto
+    from kdsearch.search.runner import first_rung_steps, resolve_auto, short_rung_warning
     from kdsearch.spec import load_spec
 
     spec = load_spec(tiny_spec(method="auto"))  # 384 examples at batch 32: 12 steps in an epoch
@@ -237,3 +237,8 @@ def test_auto_counts_the_steps_of_halvings_first_rung(tiny_spec) -> None:
     # the smallest cell decides: a second student at batch 64 halves the steps
     two = load_spec(tiny_spec(method="auto", train=3200), ["search.students=[xs, {model: xs, train: {batch_size: 64}}]"])
     assert first_rung_steps(two) == 50 and resolve_auto(two)[0].search.method == "grid"
+    # halving asked by name where its first rung is that short: one warning line, the search still runs it
+    named = load_spec(tiny_spec(method="halving"))
+    assert "trains 12 optimizer steps" in short_rung_warning(named)
+    assert short_rung_warning(load_spec(tiny_spec(method="halving", train=3200))) is None
+    assert short_rung_warning(load_spec(tiny_spec(method="grid"))) is None
