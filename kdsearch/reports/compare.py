@@ -156,19 +156,22 @@ def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
     return text
 
 
-def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: str, mode: str, gain: pd.DataFrame) -> str:
+def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: str, mode: str, gain: pd.DataFrame,
+                   out: Path) -> tuple[str, list[str]]:
     """Sultan et al.'s analyses over the cells (:mod:`kdsearch.reports.across`), and with three
-    datasets or more the recommender left one dataset out at a time (:mod:`kdsearch.recommend`)."""
+    datasets or more the recommender left one dataset out at a time (:mod:`kdsearch.recommend`);
+    the text and its plot (``across.png``)."""
     from kdsearch.recommend import feature_ablation, leave_one_out, load_past, loo_summary, regrets
     from kdsearch.reports import across
 
     if trials["cell"].nunique() < 2:
-        return ""
+        return "", []
     past = load_past(folders, metric)
     table = regrets(past)
     costs = across.knob_costs(table, trials, metric)
     if costs.empty:
-        return ""
+        return "", []
+    loo = leave_one_out(past) if len(past.features) >= 3 else pd.DataFrame()
     text = ("\n## Across cells: what each choice costs\n\n"
             "A choice's cost in a cell: the best config that makes it, in points below the cell's best (configs at the "
             "longest schedule they trained, against the best of that schedule). Mean and worst over the cells that ran the "
@@ -184,8 +187,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
                  "What following each costs in a cell: the best config that follows it minus the best that does not "
                  "(points; below 0 it wins). It holds where that is at most the cell's seed noise (median seed std of its "
                  "configs). " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
-    if len(past.features) >= 3:
-        loo = leave_one_out(past)
+    if not loo.empty:
         m = loo_summary(loo)
         below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"
         text += ("\n## The recommender, one dataset left out at a time\n\n"
@@ -197,7 +199,40 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
                  f"recommender {below}.\n\n" + _md(loo))
         text += ("\nWhich features carry it: the mean recommender cost with each feature left out (a rise: it carries "
                  "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past, full=loo)))
-    return text
+    return text, [_across_plot(costs, loo, out)]
+
+
+def _across_plot(costs: pd.DataFrame, loo: pd.DataFrame, out: Path) -> str:
+    """Each choice's mean and worst cost over cells; beside it, with three datasets or more, each
+    held-out dataset's cost under the recommender, the two baselines and no KD."""
+    import matplotlib.pyplot as plt
+
+    panels = 2 if not loo.empty else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, max(3.0, 0.35 * len(costs) + 1)), squeeze=False)
+    ax = axes[0][0]
+    labels = costs["knob"] + " = " + costs["choice"].astype(str)
+    ax.barh(labels, costs["mean cost"], label="mean over cells")
+    ax.scatter(costs["worst cost"], labels, color="black", marker="|", s=120, label="worst cell")
+    ax.invert_yaxis()
+    ax.set_xlabel("points below the cell's best config")
+    ax.set_title("the cost of each choice")
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.6 / fig.get_figheight() - 0.08)}  # under the axis label: never over a bar
+    ax.legend(ncol=2, **below)
+    if not loo.empty:
+        ax = axes[0][1]
+        ways = [c for c in ("recommender", "paper", "average", "no_kd") if c in loo]
+        width = 0.8 / len(ways)
+        for i, way in enumerate(ways):
+            ax.barh([y + i * width for y in range(len(loo))], loo[way], height=width, label=way)
+        ax.set_yticks([y + 0.4 - width / 2 for y in range(len(loo))], loo["dataset"])
+        ax.invert_yaxis()
+        ax.set_xlabel("cost on the held-out dataset (points below its best)")
+        ax.set_title("one dataset left out at a time")
+        ax.legend(ncol=len(ways), **below)
+    fig.tight_layout()
+    fig.savefig(out / "across.png", dpi=100, bbox_inches="tight")  # the legends below the axes included
+    plt.close(fig)
+    return "across.png"
 
 
 def check_out(out: Path, force: bool, folders: Sequence[str | Path] = ()) -> None:
@@ -290,7 +325,9 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                  f"p, and the verdict (\"a real gain\" or \"a real loss\" only where p <= {stats.LEVEL:g}; below "
                  f"{stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds it cannot be reached and the row says so).\n\n")
         text += _md(analysis.against_reference(pd.concat([trials, confirm], ignore_index=True), metric, mode))
-    text += across_section(folders, trials, metric, mode, gain)
+    across_text, across_plots = across_section(folders, trials, metric, mode, gain, out)
+    text += across_text
+    plots += across_plots
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)

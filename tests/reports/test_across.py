@@ -92,3 +92,15 @@ def test_the_config_best_on_average_and_its_worst_case(table: pd.DataFrame) -> N
     assert "teacher=t_ll" in top["config"] and "loss=ce" in top["config"]
     assert top["mean cost"] == pytest.approx(2.5) and top["worst cost"] == pytest.approx(5.0) and top["worst cell"] == "B/xs"
     assert list(avg["mean cost"]) == sorted(avg["mean cost"])
+
+
+def test_the_across_plot_draws_the_costs_and_the_leave_one_out(trials: pd.DataFrame, table: pd.DataFrame, tmp_path) -> None:
+    from kdsearch.reports.compare import _across_plot
+
+    costs = across.knob_costs(table, trials, "val_score")
+    assert _across_plot(costs, pd.DataFrame(), tmp_path) == "across.png"
+    alone = (tmp_path / "across.png").stat().st_size
+    loo = pd.DataFrame({"dataset": ["A", "B"], "recommender": [1.0, float("nan")], "paper": [2.0, 0.5],
+                        "average": [1.0, 0.5], "no_kd": [4.0, 3.0]})
+    _across_plot(costs, loo, tmp_path)
+    assert alone > 1000 and (tmp_path / "across.png").stat().st_size > alone  # a second panel
