@@ -21,7 +21,7 @@ import pandas as pd
 
 from kdsearch.knobs import BASELINE_STAGE, PAPER
 from kdsearch.results import stats
-from kdsearch.results.summary import seed_scores
+from kdsearch.results.summary import picks, seed_scores
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,15 @@ def one_training(trials: pd.DataFrame) -> set[tuple[str, str]]:
         if len(names) > 1 and len(set(names)) == 1:
             out.add((str(cell), "teacher"))
     return out
+
+
+def without_collapsed(table: pd.DataFrame, trials: pd.DataFrame, metric: str, mode: str) -> tuple[pd.DataFrame, list[str]]:
+    """``table`` less the cells whose every distillation config collapsed to one class on every
+    seed (or failed), and those cells. They name no best (:func:`kdsearch.results.summary.picks`),
+    so they rank no choice either: their configs differ only by which class a seed fell to, and
+    counting them would call a principle "held" on noise."""
+    dead = sorted(set(table["cell"].astype(str)) - set(picks(trials, metric, mode)))
+    return table[~table["cell"].isin(dead)], dead
 
 
 def choice_costs(table: pd.DataFrame, skip: set[tuple[str, str]] = frozenset()) -> pd.DataFrame:

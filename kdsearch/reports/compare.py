@@ -167,7 +167,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
     if trials["cell"].nunique() < 2:
         return "", []
     past = load_past(folders, metric)
-    table = regrets(past)
+    table, dead = across.without_collapsed(regrets(past), trials, metric, mode)
     costs = across.knob_costs(table, trials, metric)
     if costs.empty:
         return "", []
@@ -177,7 +177,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
             "longest schedule they trained, against the best of that schedule). Mean and worst over the cells that ran the "
             "knob; `real differences`: cells whose ranking seeds tell the choice's best from the cell's best (sign-flip at "
             f"{stats.LEVEL:g}; with {stats.TESTS[stats.VERDICT_TEST].seeds_needed() - 1} seeds or fewer it never can, and "
-            "those seeds picked both, so a count there would be optimistic).\n\n" + _md(costs))
+            "those seeds picked both, so a count there would be optimistic)." + _left_out(dead) + "\n\n" + _md(costs))
     avg = across.best_on_average(table)
     if not avg.empty:
         text += ("\n### The configs best on average (each cell one vote)\n\n" + _md(avg))
@@ -200,6 +200,13 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
         text += ("\nWhich features carry it: the mean recommender cost with each feature left out (a rise: it carries "
                  "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past, full=loo)))
     return text, [_across_plot(costs, loo, out)]
+
+
+def _left_out(dead: Sequence[str]) -> str:
+    if not dead:
+        return ""
+    return (f" Left out of this section's tables: {len(dead)} cell(s) whose every config collapsed to one class on every "
+            f"seed ({', '.join(dead)}); there no choice ranks above another.")
 
 
 def _across_plot(costs: pd.DataFrame, loo: pd.DataFrame, out: Path) -> str:

@@ -104,3 +104,19 @@ def test_the_across_plot_draws_the_costs_and_the_leave_one_out(trials: pd.DataFr
                         "average": [1.0, 0.5], "no_kd": [4.0, 3.0]})
     _across_plot(costs, loo, tmp_path)
     assert alone > 1000 and (tmp_path / "across.png").stat().st_size > alone  # a second panel
+
+
+def test_a_cell_whose_every_config_collapsed_ranks_no_choice(trials: pd.DataFrame) -> None:
+    # cell C: every student predicts one class; MSE's seeds fell to another class, a point apart
+    dead = pd.DataFrame(_rows("C", {("t_ll", "ce"): 0.48, ("t_hs", "ce"): 0.48, ("t_ll", "mse"): 0.47})).assign(val_collapsed=True)
+    rows = pd.concat([trials.assign(val_collapsed=False), dead], ignore_index=True)
+    table = regrets(PastSearches(rows, {}, "val_score", "max"))
+    assert "C/xs" in set(across.choice_costs(table)["cell"])  # its ties broken by noise: counted without the filter
+    live, left = across.without_collapsed(table, rows, "val_score", "max")
+    assert left == ["C/xs"] and set(live["cell"]) == {"A/xs", "B/xs"}
+    ce = across.principles(live, rows).set_index("principle").loc[next(p.claim for p in across.PRINCIPLES if p.knob == "loss")]
+    assert ce["cells"] == 2 and "C/xs" not in ce["where it holds"]
+    # one seed that learned keeps the cell
+    learned = rows.index[(rows["cell"] == "C/xs")][0]
+    one_learned = rows.assign(val_collapsed=rows["val_collapsed"] & (rows.index != learned))
+    assert across.without_collapsed(table, one_learned, "val_score", "max")[1] == []
