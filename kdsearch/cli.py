@@ -7,9 +7,9 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kdsearch.display import format_table
 from kdsearch.errors import Interrupted, KDSearchError
@@ -18,7 +18,13 @@ from kdsearch.paths import DEFAULT_STORE, spec_path
 from kdsearch.progress import StepProgress
 from kdsearch.search.methods import METHODS
 
-def _load(args: argparse.Namespace):
+if TYPE_CHECKING:  # the commands import what they use when they run: `kdsearch --help` stays quick
+    from kdsearch.data.prepare import PreparedData
+    from kdsearch.distill.teacher_signal import CachedTeacher
+    from kdsearch.spec import Spec
+    from kdsearch.teachers import TeacherPool
+
+def _load(args: argparse.Namespace) -> Spec:
     from kdsearch.errors import SpecError
     from kdsearch.paths import shipped_spaces
     from kdsearch.spec import load_spec
@@ -29,7 +35,7 @@ def _load(args: argparse.Namespace):
     return load_spec(path, args.set)
 
 
-def _load_to_train(args: argparse.Namespace):
+def _load_to_train(args: argparse.Namespace) -> tuple[Spec, Spec]:
     """The spec, and the same spec with the folders its models load from (each checked first)."""
     from kdsearch.preflight import resolve_models
 
@@ -37,7 +43,7 @@ def _load_to_train(args: argparse.Namespace):
     return spec, resolve_models(spec)
 
 
-def _prepare(spec):
+def _prepare(spec: Spec) -> PreparedData:
     from kdsearch.data.prepare import prepare_data
 
     data = prepare_data(spec.data, spec.workdir)
@@ -46,7 +52,7 @@ def _prepare(spec):
     return data
 
 
-def _pool(spec, data):
+def _pool(spec: Spec, data: PreparedData) -> TeacherPool:
     from kdsearch.teachers import open_pool
 
     return open_pool(spec.workdir, spec.data, data, spec.device)
@@ -68,7 +74,7 @@ def cmd_teachers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _teacher_signal(spec, pool):
+def _teacher_signal(spec: Spec, pool: TeacherPool) -> CachedTeacher:
     from kdsearch.knobs import teacher_key
 
     key = teacher_key(spec.distill.config())
@@ -77,7 +83,7 @@ def _teacher_signal(spec, pool):
     return signal
 
 
-def _print_epoch(label: str):
+def _print_epoch(label: str) -> Callable[[dict[str, float], Any], None]:
     def show(m: dict[str, float], trainer: Any) -> None:
         fid = f" agree {m['val_agreement']:.4f} kl {m['val_kl']:.4f}" if "val_agreement" in m else ""
         print(

@@ -60,7 +60,7 @@ def _timed_epoch(trainer: Trainer) -> float:
     return len(trainer.data.splits["train"]) / (time.perf_counter() - start)
 
 
-def _warm(data: PreparedData, student: str, teacher, optim: OptimSpec) -> None:
+def _warm(data: PreparedData, student: str, teacher: CachedTeacher | OnlineTeacher, optim: OptimSpec) -> None:
     t = Trainer(_student(data, student), data, dataclasses.replace(optim, max_steps=5), 0, KD, teacher, torch.device("cpu"))
     t.train_epoch()
 
@@ -95,7 +95,8 @@ def naive_hf_trainer(data: PreparedData, student: str, teacher_model: torch.nn.M
     teacher_model.eval()
 
     class KDTrainer(transformers.Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                         num_items_in_batch: int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             with torch.no_grad():

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +26,9 @@ from kdsearch.data.tokenizer import get_tokenizer, tokenizer_key
 from kdsearch.errors import DataError
 from kdsearch.spec import DataSpec
 from kdsearch.tasks import IGNORE_INDEX, TASKS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 FORMAT_VERSION = 4  # 4: pretrained tokenizers keyed by content; train statistics in meta.json
 
@@ -140,7 +143,7 @@ def _label_ids(values: list, names: list[str], split: str, raw: RawData) -> list
     return out
 
 
-def encode_split(raw: RawData, split: str, tokenizer, names: list[str], max_length: int,
+def encode_split(raw: RawData, split: str, tokenizer: PreTrainedTokenizerFast, names: list[str], max_length: int,
                  stride: int = 0) -> tuple[EncodedSplit, QAWindows | None]:
     """Tokenize one split with the tokenizer's Rust backend (fast, gives word ids); QA
     splits become windows of ``max_length`` overlapping by ``stride`` (:mod:`kdsearch.data.qa`)."""
