@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -214,7 +214,7 @@ def tiny_searches(tmp_path_factory: pytest.TempPathFactory, workdir: Path, share
 
 
 @pytest.fixture
-def tiny_spec(tmp_path: Path, workdir: Path):
+def tiny_spec(tmp_path: Path, workdir: Path) -> Callable[..., Path]:
     """Write a tiny search spec; keyword arguments change its fields (serving costs off unless
     ``costs="true"``: they are measured once per architecture, and tests/deploy tests them;
     no confirmation seeds unless ``confirm``: tests/search tests them)."""

@@ -14,12 +14,14 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from kdsearch.cli import main
+from tests.conftest import SharedRay
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,7 +309,7 @@ def test_a_huge_unbroken_word_does_not_stall_the_tokenizer(tmp_path: Path, capsy
 
 # -- a finished search, then damage to each kind of file kdsearch writes ----------------------
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory, shared_ray) -> tuple[Path, Path]:
+def searched(tmp_path_factory: pytest.TempPathFactory, shared_ray: SharedRay) -> tuple[Path, Path]:
     """A finished greedy search (2 configs + baseline) and its spec; copied per test.
 
     Its own workdir: these tests damage the caches they then watch heal."""
@@ -333,7 +335,8 @@ def truncate(path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["results", "compare", "export"])
-def test_truncated_trials_table(search, command: str, tmp_path: Path, capsys) -> None:
+def test_truncated_trials_table(search: tuple[Path, Path], command: str, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     truncate(folder / "trials.parquet")
     args = {"results": ["results", str(folder)], "compare": ["compare", str(folder), "--out", str(tmp_path / "report")],
@@ -344,7 +347,7 @@ def test_truncated_trials_table(search, command: str, tmp_path: Path, capsys) ->
 
 
 @pytest.mark.parametrize("damage", ["truncated", "edited"])
-def test_damaged_stored_spec(search, damage: str, capsys) -> None:
+def test_damaged_stored_spec(search: tuple[Path, Path], damage: str, capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
     text = (folder / "spec.yaml").read_text()
     if damage == "truncated":
@@ -358,7 +361,7 @@ def test_damaged_stored_spec(search, damage: str, capsys) -> None:
         one_line_error(code, err, pattern)
 
 
-def test_damaged_search_json(search, capsys) -> None:
+def test_damaged_search_json(search: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
     (folder / "search.json").write_text('{"search_id": "bad-')
     code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
@@ -367,7 +370,7 @@ def test_damaged_search_json(search, capsys) -> None:
     one_line_error(code, err, r"search.json: is not valid JSON")
 
 
-def test_damaged_tune_state(search, capsys) -> None:
+def test_damaged_tune_state(search: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
     for state in (folder / "tune").glob("experiment_state-*.json"):
         truncate(state)
@@ -375,14 +378,15 @@ def test_damaged_tune_state(search, capsys) -> None:
     one_line_error(code, err, r"cannot resume .*: Ray Tune's state .*experiment_state-.*json is missing or damaged")
 
 
-def test_planted_pickle_is_never_loaded(search, tmp_path: Path, capsys) -> None:
+def test_planted_pickle_is_never_loaded(search: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     import pickle
 
     folder, spec = search
     marker = tmp_path / "pwned"
 
     class Payload:
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
             return (os.system, (f"touch {marker}",))
 
     (state,) = sorted((folder / "tune").glob("searcher-state-*.pkl"))[-1:]
@@ -393,7 +397,8 @@ def test_planted_pickle_is_never_loaded(search, tmp_path: Path, capsys) -> None:
     assert not marker.exists()
 
 
-def test_resume_refuses_a_folder_others_can_write(search, capsys) -> None:
+def test_resume_refuses_a_folder_others_can_write(search: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
     tuner = folder / "tune" / "tuner.pkl"
     tuner.chmod(tuner.stat().st_mode | stat.S_IWOTH)
@@ -406,7 +411,8 @@ def test_resume_refuses_a_folder_others_can_write(search, capsys) -> None:
         one_line_error(code, err, r"cannot resume .*: .*tune is owned by uid 4242, not by you")
 
 
-def test_resume_may_change_resources_and_nothing_else(search, capsys) -> None:
+def test_resume_may_change_resources_and_nothing_else(search: tuple[Path, Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
     before = (folder / "spec.yaml").read_text()
     code, err = run_main(["run", str(spec), "--resume", str(folder), "--set", "distill.alpha=1.0"], capsys)
@@ -416,7 +422,8 @@ def test_resume_may_change_resources_and_nothing_else(search, capsys) -> None:
     assert (folder / "spec.yaml").read_text() == before  # a refused change is not written
 
 
-def test_export_refuses_a_folder_that_holds_something(search, tmp_path: Path, capsys) -> None:
+def test_export_refuses_a_folder_that_holds_something(search: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     out = tmp_path / "student"
     out.mkdir()
@@ -429,7 +436,8 @@ def test_export_refuses_a_folder_that_holds_something(search, tmp_path: Path, ca
     assert code == 2 and (folder / "trials.parquet").is_file()
 
 
-def test_force_never_replaces_what_kdsearch_owns(search, tmp_path: Path, capsys) -> None:
+def test_force_never_replaces_what_kdsearch_owns(search: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """--force replaces an export; never the workdir (or a folder in or around it), a search
     folder, or the storage of searches."""
     from kdsearch.results.store import ResultStore
@@ -456,7 +464,9 @@ def test_force_never_replaces_what_kdsearch_owns(search, tmp_path: Path, capsys)
     assert {p: sorted(q.name for q in p.iterdir()) for p in cases} == before
 
 
-def test_force_never_replaces_the_workdir_of_the_folder_it_runs_in(search, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_force_never_replaces_the_workdir_of_the_folder_it_runs_in(search: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A search copied into incoming/ keeps a workdir relative to itself, which points elsewhere:
     `--out .kdsearch --force` run beside a real workdir must not replace it, however spelled."""
     from kdsearch.export import check_out
@@ -496,7 +506,8 @@ def test_force_never_replaces_the_workdir_of_the_folder_it_runs_in(search, tmp_p
                                                                                    "wd2/models/m/manifest.json"]
 
 
-def test_compare_refuses_an_existing_report_or_a_file(search, tmp_path: Path, capsys) -> None:
+def test_compare_refuses_an_existing_report_or_a_file(search: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     report = tmp_path / "report"
     report.mkdir()
@@ -510,7 +521,8 @@ def test_compare_refuses_an_existing_report_or_a_file(search, tmp_path: Path, ca
     assert (tmp_path / "a-file").read_text() == "x"
 
 
-def test_compare_of_no_rows_leaves_no_report_folder(search, tmp_path: Path, capsys) -> None:
+def test_compare_of_no_rows_leaves_no_report_folder(search: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow.parquet as pq
 
     folder, _ = search
@@ -521,7 +533,8 @@ def test_compare_of_no_rows_leaves_no_report_folder(search, tmp_path: Path, caps
     assert not (tmp_path / "report").exists()
 
 
-def test_compare_of_rows_without_the_metric_names_the_column(search, tmp_path: Path, capsys) -> None:
+def test_compare_of_rows_without_the_metric_names_the_column(search: tuple[Path, Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow.parquet as pq
 
     folder, _ = search
@@ -532,7 +545,7 @@ def test_compare_of_rows_without_the_metric_names_the_column(search, tmp_path: P
     assert not (tmp_path / "report").exists() and "val_score" not in pq.read_schema(folder / "trials.parquet").names
 
 
-def test_a_search_json_of_another_tool(search, capsys) -> None:
+def test_a_search_json_of_another_tool(search: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     (folder / "search.json").write_text(json.dumps({"runs": [1, 2], "tool": "someone else's"}))
     for args in (["results", str(folder)], ["compare", str(folder)], ["recommend", "--loo", "--store", str(folder)]):
@@ -541,7 +554,7 @@ def test_a_search_json_of_another_tool(search, capsys) -> None:
 
 
 @pytest.fixture(scope="module")
-def diverged(tmp_path_factory: pytest.TempPathFactory, shared_ray) -> Path:
+def diverged(tmp_path_factory: pytest.TempPathFactory, shared_ray: SharedRay) -> Path:
     """A search whose every trial diverged (learning rate 1e9): its rows are there, no score is."""
     tmp = tmp_path_factory.mktemp("diverged")
     shared_ray.ensure()
@@ -550,7 +563,8 @@ def diverged(tmp_path_factory: pytest.TempPathFactory, shared_ray) -> Path:
     return folder
 
 
-def test_a_search_whose_every_trial_diverged(diverged: Path, tmp_path: Path, capsys) -> None:
+def test_a_search_whose_every_trial_diverged(diverged: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert (pd.read_parquet(diverged / "trials.parquet").status == "diverged").all()
     code, err = run_main(["compare", str(diverged), "--out", str(tmp_path / "report")], capsys)
     one_line_error(code, err, r"no finished trial in .* \(every one failed or diverged\): nothing to compare")
@@ -560,7 +574,8 @@ def test_a_search_whose_every_trial_diverged(diverged: Path, tmp_path: Path, cap
     assert main(["results", str(diverged)]) == 0
 
 
-def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) -> None:
+def test_export_force_replaces_the_folder_whole(search: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     out = tmp_path / "student"
     out.mkdir()
@@ -573,7 +588,7 @@ def test_export_force_replaces_the_folder_whole(search, tmp_path: Path, capsys) 
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]  # no temporary folder left
 
 
-def test_damaged_exported_spec(search, tmp_path: Path, capsys) -> None:
+def test_damaged_exported_spec(search: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder, _ = search
     out = tmp_path / "student"
     assert main(["export", str(folder), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
@@ -592,7 +607,7 @@ CACHES = {  # what the warning calls it, its folder under cache/, the file damag
 
 
 @pytest.mark.parametrize("which", list(CACHES))
-def test_a_damaged_cache_heals(search, which: str, capsys) -> None:
+def test_a_damaged_cache_heals(search: tuple[Path, Path], which: str, capsys: pytest.CaptureFixture[str]) -> None:
     from kdsearch.spec import load_spec
 
     folder, spec = search
@@ -612,7 +627,7 @@ def test_a_damaged_cache_heals(search, which: str, capsys) -> None:
     assert "Traceback" not in out.err
 
 
-def test_damaged_pool_index_and_checkpoint(search, capsys) -> None:
+def test_damaged_pool_index_and_checkpoint(search: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from kdsearch.spec import load_spec
 
     folder, spec = search

@@ -70,7 +70,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gives_one_line_error(tmp_path: Path, case: str, capsys, monkeypatch) -> None:
+def test_bad_input_gives_one_line_error(tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from kdsearch.cli import main
 
     make, command, pattern = CASES[case]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -11,14 +12,16 @@ import yaml
 
 from kdsearch.cli import main
 from kdsearch.spec import load_spec
+from tests.conftest import SharedRay
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_searches) -> Path:
+def searched(tiny_searches: dict[str, Path]) -> Path:
     return tiny_searches["grid"]
 
 
-def test_export_refuses_a_cell_whose_every_config_collapsed(searched: Path, tmp_path: Path, capsys) -> None:
+def test_export_refuses_a_cell_whose_every_config_collapsed(searched: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A copy of the search whose every row of the cell is recorded as collapsed: whether this
     tiny grid's students collapse is not fixed (one run of part of the suite had one learn), so
     the test makes it so rather than hoping."""
@@ -38,7 +41,8 @@ def test_export_refuses_a_cell_whose_every_config_collapsed(searched: Path, tmp_
     assert "**Collapsed.**" in (out / "README.md").read_text()
 
 
-def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path, capsys) -> None:
+def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from transformers import pipeline
 
     from kdsearch.results.summary import best_per_cell
@@ -77,7 +81,7 @@ def test_export_then_pipeline_reproduces_the_metric(searched: Path, tmp_path: Pa
     assert "kdsearch distill --config kdsearch.yaml" in (out / "README.md").read_text()
 
 
-def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsys) -> None:
+def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "student"
     assert main(["export", str(searched), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force"]) == 0
     reported = json.loads((out / "metrics.json").read_text())["retrained"]["val_score"]
@@ -88,12 +92,13 @@ def test_exported_spec_reruns_with_distill(searched: Path, tmp_path: Path, capsy
     assert rerun["val_score"] == pytest.approx(reported, abs=1e-6)
 
 
-def test_export_unknown_cell(searched: Path, tmp_path: Path, capsys) -> None:
+def test_export_unknown_cell(searched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(searched), "--cell", "imdb/xs", "--out", str(tmp_path / "x")]) == 2
     assert "no cell 'imdb/xs'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_a_student_from_a_fused_search_exports_as_searched(local_ray, tiny_spec, tmp_path: Path) -> None:
+def test_a_student_from_a_fused_search_exports_as_searched(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                           tmp_path: Path) -> None:
     """Dropout on: a member's masks depend on its population, so the export retrains the whole
     population and takes the member; its validation score and loss are the row's (a student
     retrained alone misses the loss by ~2e-4 here)."""
@@ -113,7 +118,8 @@ def test_a_student_from_a_fused_search_exports_as_searched(local_ray, tiny_spec,
     assert metrics["reproduces_search_row"]
 
 
-def test_a_fused_search_with_copied_rows_exports(local_ray, tiny_spec, tmp_path: Path) -> None:
+def test_a_fused_search_with_copied_rows_exports(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                 tmp_path: Path) -> None:
     """A teacher trained one epoch: t_hs and t_ll are one checkpoint, so the grid records the t_hs
     config's rows as copies (trial ids ending =dup) inside populations; the export skips the
     copies when it rebuilds the population, and the copy's own config exports as the row it copies."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -72,7 +73,7 @@ def test_calibration_error_by_hand() -> None:
     assert calibration_error(torch.tensor([logit(0.6)] * 5), torch.tensor([0, 0, 0, 1, 1])) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_teacher_traits_on_handmade_logits(tmp_path) -> None:
+def test_teacher_traits_on_handmade_logits(tmp_path: Path) -> None:
     from kdsearch.data.prepare import EncodedSplit, PreparedData
     from kdsearch.distill.trainer import teacher_traits
 

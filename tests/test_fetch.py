@@ -61,7 +61,8 @@ def test_offline_or_broken_is_one_line_and_leaves_nothing(wheel_dir: Path, tmp_p
     assert not (tmp_path / "wd" / "models" / "minilm-l6").exists()
 
 
-def test_a_spec_that_names_an_unfetched_model_says_how_to_fetch_it(tmp_path: Path, capsys) -> None:
+def test_a_spec_that_names_an_unfetched_model_says_how_to_fetch_it(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"workdir: {tmp_path / 'wd'}\nteachers: {{model: minilm-l6}}\n")
     assert main(["teachers", "list", str(spec)]) == 2
@@ -87,7 +88,8 @@ def fetched_workdir(wheel_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return wd
 
 
-def test_pretrained_teacher_and_truncated_students(fetched_workdir: Path, tmp_path: Path, capsys) -> None:
+def test_pretrained_teacher_and_truncated_students(fetched_workdir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from kdsearch.models import build_model
     from kdsearch.spec import load_spec
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from kdsearch.local_ray import SINGLE_MACHINE_ENV
 from kdsearch.ray_runtime import init_ray
-from tests.conftest import is_loopback, listening_sockets
+from tests.conftest import SharedRay, is_loopback, listening_sockets
 
 
-def test_embedded_ray_binds_every_server_to_loopback(monkeypatch, shared_ray) -> None:
+def test_embedded_ray_binds_every_server_to_loopback(monkeypatch: pytest.MonkeyPatch, shared_ray: SharedRay) -> None:
     import ray
     from ray._private import ray_constants
 

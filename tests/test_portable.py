@@ -66,7 +66,9 @@ def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def test_the_shipped_store_reads_from_an_empty_folder(elsewhere: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_the_shipped_store_reads_from_an_empty_folder(elsewhere: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["recommend", "--loo", "--store", str(elsewhere / "pretrained")]) == 0
     assert capsys.readouterr().out == (ROOT / "results/pretrained/recommend_loo.txt").read_text()
@@ -82,7 +84,8 @@ def test_the_shipped_store_reads_from_an_empty_folder(elsewhere: Path, tmp_path:
     assert not (tmp_path / ".kdsearch").exists()  # reading made no workdir
 
 
-def test_export_of_a_shipped_pretrained_cell(elsewhere: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_export_of_a_shipped_pretrained_cell(elsewhere: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """With a (tiny, fake) minilm-l6 fetched here: the teacher pool is trained as the search's was,
     the student retrained; the card says that it does not reproduce the search's row."""
     from tests.test_preflight import fetched
@@ -129,7 +132,8 @@ def older_store(tmp_path: Path) -> Path:
     return folder
 
 
-def test_an_older_store_reads_as_a_portable_one_and_upgrades(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_an_older_store_reads_as_a_portable_one_and_upgrades(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     folder = older_store(tmp_path)
     assert "/home/someone/kd/.kdsearch/models/minilm-l6:first2" in (folder / "spec.yaml").read_text()
     monkeypatch.chdir(tmp_path)

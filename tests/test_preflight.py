@@ -48,7 +48,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fetched(tmp_path_factory.mktemp("fetched"))
 
 
-def test_a_cut_beyond_the_models_layers_fails_before_the_teacher_trains(workdir: Path, tmp_path: Path, capsys) -> None:
+def test_a_cut_beyond_the_models_layers_fails_before_the_teacher_trains(workdir: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     spec = spec_file(tmp_path, workdir)
     code, err = run_main(["run", str(spec), "--set", "student.model=minilm-l6:first8"], capsys)
     one_line_error(code, err, r"^kdsearch: error: student.model: minilm-l6:first8 keeps 8 layers, but minilm-l6 has 4: K must be in 1..4$")
@@ -58,7 +59,8 @@ def test_a_cut_beyond_the_models_layers_fails_before_the_teacher_trains(workdir:
 
 
 @pytest.mark.parametrize("damage", ["tokenizer deleted", "weights truncated", "manifest deleted"])
-def test_a_damaged_fetched_model_is_found_before_anything_trains(damage: str, tmp_path: Path, capsys) -> None:
+def test_a_damaged_fetched_model_is_found_before_anything_trains(damage: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     wd = fetched(tmp_path)
     folder = wd / "models" / "minilm-l6"
     if damage == "tokenizer deleted":
@@ -103,7 +105,8 @@ def test_a_local_folder_with_truncated_weights(tmp_path: Path) -> None:
         resolve_models(spec)
 
 
-def test_a_hub_name_offline_is_one_line_in_seconds(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hub_name_offline_is_one_line_in_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: offline, whatever the machine has
     spec = spec_file(tmp_path, tmp_path / "wd")
     start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,8 @@ from kdsearch.errors import KDSearchError
 from kdsearch.recommend import FEATURES, describe, feature_ablation, leave_one_out, load_past, loo_summary, recommend, regrets
 from kdsearch.reports.analysis import config_means
 from kdsearch.search.space import Space
-from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.spec import DataSpec, DistillSpec, OptimSpec
+from tests.conftest import SharedRay
 
 PAST = """
 name: past
@@ -39,7 +41,7 @@ search:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray: SharedRay) -> Path:
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
 
@@ -70,7 +72,7 @@ def test_features_of_the_built_in_datasets(store: Path, workdir: Path) -> None:
     assert describe(past_spec_data("rotten_tomatoes")).teacher_score is None  # no workdir, no pool
 
 
-def past_spec_data(name: str):
+def past_spec_data(name: str) -> DataSpec:
     from kdsearch.spec import DataSpec, TokenizerSpec
 
     return DataSpec(dataset=name, max_length=32, max_train_examples=160, max_eval_examples=64, tokenizer=TokenizerSpec(vocab_size=1000))
@@ -158,7 +160,8 @@ def test_a_recommendation_becomes_the_searchs_starting_point() -> None:
     assert seeded.defaults == {"loss": "mse", "alpha": 1.0, "tau_t": 1.0}
 
 
-def test_run_seeded_from_a_recommendation_records_it(store: Path, tiny_spec, capsys) -> None:
+def test_run_seeded_from_a_recommendation_records_it(store: Path, tiny_spec: Callable[..., Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
     spec = tiny_spec(name="seeded", seeds="[0]", method="greedy")

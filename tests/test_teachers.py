@@ -1,17 +1,19 @@
 """The teacher pool: training, selection, registration and the output cache."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from kdsearch.data.prepare import prepare_data
+from kdsearch.data.prepare import PreparedData, prepare_data
 from kdsearch.errors import KDSearchError, ModelError
 from kdsearch.models import load_model
 from kdsearch.spec import OptimSpec, TeacherSpec
 from kdsearch.teachers import TeacherPool, TeacherRecord
+from tests.conftest import SharedRay
 
 
-def test_pool_has_a_checkpoint_per_epoch_with_metrics(rt_pool) -> None:
+def test_pool_has_a_checkpoint_per_epoch_with_metrics(rt_pool: TeacherPool) -> None:
     trained = [r for r in rt_pool.records if r.source == "trained"]
     assert sorted(r.epoch for r in trained) == [1, 2, 3]
     for r in trained:
@@ -19,13 +21,13 @@ def test_pool_has_a_checkpoint_per_epoch_with_metrics(rt_pool) -> None:
         assert 0 < r.val_score <= 1 and r.val_loss > 0
 
 
-def test_selection_on_the_real_pool(rt_pool) -> None:
+def test_selection_on_the_real_pool(rt_pool: TeacherPool) -> None:
     trained = [r for r in rt_pool.records if r.source == "trained"]
     assert rt_pool.select("t_hs").val_score == max(r.val_score for r in trained)
     assert rt_pool.select("t_ll").val_loss == min(r.val_loss for r in trained)
 
 
-def test_t_hs_and_t_ll_differ_when_best_score_and_lowest_loss_differ(workdir, rt_data) -> None:
+def test_t_hs_and_t_ll_differ_when_best_score_and_lowest_loss_differ(workdir: Path, rt_data: PreparedData) -> None:
     pool = TeacherPool(workdir / "synthetic", rt_data, "cpu")
     pool.records = [
         TeacherRecord("e1", "-", val_score=0.70, val_loss=0.55, source="trained", epoch=1),
@@ -40,7 +42,7 @@ def test_t_hs_and_t_ll_differ_when_best_score_and_lowest_loss_differ(workdir, rt
         pool.select("e9")
 
 
-def test_retraining_skips_seeds_already_in_the_pool(rt_pool) -> None:
+def test_retraining_skips_seeds_already_in_the_pool(rt_pool: TeacherPool) -> None:
     from kdsearch.spec import OptimSpec, TeacherSpec
 
     logs: list[str] = []
@@ -48,7 +50,8 @@ def test_retraining_skips_seeds_already_in_the_pool(rt_pool) -> None:
     assert new == [] and "skipped" in logs[0]
 
 
-def test_register_existing_checkpoint_and_missing_folder(workdir, rt_data, rt_pool) -> None:
+def test_register_existing_checkpoint_and_missing_folder(workdir: Path, rt_data: PreparedData,
+                                                         rt_pool: TeacherPool) -> None:
     pool = TeacherPool(workdir / "registered", rt_data, "cpu")
     src = rt_pool.select("t_ll")
     rec = pool.register(src.path, name="mine")
@@ -57,7 +60,7 @@ def test_register_existing_checkpoint_and_missing_folder(workdir, rt_data, rt_po
         pool.register(workdir / "no-such-teacher")
 
 
-def test_outputs_computed_once_then_read(rt_data, rt_pool) -> None:
+def test_outputs_computed_once_then_read(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     pool = TeacherPool(rt_pool.workdir, rt_data, "cpu")  # a fresh process would start like this
     rec = pool.select("t_hs")
     pool.outputs(rec)
@@ -67,13 +70,14 @@ def test_outputs_computed_once_then_read(rt_data, rt_pool) -> None:
     assert first in (0, len(rt_data.splits))  # 0 when another test cached it already
 
 
-def test_empty_pool_selection_is_a_clear_error(workdir, rt_data) -> None:
+def test_empty_pool_selection_is_a_clear_error(workdir: Path, rt_data: PreparedData) -> None:
     pool = TeacherPool(workdir / "empty", rt_data, "cpu")
     with pytest.raises(KDSearchError, match="teacher pool .* is empty"):
         pool.select("t_ll")
 
 
-def test_an_ensemble_teacher_is_the_mean_logits_of_the_lowest_loss_checkpoints(rt_data, rt_pool) -> None:
+def test_an_ensemble_teacher_is_the_mean_logits_of_the_lowest_loss_checkpoints(rt_data: PreparedData,
+                                                                               rt_pool: TeacherPool) -> None:
     import torch
 
     from kdsearch.knobs import key, teacher_key
@@ -94,7 +98,8 @@ def test_an_ensemble_teacher_is_the_mean_logits_of_the_lowest_loss_checkpoints(r
     assert key({"teacher": "t_ll", "ensemble_k": 2}) == key({"teacher": "t_ll", "ensemble_k": 3})
 
 
-def test_a_search_over_ensembles_records_the_knob(local_ray, tiny_spec, tmp_path: Path) -> None:
+def test_a_search_over_ensembles_records_the_knob(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                  tmp_path: Path) -> None:
     import pandas as pd
 
     from kdsearch.search.runner import run_search

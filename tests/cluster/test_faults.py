@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,10 +18,11 @@ import pytest
 from kdsearch.local_ray import single_machine
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
+from tests.conftest import SharedRay
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_search(tiny_spec, tmp_path, shared_ray) -> None:
+def test_worker_node_killed_mid_search(tiny_spec: Callable[..., Path], tmp_path: Path, shared_ray: SharedRay) -> None:
     import ray
     from ray.cluster_utils import Cluster
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -15,7 +18,7 @@ HALF_GPU = ["search.resources.gpu=0.5", "search.resources.cpu=1", "search.space=
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the GPU path cannot run here")
-def test_trials_run_on_a_gpu_fraction(tiny_spec) -> None:
+def test_trials_run_on_a_gpu_fraction(tiny_spec: Callable[..., Path]) -> None:
     with running_ray(num_gpus=1):
         spec = load_spec(tiny_spec(name="gpu", seeds="[0]"), ["search.resources.gpu=0.5", "search.resources.cpu=1"])
         folder = run_search(spec, log=lambda *a, **k: None)
@@ -23,7 +26,7 @@ def test_trials_run_on_a_gpu_fraction(tiny_spec) -> None:
     assert (trials.status == "ok").all() and trials.device.eq("cuda").all()
 
 
-def test_gpu_fractions_share_one_gpu(tiny_spec) -> None:
+def test_gpu_fractions_share_one_gpu(tiny_spec: Callable[..., Path]) -> None:
     """Ray's scheduling of GPU fractions, on any machine: Ray is told of one GPU, whether or
     not torch can use it; asking for two is refused, and two half-GPU trials share it. Without
     CUDA they train on CPU."""

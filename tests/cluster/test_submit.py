@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,7 @@ def run(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def head():
+def head() -> Iterator[dict]:
     import shutil
     import tempfile
 

@@ -1,16 +1,20 @@
 """Token cache and batching on the real built-in data."""
 
+from pathlib import Path
+from typing import NoReturn
+
 import pytest
 import torch
 
 from kdsearch.data import prepare as prep
 from kdsearch.data.batching import eval_order, make_batch, train_order
-from kdsearch.data.prepare import IGNORE_INDEX, prepare_data
+from kdsearch.data.prepare import IGNORE_INDEX, PreparedData, prepare_data
 from tests.conftest import small_data_spec
 
 
-def test_cache_is_reused_without_tokenizing(workdir, rt_data, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(*a, **k):
+def test_cache_is_reused_without_tokenizing(workdir: Path, rt_data: PreparedData,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: object, **k: object) -> NoReturn:
         raise AssertionError("tokenized again")
 
     monkeypatch.setattr(prep, "encode_split", boom)
@@ -19,7 +23,7 @@ def test_cache_is_reused_without_tokenizing(workdir, rt_data, monkeypatch: pytes
     assert torch.equal(again.splits["train"].input_ids, rt_data.splits["train"].input_ids)
 
 
-def test_cache_key_follows_max_length_and_data(workdir, rt_data) -> None:
+def test_cache_key_follows_max_length_and_data(workdir: Path, rt_data: PreparedData) -> None:
     other = prepare_data(small_data_spec(max_length=16), workdir)
     assert other.key != rt_data.key
     assert int(other.splits["train"].lengths.max()) <= 16
@@ -27,7 +31,7 @@ def test_cache_key_follows_max_length_and_data(workdir, rt_data) -> None:
     assert fewer.key not in (rt_data.key, other.key)
 
 
-def test_ner_labels_only_on_first_subtoken(ner_data) -> None:
+def test_ner_labels_only_on_first_subtoken(ner_data: PreparedData) -> None:
     train = ner_data.splits["train"]
     assert ner_data.task == "token_classification"
     raw = prep.load_raw(small_data_spec("wnut16", max_length=48))
@@ -44,7 +48,7 @@ def test_ner_labels_only_on_first_subtoken(ner_data) -> None:
     assert bool((train.labels[pad] == IGNORE_INDEX).all())
 
 
-def test_train_batches_cover_each_example_once_and_follow_the_seed(rt_data) -> None:
+def test_train_batches_cover_each_example_once_and_follow_the_seed(rt_data: PreparedData) -> None:
     lengths = rt_data.splits["train"].lengths
     a = train_order(lengths, 16, torch.Generator().manual_seed(3))
     b = train_order(lengths, 16, torch.Generator().manual_seed(3))
@@ -54,7 +58,7 @@ def test_train_batches_cover_each_example_once_and_follow_the_seed(rt_data) -> N
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
 
 
-def test_bucketing_pads_far_less_than_max_length(workdir) -> None:
+def test_bucketing_pads_far_less_than_max_length(workdir: Path) -> None:
     split = prepare_data(small_data_spec(max_length=128), workdir).splits["train"]
     batches = train_order(split.lengths, 32, torch.Generator().manual_seed(0))
     padded = sum(make_batch(split, i).input_ids.numel() for i in batches)
@@ -63,7 +67,7 @@ def test_bucketing_pads_far_less_than_max_length(workdir) -> None:
     assert padded < 0.5 * len(split) * 128  # padding to max_length costs over twice as much
 
 
-def test_batch_mask_matches_lengths(rt_data) -> None:
+def test_batch_mask_matches_lengths(rt_data: PreparedData) -> None:
     split = rt_data.splits["validation"]
     (index, *_) = eval_order(split.lengths, 8)
     b = make_batch(split, index)

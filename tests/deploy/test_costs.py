@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from kdsearch.cli import main
+from kdsearch.data.prepare import PreparedData
 from kdsearch.deploy.costs import measure, median_length
 from kdsearch.models import build_for
 from kdsearch.reports.tradeoff import keeps, pareto, table
@@ -29,7 +30,7 @@ def test_every_search_records_what_its_architectures_cost(tiny_searches: dict[st
     assert teacher.test_score == meta["teachers"]["rotten_tomatoes"]["t_hs"]["test_score"]
 
 
-def test_a_measurement_is_cached_per_architecture_and_machine(rt_data, tmp_path: Path) -> None:
+def test_a_measurement_is_cached_per_architecture_and_machine(rt_data: PreparedData, tmp_path: Path) -> None:
     first = measure(build_for("xxs", rt_data), rt_data, 1, tmp_path, log=lambda s: None)
     assert first["seq_len"] == median_length(rt_data) and first["threads"] == 1
     again = measure(build_for("xxs", rt_data), rt_data, 1, tmp_path, log=lambda s: pytest.fail("measured again"))
@@ -80,7 +81,8 @@ def test_a_collapsed_student_is_listed_but_never_on_the_front(tmp_path: Path) ->
     assert plot(t.reset_index(), tmp_path) == ["tradeoff_d.png"]
 
 
-def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder = tiny_searches["grid"]
     assert main(["results", str(folder)]) == 0
     out = capsys.readouterr().out
@@ -101,7 +103,8 @@ def test_results_compare_and_the_front_read_the_costs(tiny_searches: dict[str, P
     assert all(f"`rotten_tomatoes/{p.name}`" in listed for p in students)
 
 
-def test_costs_of_a_search_measured_later(tiny_searches: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_costs_of_a_search_measured_later(tiny_searches: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     folder = tmp_path / "searches" / "copy"  # its storage is tmp_path/searches: the front goes beside it

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kdsearch.cli import main
+from kdsearch.data.prepare import PreparedData
 from kdsearch.deploy import onnx
 from kdsearch.deploy.ship import to_onnx
 from kdsearch.errors import KDSearchError
@@ -61,7 +62,7 @@ def test_the_card_and_metrics_say_score_size_and_latency_before_and_after(export
     assert "## Serving it: PyTorch, ONNX and int8" in card and "ONNX Runtime, int8 dynamic (`model_int8.onnx`)" in card
 
 
-def test_token_classification_exports_and_checks_its_positions(ner_data, tmp_path: Path) -> None:
+def test_token_classification_exports_and_checks_its_positions(ner_data: PreparedData, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_for("xs", ner_data)
     d = to_onnx(model, ner_data, tmp_path, "int8", threads=1)
@@ -69,7 +70,9 @@ def test_token_classification_exports_and_checks_its_positions(ner_data, tmp_pat
     assert set(d) >= {"torch", "onnx", "int8"} and (tmp_path / "model_int8.onnx").is_file()
 
 
-def test_a_failed_parity_check_writes_nothing(tiny_searches, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_failed_parity_check_writes_nothing(tiny_searches: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx, "PARITY_MAX_ABS", -1.0)  # no graph can pass: what a broken exporter would show
     out = tmp_path / "student"
     code, err = run_main(["export", str(tiny_searches["grid"]), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force",
@@ -79,7 +82,9 @@ def test_a_failed_parity_check_writes_nothing(tiny_searches, tmp_path: Path, cap
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".student")]
 
 
-def test_without_onnxruntime_it_is_one_line(tiny_searches, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_without_onnxruntime_it_is_one_line(tiny_searches: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     out = tmp_path / "student"
     code, err = run_main(["export", str(tiny_searches["grid"]), "--cell", "rotten_tomatoes/xs", "--out", str(out), "--force",
@@ -88,11 +93,12 @@ def test_without_onnxruntime_it_is_one_line(tiny_searches, tmp_path: Path, capsy
     assert not out.exists()
 
 
-def test_a_model_the_exporter_cannot_handle_is_one_line(rt_data, tmp_path: Path) -> None:
+def test_a_model_the_exporter_cannot_handle_is_one_line(rt_data: PreparedData, tmp_path: Path) -> None:
     class Opaque(torch.nn.Module):
         config = build_for("xs", rt_data).config
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # data-dependent Python: no graph
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:  # data-dependent Python: no graph
             if float(input_ids.float().mean()) > 0:
                 raise RuntimeError("not traceable")
             return input_ids

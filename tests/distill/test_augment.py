@@ -1,36 +1,39 @@
 """Augmentation: what each op may change, labels kept only where valid, the teacher run live."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from kdsearch.data.batching import make_batch
-from kdsearch.data.prepare import IGNORE_INDEX
+from kdsearch.data.batching import Batch, make_batch
+from kdsearch.data.prepare import IGNORE_INDEX, PreparedData
 from kdsearch.distill.augment import AugmentContext, augment, beta_sample
 from kdsearch.distill.losses import kd_objective
 from kdsearch.distill.trainer import TrialConfig, train_student
 from kdsearch.models import build_model
 from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.teachers import TeacherPool
 
 
-def ctx(data, seed: int = 0) -> AugmentContext:
+def ctx(data: PreparedData, seed: int = 0) -> AugmentContext:
     return AugmentContext(
         torch.tensor(data.special_ids), data.mask_token_id, data.pad_token_id, torch.Generator().manual_seed(seed),
         data.task == "token_classification",
     )
 
 
-def batch_of(data, n: int = 16):
+def batch_of(data: PreparedData, n: int = 16) -> Batch:
     return make_batch(data.splits["train"], torch.arange(n))
 
 
-def test_p_zero_changes_nothing(rt_data) -> None:
+def test_p_zero_changes_nothing(rt_data: PreparedData) -> None:
     b = batch_of(rt_data)
     for name in ("swap", "delete", "mask", "mixup"):
         out = augment(name, b, 0.0, ctx(rt_data))
         assert torch.equal(out.batch.input_ids, b.input_ids) and not out.rows.any() and out.partner is None
 
 
-def test_mask_changes_only_real_non_special_tokens(rt_data) -> None:
+def test_mask_changes_only_real_non_special_tokens(rt_data: PreparedData) -> None:
     b = batch_of(rt_data)
     out = augment("mask", b, 1.0, ctx(rt_data))
     changed = out.batch.input_ids != b.input_ids
@@ -41,7 +44,7 @@ def test_mask_changes_only_real_non_special_tokens(rt_data) -> None:
     assert out.label_ok.all()  # a class survives masking
 
 
-def test_swap_keeps_each_rows_tokens(rt_data) -> None:
+def test_swap_keeps_each_rows_tokens(rt_data: PreparedData) -> None:
     b = batch_of(rt_data)
     out = augment("swap", b, 1.0, ctx(rt_data))
     assert not torch.equal(out.batch.input_ids, b.input_ids)
@@ -50,7 +53,7 @@ def test_swap_keeps_each_rows_tokens(rt_data) -> None:
         assert out.batch.input_ids[r, 0] == b.input_ids[r, 0]  # [CLS] stays first
 
 
-def test_delete_shortens_and_moves_ner_tags_with_their_tokens(ner_data) -> None:
+def test_delete_shortens_and_moves_ner_tags_with_their_tokens(ner_data: PreparedData) -> None:
     b = batch_of(ner_data)
     out = augment("delete", b, 1.0, ctx(ner_data))
     assert (out.batch.attention_mask.sum(1) < b.attention_mask.sum(1)).all()
@@ -64,7 +67,7 @@ def test_delete_shortens_and_moves_ner_tags_with_their_tokens(ner_data) -> None:
     assert not out.label_ok.any()  # NER tags do not survive token edits: teacher only
 
 
-def test_mixup_mixes_embeddings_and_class_labels(rt_data) -> None:
+def test_mixup_mixes_embeddings_and_class_labels(rt_data: PreparedData) -> None:
     b = batch_of(rt_data)
     out = augment("mixup", b, 0.5, ctx(rt_data, 3))
     assert out.rows.any() and (~out.rows).any()
@@ -81,7 +84,7 @@ def test_mixup_mixes_embeddings_and_class_labels(rt_data) -> None:
     assert soft[r, y] == pytest.approx(float(out.lam[r]) + (1 - float(out.lam[r])) * (y == yp), abs=1e-6)
 
 
-def test_same_seed_same_augmentation(rt_data) -> None:
+def test_same_seed_same_augmentation(rt_data: PreparedData) -> None:
     b = batch_of(rt_data)
     a1, a2 = augment("swap", b, 0.5, ctx(rt_data, 7)), augment("swap", b, 0.5, ctx(rt_data, 7))
     assert torch.equal(a1.batch.input_ids, a2.batch.input_ids)
@@ -108,7 +111,8 @@ def test_gold_weight_and_soft_labels_by_hand() -> None:
     assert kd_objective(z, y, None, alpha=0.0).item() == pytest.approx(-logp[[0, 1, 2], y].mean().item())
 
 
-def test_augmenting_trial_runs_the_teacher_live_on_augmented_batches(rt_data, rt_pool) -> None:
+def test_augmenting_trial_runs_the_teacher_live_on_augmented_batches(rt_data: PreparedData,
+                                                                     rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), with_model=True)
     seen: list[torch.Tensor] = []
     hook = teacher.model.register_forward_hook(lambda m, args, kw, out: seen.append(kw.get("input_ids")), with_kwargs=True)
@@ -122,14 +126,14 @@ def test_augmenting_trial_runs_the_teacher_live_on_augmented_batches(rt_data, rt
     assert "val_agreement" in r.final  # fidelity still measured on the clean split
 
 
-def test_augmenting_without_the_teacher_model_is_a_clear_error(rt_data, rt_pool) -> None:
+def test_augmenting_without_the_teacher_model_is_a_clear_error(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"))
     optim = OptimSpec(epochs=1, batch_size=32, learning_rate=1e-3)
     with pytest.raises(ValueError, match="without its model"):
         train_student(TrialConfig("xs", optim, DistillSpec(augment="swap", augment_p=1.0), 0), rt_data, teacher, "cpu")
 
 
-def test_ner_mixup_trial_learns_from_teacher_only_on_mixed_rows(ner_data, workdir) -> None:
+def test_ner_mixup_trial_learns_from_teacher_only_on_mixed_rows(ner_data: PreparedData, workdir: Path) -> None:
     from kdsearch.spec import TeacherSpec
     from kdsearch.teachers import TeacherPool
 
@@ -143,7 +147,7 @@ def test_ner_mixup_trial_learns_from_teacher_only_on_mixed_rows(ner_data, workdi
     assert IGNORE_INDEX == -100
 
 
-def test_teacher_with_model_survives_pickling_for_the_object_store(rt_data, rt_pool) -> None:
+def test_teacher_with_model_survives_pickling_for_the_object_store(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     import pickle
 
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), features=True, with_model=True)

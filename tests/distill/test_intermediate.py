@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.intermediate import (
     CRITIC_TEMPERATURE,
     FEATURE_LOSSES,
@@ -19,6 +20,7 @@ from kdsearch.distill.intermediate import (
 from kdsearch.distill.trainer import Trainer, TrialConfig, train_student
 from kdsearch.models import build_model
 from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.teachers import TeacherPool
 
 S = torch.tensor([[1.0, 0.0, 2.0], [0.5, -1.0, 1.0]])
 T = torch.tensor([[2.0, 1.0, 0.0], [0.0, -1.0, 3.0]])
@@ -114,7 +116,7 @@ def test_same_width_needs_no_projection() -> None:
     assert not list(proj.parameters())
 
 
-def test_teacher_features_cached_once_and_match_a_forward(rt_data, rt_pool) -> None:
+def test_teacher_features_cached_once_and_match_a_forward(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     rec = rt_pool.select("t_ll")
     first = rt_pool.outputs(rec, features=True)
     passes = rt_pool.forward_passes
@@ -133,7 +135,7 @@ def test_teacher_features_cached_once_and_match_a_forward(rt_data, rt_pool) -> N
     assert rt_pool.outputs(rec).feature_shape() is None  # logits only unless asked
 
 
-def test_trainer_updates_projection_and_resumes_it(rt_data, rt_pool) -> None:
+def test_trainer_updates_projection_and_resumes_it(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), features=True)
     distill = DistillSpec(alpha=0.5, inter_map="skip", inter_loss="mi_alpha", inter_weight=1.0)
     optim = OptimSpec(epochs=1, batch_size=32, learning_rate=1e-3)
@@ -152,7 +154,7 @@ def test_trainer_updates_projection_and_resumes_it(rt_data, rt_pool) -> None:
         assert torch.equal(a, b)
 
 
-def test_intermediate_term_changes_the_student_and_needs_features(rt_data, rt_pool) -> None:
+def test_intermediate_term_changes_the_student_and_needs_features(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), features=True)
     optim = OptimSpec(epochs=1, batch_size=32, learning_rate=1e-3)
     plain = train_student(TrialConfig("xs", optim, DistillSpec(), 0), rt_data, teacher, "cpu")
@@ -223,7 +225,7 @@ def test_attention_maps_are_distributions_and_gradients_reach_queries_and_keys()
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_attention_trial_runs_the_teacher_live_once_per_step(rt_data, rt_pool) -> None:
+def test_attention_trial_runs_the_teacher_live_once_per_step(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"), with_model=True)
     asked: list[bool] = []
     hook = teacher.model.register_forward_hook(lambda m, a, kw, out: asked.append(kw.get("output_attentions")), with_kwargs=True)

@@ -1,6 +1,7 @@
 """Each loss against a hand computation on small tensors."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def hand_mse(tau_t: float, tau_s: float) -> float:
 
 @pytest.mark.parametrize("name, hand", [("ce", hand_ce), ("kl", hand_kl), ("mse", hand_mse)])
 @pytest.mark.parametrize("tau_t, tau_s", [(1.0, 1.0), (2.0, 1.0), (4.0, 4.0), (2.0, 3.0)])
-def test_distance_matches_hand_computation(name, hand, tau_t, tau_s) -> None:
+def test_distance_matches_hand_computation(name: str, hand: Callable[..., torch.Tensor], tau_t: float,
+                                           tau_s: float) -> None:
     got = LOSSES[name](StudentLogits(ZS), ZT, tau_t, tau_s)
     assert got.shape == ZS.shape[:1]  # one value per position, averaged by the caller
     assert float(got.mean()) == pytest.approx(hand(tau_t, tau_s), rel=1e-5)

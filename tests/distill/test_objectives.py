@@ -4,14 +4,18 @@ temperature; and a population member with each is its single trial."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from kdsearch import knobs
+from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.losses import LOSSES, LossOptions, StudentLogits, annealed, kd_objective, pearson, standardize
 from kdsearch.distill.trainer import Trainer
 from kdsearch.spec import DistillSpec
+from kdsearch.teachers import TeacherPool
 from tests.distill.test_population import CONFIGS, population, student
 
 S = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2], [-1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])
@@ -80,7 +84,7 @@ def test_the_annealed_temperature() -> None:
     assert annealed(0.5, 100, 101) == 1.0  # below 1 it rises to 1
 
 
-def test_a_trainer_anneals_tau_t_and_tau_s_when_it_follows(rt_data) -> None:
+def test_a_trainer_anneals_tau_t_and_tau_s_when_it_follows(rt_data: PreparedData) -> None:
     from kdsearch.spec import OptimSpec
 
     optim = OptimSpec(epochs=1, batch_size=32)
@@ -122,7 +126,8 @@ STANDARDIZED = [
 
 
 @pytest.mark.parametrize("data_name", ["rt_data", "ner_data"])
-def test_population_members_with_the_new_knobs_are_their_single_trials(data_name: str, request, rt_pool, workdir) -> None:
+def test_population_members_with_the_new_knobs_are_their_single_trials(data_name: str, request: pytest.FixtureRequest,
+                                                                       rt_pool: TeacherPool, workdir: Path) -> None:
     data = request.getfixturevalue(data_name)
     pool = rt_pool
     if data_name == "ner_data":

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from pathlib import Path
 
 import pytest
 import torch
 
+from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.population import Member, Population, clip_per_member
 from kdsearch.distill.teacher_signal import predict
 from kdsearch.distill.trainer import Trainer
 from kdsearch.models import build_model
 from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.teachers import TeacherPool
 
 OPTIM = OptimSpec(epochs=2, batch_size=32, learning_rate=1e-3, warmup_ratio=0.1, weight_decay=0.01)
 CONFIGS = [  # every per-member knob differs somewhere: teacher, loss, alpha, temperatures, lr, decay, seed
@@ -24,7 +27,7 @@ CONFIGS = [  # every per-member knob differs somewhere: teacher, loss, alpha, te
 ]
 
 
-def student(data, seed: int) -> torch.nn.Module:
+def student(data: PreparedData, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_model("xs", data.task, data.label_names, data.vocab_size, data.pad_token_id, data.max_length)
     for m in model.modules():  # dropout off: vmap draws its masks differently from one model
@@ -33,7 +36,7 @@ def student(data, seed: int) -> torch.nn.Module:
     return model
 
 
-def members(data, pool, configs=CONFIGS) -> list[Member]:
+def members(data: PreparedData, pool: TeacherPool, configs: list[tuple] = CONFIGS) -> list[Member]:
     out = []
     for teacher, distill, optim, seed in configs:
         distill = dataclasses.replace(distill)
@@ -42,12 +45,12 @@ def members(data, pool, configs=CONFIGS) -> list[Member]:
     return out
 
 
-def population(data, pool, configs=CONFIGS) -> Population:
+def population(data: PreparedData, pool: TeacherPool, configs: list[tuple] = CONFIGS) -> Population:
     ms = members(data, pool, configs)
     return Population([student(data, m.seed) for m in ms], data, ms, torch.device("cpu"))
 
 
-def test_each_member_is_its_single_trial(rt_data, rt_pool) -> None:
+def test_each_member_is_its_single_trial(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     pop = population(rt_data, rt_pool)
     reports = list(pop.run())
     assert len(reports) == 2 and pop.diverged() == {}
@@ -79,7 +82,8 @@ def test_clipping_is_per_member() -> None:
     assert grads[0][0].norm() < 0.05  # a small member is not scaled up by a large one
 
 
-def test_a_diverging_member_is_frozen_and_the_others_go_on_as_without_it(rt_data, rt_pool) -> None:
+def test_a_diverging_member_is_frozen_and_the_others_go_on_as_without_it(rt_data: PreparedData,
+                                                                         rt_pool: TeacherPool) -> None:
     wild = ("t_ll", DistillSpec(teacher="t_ll", loss="ce", alpha=0.5), {"learning_rate": 1e9}, 5)
     configs = [CONFIGS[0], wild, CONFIGS[2]]
     pop = population(rt_data, rt_pool, configs)
@@ -93,7 +97,8 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on_as_without_it(rt_data
     assert (ours[0] - theirs[0]).abs().max() < 1e-4 and (ours[2] - theirs[1]).abs().max() < 1e-4
 
 
-def test_a_population_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(rt_data, rt_pool) -> None:
+def test_a_population_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(rt_data: PreparedData,
+                                                                                       rt_pool: TeacherPool) -> None:
     whole = population(rt_data, rt_pool, CONFIGS[:3])
     list(whole.run())
     first = population(rt_data, rt_pool, CONFIGS[:3])
@@ -108,7 +113,7 @@ def test_a_population_resumed_from_its_checkpoint_ends_where_an_uninterrupted_on
     assert torch.equal(resumed.predict("validation"), whole.predict("validation"))
 
 
-def test_members_must_share_their_schedule_and_fit_a_population(rt_data, rt_pool) -> None:
+def test_members_must_share_their_schedule_and_fit_a_population(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     ms = members(rt_data, rt_pool, CONFIGS[:2])
     ms[1].optim = dataclasses.replace(ms[1].optim, batch_size=16)
     with pytest.raises(ValueError, match="members of a population share batch_size"):
@@ -119,7 +124,7 @@ def test_members_must_share_their_schedule_and_fit_a_population(rt_data, rt_pool
         Population([student(rt_data, 0)], rt_data, ms, torch.device("cpu"))
 
 
-def test_token_classification_members(ner_data, workdir) -> None:
+def test_token_classification_members(ner_data: PreparedData, workdir: Path) -> None:
     from kdsearch.spec import TeacherSpec
     from kdsearch.teachers import TeacherPool
 

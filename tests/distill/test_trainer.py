@@ -1,16 +1,19 @@
 """The trainer on real (tiny) models and slices of the built-in data."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 from transformers.models.bert import modeling_bert
 
 from kdsearch.data.batching import make_batch
+from kdsearch.data.prepare import PreparedData
 from kdsearch.distill.teacher_signal import CachedTeacher, OnlineTeacher
 from kdsearch.distill.trainer import TrialConfig, train_student
 from kdsearch.models import load_model
 from kdsearch.spec import DistillSpec, OptimSpec
+from kdsearch.teachers import TeacherPool
 
 FAST = OptimSpec(epochs=1, batch_size=32, learning_rate=1e-3)
 KD = DistillSpec(teacher="t_ll", alpha=0.5, loss="ce", tau_t=2.0, tau_s=1.0)
@@ -22,7 +25,7 @@ def config(**kw) -> TrialConfig:
     return TrialConfig(**base)
 
 
-def test_same_seed_same_metrics_other_seed_differs(rt_data, rt_pool) -> None:
+def test_same_seed_same_metrics_other_seed_differs(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"))
     a = train_student(config(), rt_data, teacher, "cpu")
     b = train_student(config(), rt_data, teacher, "cpu")
@@ -33,7 +36,7 @@ def test_same_seed_same_metrics_other_seed_differs(rt_data, rt_pool) -> None:
     assert a.final["train_loss"] != c.final["train_loss"]
 
 
-def test_epoch_metrics_include_task_loss_and_fidelity(rt_data, rt_pool) -> None:
+def test_epoch_metrics_include_task_loss_and_fidelity(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"))
     r = train_student(config(train=dataclasses.replace(FAST, epochs=2)), rt_data, teacher, "cpu")
     assert r.status == "ok" and [m["epoch"] for m in r.epochs] == [1, 2]
@@ -43,17 +46,18 @@ def test_epoch_metrics_include_task_loss_and_fidelity(rt_data, rt_pool) -> None:
     assert {"test_accuracy", "test_agreement"} <= set(r.test)
 
 
-def test_max_steps_stops_early(rt_data) -> None:
+def test_max_steps_stops_early(rt_data: PreparedData) -> None:
     r = train_student(config(distill=DistillSpec(alpha=0.0), train=dataclasses.replace(FAST, epochs=5, max_steps=3)), rt_data, None, "cpu")
     assert r.final["step"] == 3 and len(r.epochs) == 1
 
 
-def test_cached_teacher_runs_zero_times_inside_a_trial(rt_data, rt_pool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_teacher_runs_zero_times_inside_a_trial(rt_data: PreparedData, rt_pool: TeacherPool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = rt_pool.outputs(rt_pool.select("t_ll"))  # the cache exists from here on
     calls = {"teacher": 0, "student": 0}
     real = modeling_bert.BertModel.forward
 
-    def counting(self, *a, **k):
+    def counting(self: modeling_bert.BertModel, *a: object, **k: object) -> object:
         calls["teacher" if self.config.hidden_size == 256 else "student"] += 1
         return real(self, *a, **k)
 
@@ -67,7 +71,7 @@ def test_cached_teacher_runs_zero_times_inside_a_trial(rt_data, rt_pool, monkeyp
     assert torch.equal(again.split_logits("train"), teacher.split_logits("train"))
 
 
-def test_online_teacher_matches_cache_and_counts_calls(rt_data, rt_pool) -> None:
+def test_online_teacher_matches_cache_and_counts_calls(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     rec = rt_pool.select("t_ll")
     cached = rt_pool.outputs(rec)
     online = OnlineTeacher(load_model(rec.path, rt_data.task, rt_data.label_names), rt_data.task)
@@ -78,7 +82,7 @@ def test_online_teacher_matches_cache_and_counts_calls(rt_data, rt_pool) -> None
     assert r.status == "ok" and online.calls == 1 + 4
 
 
-def test_nan_loss_ends_trial_as_diverged(rt_data, rt_pool) -> None:
+def test_nan_loss_ends_trial_as_diverged(rt_data: PreparedData, rt_pool: TeacherPool) -> None:
     good = rt_pool.outputs(rt_pool.select("t_ll"))
     logits = {s: good.split_logits(s).clone() for s in rt_data.splits}
     logits["train"][7] = float("nan")
@@ -88,7 +92,7 @@ def test_nan_loss_ends_trial_as_diverged(rt_data, rt_pool) -> None:
     assert "loss is nan" in (r.error or "")
 
 
-def test_ner_trial_masks_subwords_and_padding(ner_data, workdir) -> None:
+def test_ner_trial_masks_subwords_and_padding(ner_data: PreparedData, workdir: Path) -> None:
     from kdsearch.teachers import TeacherPool
 
     pool = TeacherPool(workdir, ner_data, "cpu")
@@ -104,7 +108,7 @@ def test_ner_trial_masks_subwords_and_padding(ner_data, workdir) -> None:
     assert {"val_f1", "val_precision", "val_recall", "val_token_accuracy", "val_agreement"} <= set(r.final)
 
 
-def test_ner_loss_ignores_masked_positions(ner_data) -> None:
+def test_ner_loss_ignores_masked_positions(ner_data: PreparedData) -> None:
     from kdsearch.distill.trainer import Trainer
     from kdsearch.models import build_model
 
@@ -126,7 +130,7 @@ def test_ner_loss_ignores_masked_positions(ner_data) -> None:
     assert not torch.allclose(trainer._loss("train", batch), base)
 
 
-def test_a_model_that_predicts_one_class_is_flagged_collapsed(rt_data) -> None:
+def test_a_model_that_predicts_one_class_is_flagged_collapsed(rt_data: PreparedData) -> None:
     from kdsearch.distill.trainer import Trainer, majority_label
     from kdsearch.models import build_model
 

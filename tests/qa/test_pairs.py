@@ -11,6 +11,7 @@ import pytest
 
 from kdsearch.data.prepare import prepare_data
 from kdsearch.spec import DataSpec, TokenizerSpec
+from tests.conftest import SharedRay
 from tests.qa.handmade import pair_folder
 
 
@@ -56,7 +57,8 @@ search:
 """
 
 
-def test_a_pair_search_runs_through_results_and_export(pair_dir: Path, workdir: Path, tmp_path: Path, local_ray) -> None:
+def test_a_pair_search_runs_through_results_and_export(pair_dir: Path, workdir: Path, tmp_path: Path,
+                                                       local_ray: SharedRay) -> None:
     from transformers import pipeline
 
     from kdsearch.cli import main

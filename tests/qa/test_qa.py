@@ -17,6 +17,7 @@ from kdsearch.data.qa import QAWindows, best_spans, squad_scores
 from kdsearch.distill.losses import kd_objective
 from kdsearch.spec import DataSpec, DistillSpec, TokenizerSpec
 from kdsearch.tasks import MASKED_LOGIT
+from tests.conftest import SharedRay
 from tests.qa.handmade import qa_folder
 
 
@@ -127,7 +128,7 @@ search:
 
 
 @pytest.fixture(scope="module")
-def qa_search(qa_dir: Path, workdir: Path, tmp_path_factory: pytest.TempPathFactory, shared_ray) -> Path:
+def qa_search(qa_dir: Path, workdir: Path, tmp_path_factory: pytest.TempPathFactory, shared_ray: SharedRay) -> Path:
     from kdsearch.search.runner import run_search
     from kdsearch.spec import load_spec
 

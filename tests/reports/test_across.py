@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -94,7 +95,8 @@ def test_the_config_best_on_average_and_its_worst_case(table: pd.DataFrame) -> N
     assert list(avg["mean cost"]) == sorted(avg["mean cost"])
 
 
-def test_the_across_plot_draws_the_costs_and_the_leave_one_out(trials: pd.DataFrame, table: pd.DataFrame, tmp_path) -> None:
+def test_the_across_plot_draws_the_costs_and_the_leave_one_out(trials: pd.DataFrame, table: pd.DataFrame,
+                                                               tmp_path: Path) -> None:
     from kdsearch.reports.compare import _across_plot
 
     costs = across.knob_costs(table, trials, "val_score")

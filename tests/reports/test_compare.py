@@ -53,7 +53,8 @@ def test_paired_difference_is_seed_by_seed(searches: list[Path]) -> None:
         assert d["p"] == pytest.approx(2 / 2**n)
 
 
-def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Path, capsys) -> None:
+def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
     assert main(["compare", *map(str, searches), "--out", str(out)]) == 0
     first = (out / "report.md").read_text()

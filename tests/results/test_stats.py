@@ -3,6 +3,8 @@ when seeds cannot carry a verdict, and it finds a clear effect."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from kdsearch.results import stats
 
 @pytest.mark.parametrize("null", [null_gaussian, null_collapse])
 @pytest.mark.parametrize("n", [3, 6])
-def test_the_verdict_keeps_its_false_positive_rate_on_null_data(null, n: int) -> None:
+def test_the_verdict_keeps_its_false_positive_rate_on_null_data(null: Callable[..., np.ndarray], n: int) -> None:
     d = null(np.random.default_rng(n), 2000, n)
     verdict = stats.TESTS[stats.VERDICT_TEST].pvalues(d) <= stats.LEVEL
     assert verdict.mean() <= 0.07

@@ -8,7 +8,8 @@ from ray import cloudpickle
 from kdsearch.search.callbacks import ProgressPrinter
 
 
-def test_progress_printer_pickles_after_print_is_swapped(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_progress_printer_pickles_after_print_is_swapped(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     original = builtins.print
     printer = ProgressPrinter("val_score", "max", original)  # as run_search's default log=print gives it
     # Ray's tqdm_ray replaces builtins.print in the driver; the original then pickles by

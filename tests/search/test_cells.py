@@ -65,7 +65,7 @@ class Repeater(Searcher):
     def suggest(self, trial_id: str) -> dict:
         return {"loss": "ce"}
 
-    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.told.append(result["score"])
 
 

@@ -18,6 +18,7 @@ import yaml
 from kdsearch.search.confirm import CONFIRM_SEEDS_FROM, confirm_seeds
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
+from tests.conftest import SharedRay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def test_confirmation_seeds_never_meet_selection_seeds() -> None:
 
 
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray) -> Path:
+def confirmed(tmp_path_factory: pytest.TempPathFactory, workdir: Path, shared_ray: SharedRay) -> Path:
     tmp = tmp_path_factory.mktemp("confirm")
     spec = tmp / "learns.yaml"
     spec.write_text(LEARNS.format(name="learns", workdir=workdir, storage=tmp / "searches"))

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from kdsearch.search.runner import run_search
-from kdsearch.spec import load_spec
+from kdsearch.spec import Spec, load_spec
+from tests.conftest import SharedRay
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_distiller(workdir: Path, storage: Path, *more: str):
+def tiny_distiller(workdir: Path, storage: Path, *more: str) -> Spec:
     return load_spec(
         ROOT / "search_spaces" / "distiller.yaml",
         [
@@ -35,7 +36,7 @@ def tiny_distiller(workdir: Path, storage: Path, *more: str):
     )
 
 
-def test_greedy_over_distiller_space(local_ray, workdir: Path, tmp_path: Path) -> None:
+def test_greedy_over_distiller_space(local_ray: SharedRay, workdir: Path, tmp_path: Path) -> None:
     spec = tiny_distiller(workdir, tmp_path)
     folder = run_search(spec, log=lambda *a, **k: None)
     trials = pd.read_parquet(folder / "trials.parquet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ray.tune.search import Searcher
@@ -28,7 +29,7 @@ def drain(s: GreedySearcher, prefix: str = "t") -> list[dict]:
         out.append(c)
 
 
-def run(s: GreedySearcher, score) -> list[list[dict]]:
+def run(s: GreedySearcher, score: Callable[[dict], float]) -> list[list[dict]]:
     stages = []
     while True:
         ids, batch = [], []
@@ -51,7 +52,7 @@ def test_stages_follow_the_spec_order_with_winners_fixed() -> None:
     # t_hs, mse, alpha 1.0, tau_t 4, tau_s same are each better by a margin
     gains = {"teacher": {"t_hs": 0.01}, "loss": {"mse": 0.02}, "alpha": {1.0: 0.03}, "tau_t": {4.0: 0.04}, "tau_s": {"same": 0.05}}
 
-    def score(c):
+    def score(c: dict) -> float:
         return 0.7 + sum(g.get(c[k], 0.0) for k, g in gains.items())
 
     s = searcher()

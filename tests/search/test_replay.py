@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,8 @@ from kdsearch.spec import DistillSpec, OptimSpec
 SPACE = {"loss": ["ce", "mse"], "alpha": [0.5, 1.0], "tau_t": [1.0, 4.0]}
 
 
-def table(score, epochs: int = 3, seeds: tuple[int, ...] = (0, 1, 2), noise=lambda config, seed: 0.001 * seed) -> GridTable:
+def table(score: Callable[[dict], float], epochs: int = 3, seeds: tuple[int, ...] = (0, 1, 2),
+          noise: Callable[[dict, int], float] = lambda config, seed: 0.001 * seed) -> GridTable:
     """A grid whose config scores ``score(config)`` (+ ``noise`` per seed), rising to it over the epochs."""
     space = Space(SPACE, DistillSpec(), OptimSpec(epochs=epochs))
     scores = {}
@@ -224,7 +227,7 @@ def test_a_replay_pays_for_every_seed_it_asks() -> None:
     assert capped.spent_at[0.3] <= 0.3 * t.trial_epochs and capped.spent_at[0.3] > 0.3 * t.trial_epochs - t.epochs
 
 
-def test_auto_counts_the_steps_of_halvings_first_rung(tiny_spec) -> None:
+def test_auto_counts_the_steps_of_halvings_first_rung(tiny_spec: Callable[..., Path]) -> None:
     from kdsearch.search.runner import first_rung_steps, resolve_auto, short_rung_warning
     from kdsearch.spec import load_spec
 

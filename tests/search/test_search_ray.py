@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ import yaml
 
 from kdsearch.search.runner import run_search
 from kdsearch.spec import load_spec
+from tests.conftest import SharedRay
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL_COLUMNS = {
@@ -30,7 +32,7 @@ def means(trials: pd.DataFrame) -> pd.Series:
     return trials[trials.status == "ok"].groupby("config_key")["val_score"].mean()
 
 
-def test_greedy_search_end_to_end(tiny_searches, capsys) -> None:
+def test_greedy_search_end_to_end(tiny_searches: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from kdsearch.cli import main
 
     folder = tiny_searches["greedy"]
@@ -82,7 +84,8 @@ def test_greedy_search_end_to_end(tiny_searches, capsys) -> None:
     assert ("best rotten_tomatoes/xs:" in out or "rotten_tomatoes/xs: every config collapsed" in out) and "configs (mean val_score over seeds)" in out
 
 
-def test_fused_greedy_picks_the_same_winners(tiny_searches, local_ray, tiny_spec) -> None:
+def test_fused_greedy_picks_the_same_winners(tiny_searches: dict[str, Path], local_ray: SharedRay,
+                                             tiny_spec: Callable[..., Path]) -> None:
     """Populations change how trials run, not what the search finds (dropout off: members equal singles)."""
     alone = pd.read_parquet(tiny_searches["greedy"] / "trials.parquet")  # the same search, one trial each
     spec = load_spec(tiny_spec(name="fused"), ["search.fuse=8", "student.dropout=0.0"])
@@ -105,7 +108,7 @@ def test_fused_greedy_picks_the_same_winners(tiny_searches, local_ray, tiny_spec
     assert set(fused.stage) == set(alone.stage) and (fused.status == "ok").all()
 
 
-def test_asha_freezes_members_inside_a_population(local_ray, tiny_spec) -> None:
+def test_asha_freezes_members_inside_a_population(local_ray: SharedRay, tiny_spec: Callable[..., Path]) -> None:
     spec = load_spec(tiny_spec(name="halving", method="optuna", seeds="[0]", budget=4, epochs=2),
                      ["search.fuse=8", "search.asha={grace_period: 1, reduction_factor: 2}"])
     folder = run_search(spec, log=lambda *a, **k: None)
@@ -119,14 +122,14 @@ def test_asha_freezes_members_inside_a_population(local_ray, tiny_spec) -> None:
     assert rung[stopped].max() <= rung[kept].min()
 
 
-def test_full_grid(tiny_searches) -> None:
+def test_full_grid(tiny_searches: dict[str, Path]) -> None:
     trials = pd.read_parquet(tiny_searches["grid"] / "trials.parquet")
     # 2 teachers x 2 losses x 2 student temperatures (tau_t = 2: same != 1) + the baseline, 2 seeds
     assert len(trials) == 2 * 9 and trials.config_key.nunique() == 9
     assert (trials.status == "ok").all() and trials.method.eq("grid").all()
 
 
-def test_optuna_study_is_readable(local_ray, tiny_spec) -> None:
+def test_optuna_study_is_readable(local_ray: SharedRay, tiny_spec: Callable[..., Path]) -> None:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -155,7 +158,8 @@ DIVERGING = ["search.space={learning_rate: [0.001, 1.0e9], alpha: [0.5, 1.0]}", 
 
 
 @pytest.mark.parametrize("method", ["greedy", "grid", "optuna", "random"])
-def test_a_diverging_trial_never_stops_a_search(local_ray, tiny_spec, method: str) -> None:
+def test_a_diverging_trial_never_stops_a_search(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                method: str) -> None:
     spec = load_spec(tiny_spec(name=f"div{method}", seeds="[0]", train=128), [*DIVERGING, f"search.method={method}"])
     folder = run_search(spec, log=lambda *a, **k: None)
     trials = pd.read_parquet(folder / "trials.parquet")
@@ -179,7 +183,7 @@ def test_a_diverging_trial_never_stops_a_search(local_ray, tiny_spec, method: st
         assert failed and all(t.params["learning_rate"] == 1.0e9 for t in failed)
 
 
-def test_a_raising_trial_is_retried_then_recorded_as_failed(tiny_spec, tmp_path: Path) -> None:
+def test_a_raising_trial_is_retried_then_recorded_as_failed(tiny_spec: Callable[..., Path], tmp_path: Path) -> None:
     spec = tiny_spec(name="faulty", seeds="[0]")
     p = kdsearch("run", str(spec), env={"KDSEARCH_FAULT": "raise:loss=mse"})
     out, _ = p.communicate(timeout=400)
@@ -198,7 +202,7 @@ def test_a_raising_trial_is_retried_then_recorded_as_failed(tiny_spec, tmp_path:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_mid_population(tiny_spec, tmp_path: Path) -> None:
+def test_resume_after_kill_9_mid_population(tiny_spec: Callable[..., Path], tmp_path: Path) -> None:
     """kill -9 of `kdsearch run` while a population trains: its members resume from their last
     epoch (no duplicate rows), and the resume may change the resources a trial asks for."""
     spec = tiny_spec(name="killpop", train=512, epochs=2, seeds="[0, 1]")
@@ -237,7 +241,8 @@ def test_resume_after_kill_9_mid_population(tiny_spec, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_spec_started_together_both_finish(tiny_spec, tmp_path: Path, workdir: Path) -> None:
+def test_two_runs_of_one_spec_started_together_both_finish(tiny_spec: Callable[..., Path], tmp_path: Path,
+                                                           workdir: Path) -> None:
     spec = tiny_spec(name="twins", seeds="[0]", train=256)
     fresh = ["--set", f"workdir={tmp_path / 'wd'}", "--set", "search.space={loss: [ce, mse]}"]  # a pool no one trained yet
     runs = [kdsearch("run", str(spec), *fresh) for _ in range(2)]
@@ -252,7 +257,8 @@ def test_two_runs_of_one_spec_started_together_both_finish(tiny_spec, tmp_path: 
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec, tmp_path: Path) -> None:
+def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec: Callable[..., Path],
+                                                                    tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) mid-search: exit 130,
     one line naming the exact command that continues it, no "finished", no best.yaml."""
     spec = tiny_spec(name="ctrlc", train=768, epochs=2, seeds="[0]")
@@ -287,7 +293,8 @@ def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec, t
 
 
 @pytest.mark.parametrize("method", ["grid", "greedy"])
-def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray, tiny_spec, tmp_path: Path, method: str) -> None:
+def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray: SharedRay, tiny_spec: Callable[...,
+                                                                    Path], tmp_path: Path, method: str) -> None:
     """A teacher trained one epoch: t_hs and t_ll pick the same checkpoint, so configs that differ
     only there are one training; both configs get rows, the copy marked duplicate_of."""
     spec = load_spec(tiny_spec(name=f"dup{method}", seeds="[0, 1]", train=256),
@@ -310,7 +317,8 @@ def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray, t
     assert len(trained) == len(kd) - len(copies) + 2  # + the baseline's two seeds
 
 
-def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray, tiny_spec, tmp_path: Path) -> None:
+def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                            tmp_path: Path) -> None:
     """search.configs: exactly these arms; DIST, z-scored logits and annealing recorded, exported,
     and rerun by the exported spec."""
     from kdsearch.cli import main
@@ -334,7 +342,9 @@ def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray, tiny_spec
         k: best[k] for k in ("loss", "logit_std", "tau_schedule", "dist_gamma")}
 
 
-def test_the_demo_ends_with_what_each_student_keeps_and_costs(local_ray, tiny_searches, tiny_spec, capsys) -> None:
+def test_the_demo_ends_with_what_each_student_keeps_and_costs(local_ray: SharedRay, tiny_searches: dict[str, Path],
+                                                              tiny_spec: Callable[..., Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     """`kdsearch demo` answers what people distil for: the student's score beside the teacher's, and its
     latency (here the architectures' costs are already cached by tiny_searches: nothing is measured twice)."""
     from kdsearch.cli import main
