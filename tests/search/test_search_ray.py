@@ -293,8 +293,8 @@ def test_ctrl_c_stops_a_search_that_resumes_from_the_line_it_prints(tiny_spec: C
 
 
 @pytest.mark.parametrize("method", ["grid", "greedy"])
-def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray: SharedRay, tiny_spec: Callable[...,
-                                                                    Path], tmp_path: Path, method: str) -> None:
+def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                                    tmp_path: Path, method: str) -> None:
     """A teacher trained one epoch: t_hs and t_ll pick the same checkpoint, so configs that differ
     only there are one training; both configs get rows, the copy marked duplicate_of."""
     spec = load_spec(tiny_spec(name=f"dup{method}", seeds="[0, 1]", train=256),
