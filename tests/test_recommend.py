@@ -223,3 +223,31 @@ def test_a_latency_budget_names_the_students_no_search_measured(capsys: pytest.C
     assert main(["recommend", "--data", "rotten_tomatoes", "--max-ms", "0.000001"]) == 2
     err = capsys.readouterr().err.strip()
     assert "was never measured" not in err and "were never measured (" in err and "a faster one may exist" in err
+
+
+def test_configs_trained_as_one_tie_and_the_paper_s_choice_is_named() -> None:
+    """Where every past cell had t_hs and t_ll on one checkpoint, their configs score alike to the
+    last digit: the data cannot choose, so the recommender and the best-on-average name t_ll
+    (the paper's), not whichever sorts first; a config that is really better still wins."""
+    from kdsearch.recommend import DatasetFeatures, nearest
+    from kdsearch.recommend.nearest import PastSearches
+
+    def rows(dataset: str, scores: dict[tuple[str, str], float]) -> list[dict]:
+        out = []
+        for (teacher, loss), score in scores.items():
+            for seed in (0, 1):
+                knobs = {"teacher": teacher, "loss": loss, "alpha": 0.5, "tau_s": 1.0}
+                out.append({"cell": f"{dataset}/xs", "dataset": dataset, "student": "xs", "stage": "1", "status": "ok",
+                            "seed": seed, **knobs, "config_key": json.dumps(knobs, sort_keys=True),
+                            "val_score": score + 0.001 * seed})
+        return out
+
+    tie = {("t_hs", "ce"): 0.8, ("t_ll", "ce"): 0.8, ("t_hs", "mse"): 0.7, ("t_ll", "mse"): 0.7}
+    feats = {n: DatasetFeatures(n, "classification", 1000, 2, 20.0, 1.0) for n in ("a", "b", "c")}
+    past = PastSearches(pd.DataFrame(rows("a", tie) + rows("b", tie)), feats, "val_score", "max")
+    rec = recommend(feats["c"], past)
+    assert rec.config["teacher"] == "t_ll" and rec.config["loss"] == "ce" and rec.regret == 0.0
+    assert json.loads(nearest.best_on_average(regrets(past)))["teacher"] == "t_ll"
+    # evidence beats the tie-break: t_hs ahead by a point in one cell
+    past = PastSearches(pd.DataFrame(rows("a", {**tie, ("t_hs", "ce"): 0.81}) + rows("b", tie)), feats, "val_score", "max")
+    assert recommend(feats["c"], past).config["teacher"] == "t_hs"
