@@ -23,9 +23,9 @@ from typing import Any
 from kdsearch import atomic, knobs
 from kdsearch.errors import KDSearchError
 from kdsearch.fetch import label
-from kdsearch.owned import check_not_owned, known
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
-from kdsearch.results.store import META_FILE, SPEC_FILE, ResultStore, open_store
+from kdsearch.owned import check_not_owned, known
+from kdsearch.results.store import ResultStore, open_store
 from kdsearch.results.summary import best_per_cell, config_table
 from kdsearch.search.planning import CellPlan, cell_id, population_members
 from kdsearch.spec import Spec, dump_spec, with_knobs

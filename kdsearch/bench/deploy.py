@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kdsearch.bench import bench_spec, portable, write_result
 from kdsearch.display import format_table
 from kdsearch.fetch import label

@@ -227,7 +227,7 @@ def recommend(
     have = per.notna()
     coverage = (have * w).sum(1) / w.sum()
     score = (per.fillna(0.0) * w).sum(1) / (have * w).sum(1)
-    ranked = _ranked(score[coverage >= min(MIN_COVERAGE, coverage.max())])
+    ranked = rank_configs(score[coverage >= min(MIN_COVERAGE, coverage.max())])
     key = str(ranked.index[0])
     noise = float(table["std"].median() * 100.0)
     support = per.loc[key].dropna()
@@ -286,10 +286,10 @@ def best_on_average(table: pd.DataFrame, only: dict[str, str] | None = None) -> 
     per = table.groupby(["config_key", "dataset"])["regret"].mean().unstack()
     coverage = per.notna().mean(axis=1)
     score = per.mean(axis=1)[coverage >= min(MIN_COVERAGE, coverage.max())]
-    return str(_ranked(score).index[0])
+    return str(rank_configs(score).index[0])
 
 
-def _ranked(score: pd.Series) -> pd.Series:
+def rank_configs(score: pd.Series) -> pd.Series:
     """Configs by score, lowest first; among equal scores the one nearest the paper's
     recommendation (fewest knobs set otherwise). Scores tie exactly where the past cells trained
     the configs as one (t_hs and t_ll one checkpoint: copies): there the data cannot choose, and

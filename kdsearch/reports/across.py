@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdsearch.knobs import BASELINE_STAGE, PAPER
+from kdsearch.recommend.nearest import rank_configs
 from kdsearch.results import stats
 from kdsearch.results.summary import picks, seed_scores
 
@@ -131,7 +132,7 @@ def best_on_average(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
         return pd.DataFrame()
     runs = per.notna().sum(axis=1)
     per = per[runs == runs.max()]
-    mean = per.mean(axis=1).sort_values(kind="stable")
+    mean = rank_configs(per.mean(axis=1))  # exact ties (configs trained as one) list the paper's choice first
     rows = []
     for key in mean.index[:top]:
         knobs = json.loads(key)
