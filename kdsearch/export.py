@@ -27,8 +27,8 @@ from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.owned import check_not_owned, known
 from kdsearch.results.store import ResultStore, open_store
 from kdsearch.results.summary import best_per_cell, config_table
-from kdsearch.search.planning import CellPlan, cell_id, population_members
-from kdsearch.spec import Spec, dump_spec, with_knobs
+from kdsearch.search.planning import CellPlan, population_members
+from kdsearch.spec import Spec, cell_id, dump_spec, with_knobs
 
 SPEC_NAME = "kdsearch.yaml"
 REPRODUCE_TOL = 1e-5  # how far a retrained validation score or loss may sit from its search row

@@ -2,7 +2,7 @@
 
 The driver prepares every dataset and teacher pool once (trials never tokenize or run a
 teacher) and packs what trials read into a :class:`Payload`, shipped once through Ray's
-object store. Nothing here imports Ray: the export reads ``cell_id`` from here.
+object store. Nothing here imports Ray: the export reads what it plans from here.
 """
 
 from __future__ import annotations
@@ -20,16 +20,8 @@ from kdsearch.errors import SpecError
 from kdsearch.fetch import label
 from kdsearch.search.space import Space, teacher_aliases
 from kdsearch.search.ranges import RangeSpec
-from kdsearch.spec import DataSpec, Spec
+from kdsearch.spec import Spec, cell_id
 from kdsearch.tasks import TASKS
-
-
-def cell_id(data: DataSpec, student: str) -> str:
-    """``dataset/student``, e.g. ``rotten_tomatoes/xs``: a cell is searched on its own."""
-    name = data.dataset.rstrip("/").split("/")[-1]
-    if data.hub_config:
-        name += f"-{data.hub_config}"
-    return f"{name}/{student.rstrip('/').split('/')[-1]}"
 
 
 @dataclass

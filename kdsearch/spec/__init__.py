@@ -36,6 +36,7 @@ from kdsearch.spec.schema import (
     StudentSpec,
     TeacherSpec,
     TokenizerSpec,
+    cell_id,
     check_space,
     with_knobs,
 )
@@ -43,6 +44,6 @@ from kdsearch.spec.schema import (
 __all__ = [
     "MAX_CONFIRM_SEEDS", "MAX_LENGTH", "MAX_MEMBERS", "MAX_SEED", "AshaSpec", "DataSpec", "DistillSpec", "OptimSpec", "PathKind",
     "RangeSpec", "ResourcesSpec", "SearchSpec", "Spec", "StudentSpec", "TeacherSpec", "TokenizerSpec", "apply_override",
-    "check_space", "dump_spec", "from_dict", "load_spec", "parse_raw", "parse_yaml", "resolve_paths", "spec_from_raw",
+    "cell_id", "check_space", "dump_spec", "from_dict", "load_spec", "parse_raw", "parse_yaml", "resolve_paths", "spec_from_raw",
     "spec_from_text", "walk_paths", "with_knobs",
 ]

@@ -105,6 +105,15 @@ class DataSpec:
                                 "pretrained); one trained on the teachers' sample would not read the students' data alike")
 
 
+def cell_id(data: DataSpec, student: str) -> str:
+    """``dataset/student``, e.g. ``rotten_tomatoes/xs``: a cell is searched on its own
+    (and read back: results name their cells so)."""
+    name = data.dataset.rstrip("/").split("/")[-1]
+    if data.hub_config:
+        name += f"-{data.hub_config}"
+    return f"{name}/{student.rstrip('/').split('/')[-1]}"
+
+
 class _OptimChecks:
     """Checks of :class:`OptimSpec`: its knob fields by the knob table, the others here."""
 
