@@ -252,38 +252,3 @@ def test_configs_trained_as_one_tie_and_the_paper_s_choice_is_named() -> None:
     past = PastSearches(pd.DataFrame(rows("a", {**tie, ("t_hs", "ce"): 0.81}) + rows("b", tie)), feats, "val_score", "max")
     assert recommend(feats["c"], past).config["teacher"] == "t_hs"
 
-
-def test_a_cell_run_as_other_experiments_stays_apart() -> None:
-    """rotten_tomatoes/xs from one teacher model at two student schedules, and from another
-    teacher model: three experiments, never averaged into one cell; each named by what tells
-    it apart (the teacher model where that alone does, else its searches' names)."""
-    import dataclasses
-
-    from kdsearch.recommend.nearest import _cells_by_experiment, experiments
-    from kdsearch.spec import Spec, StudentSpec, TeacherSpec
-
-    base = Spec(name="pretrained", teachers=TeacherSpec(model="minilm-l6"))
-    other_batch = dataclasses.replace(base, name="breadth",
-                                      student=StudentSpec(train=dataclasses.replace(base.student.train, batch_size=16)))
-    scratch = dataclasses.replace(base, name="reproduction", teachers=TeacherSpec(model="s"))
-    again = dataclasses.replace(base, name="pretrained")  # another search of the same experiment
-    specs = {"a": base, "b": other_batch, "c": scratch, "d": again}
-    assert experiments(base) == experiments(again) and experiments(base) != experiments(other_batch)
-    found = {(sid, cell): e for sid, spec in specs.items() for cell, e in experiments(spec).items()}
-    rows = pd.DataFrame({"search_id": list(specs), "cell": "rotten_tomatoes/xs"})
-    teachers = {sid: spec.teachers.model for sid, spec in specs.items()}
-    names = {sid: spec.name for sid, spec in specs.items()}
-    cells = _cells_by_experiment(rows, found, teachers, names)
-    assert list(cells) == ["rotten_tomatoes/xs (pretrained)", "rotten_tomatoes/xs (breadth)",
-                           "rotten_tomatoes/xs (reproduction)", "rotten_tomatoes/xs (pretrained)"]
-    # two experiments that differ in the teacher model alone are named by it
-    two = rows[rows["search_id"].isin(["a", "c"])]
-    assert list(_cells_by_experiment(two, found, teachers, names)) == ["rotten_tomatoes/xs (teacher minilm-l6)",
-                                                                        "rotten_tomatoes/xs (teacher s)"]
-    # one experiment: the cell keeps its name
-    one = rows[rows["search_id"].isin(["a", "d"])]
-    assert list(_cells_by_experiment(one, found, teachers, names)) == ["rotten_tomatoes/xs"] * 2
-    # two ways under one search name: told apart by content
-    renamed = {**names, "b": "pretrained"}
-    split = _cells_by_experiment(rows[rows["search_id"].isin(["a", "b"])], found, teachers, renamed)
-    assert split.nunique() == 2 and all(c.startswith("rotten_tomatoes/xs (pretrained ") for c in split)

@@ -14,7 +14,6 @@ least half of the weight.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -26,12 +25,10 @@ import numpy as np
 import pandas as pd
 
 from kdsearch.errors import KDSearchError
-from kdsearch.fetch import label
 from kdsearch.knobs import BASELINE_STAGE, LATER_DEFAULTS
 from kdsearch.recommend.features import FEATURES, DatasetFeatures, describe, difference
 from kdsearch.reports.analysis import RECOMMENDED, config_means
 from kdsearch.results.store import ResultStore
-from kdsearch.spec import Spec, cell_id
 
 MIN_COVERAGE = 0.5
 
@@ -126,17 +123,11 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     trials = load(folders)
     features: dict[str, DatasetFeatures] = {}
     modes = set()
-    teacher_of: dict[str, str] = {}  # search id -> its teacher model
-    name_of: dict[str, str] = {}  # search id -> its spec's name
-    experiment: dict[tuple[str, str], str] = {}  # (search id, cell) -> what its students were trained on and how
     for folder in folders:
         store = ResultStore(folder)
         spec = store.spec()
         modes.add(spec.search.mode)
         meta = store.meta()
-        teacher_of[meta["search_id"]] = label(spec.teachers.model)
-        name_of[meta["search_id"]] = spec.name
-        experiment.update({(meta["search_id"], cell): e for cell, e in experiments(spec).items()})
         # the teachers a search used and its datasets' statistics are in its search.json: neither
         # its workdir nor its data need to be here (older searches: described from their data)
         teachers = meta.get("teachers") or {}
@@ -154,47 +145,8 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     from kdsearch.reports.tradeoff import load_costs
 
     costs = load_costs(folders, per_search=True)
-    trials["cell"] = _cells_by_experiment(trials, experiment, teacher_of, name_of)
+    # ``load`` keeps a cell that these searches ran as other experiments apart (results.experiments)
     return PastSearches(trials, features, metric, modes.pop(), costs)
-
-
-def experiments(spec: Spec) -> dict[str, str]:
-    """Each cell of a search and what it fixes besides the KD knobs (JSON): its data (sample,
-    lengths, tokenizer), how its teachers and its student train. Two searches whose cell agrees
-    on all of it ran one experiment; their rows of a config and seed are averaged as one."""
-    out = {}
-    for data in spec.data_specs:
-        # the dataset by its name, not the path it was read from; split files likewise
-        seen = {**dataclasses.asdict(data), "dataset": cell_id(data, "").rstrip("/"), "files": None}
-        teachers = {k: v for k, v in dataclasses.asdict(spec.teachers.for_data(data)).items() if k != "register"}
-        for student in spec.student_specs:
-            out[cell_id(data, student.model)] = json.dumps(
-                {"data": seen, "teachers": teachers, "student": dataclasses.asdict(student)}, sort_keys=True, default=str)
-    return out
-
-
-def _cells_by_experiment(trials: pd.DataFrame, experiment: dict[tuple[str, str], str], teacher_of: dict[str, str],
-                         name_of: dict[str, str]) -> pd.Series:
-    """The rows' cells, a cell that past searches ran as different experiments (another teacher
-    model, data sample or student schedule) split in as many, each named by what tells it apart:
-    ``rotten_tomatoes/xs (teacher s)`` where the teacher model does, else by its searches' names
-    (``rotten_tomatoes/xs (breadth)``). Averaging their rows would mix two questions' answers."""
-    cells = trials["cell"].astype(str).copy()
-    found = pd.Series([experiment.get((s, c)) for s, c in zip(trials["search_id"], cells)], index=trials.index)
-    for cell, g in found.groupby(cells, sort=False):
-        kinds = g.dropna().unique()
-        if len(kinds) < 2:
-            continue
-        ids = trials.loc[g.index, "search_id"]
-        teachers = {k: {teacher_of[i] for i in ids[g == k].unique()} for k in kinds}
-        if all(len(t) == 1 for t in teachers.values()) and len({min(t) for t in teachers.values()}) == len(kinds):
-            names = {k: f"teacher {min(teachers[k])}" for k in kinds}
-        else:
-            names = {k: ", ".join(sorted({name_of[i] for i in ids[g == k].unique()})) for k in kinds}
-            if len(set(names.values())) < len(kinds):  # searches of one name run two ways: tell them apart by content
-                names = {k: f"{n} {hashlib.sha256(k.encode()).hexdigest()[:6]}" for k, n in names.items()}
-        cells.loc[g.index] = [f"{cell} ({names[k]})" if k in names else cell for k in g]
-    return cells
 
 
 def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS, PAPER
 from kdsearch.results import stats
+from kdsearch.results.experiments import Searches, split_cells
 from kdsearch.results.store import SELECT, open_store, tau_s_as_number
 from kdsearch.results.summary import confirmed, paired_difference, picks, seed_scores
 
@@ -34,12 +35,16 @@ def load(folders: Sequence[str | Path], role: str | None = SELECT) -> pd.DataFra
     search's format reads as its default beside searches that have it (no DIST, no
     standardisation, a constant temperature), and is left out of a report of older ones alone. Format 1 wrote ``tau_s`` as text ("1.0", "same"); mixed with newer
     searches it is read as the number plus ``tau_s_same``. ``role``: the rows a search picks
-    from (default), ``confirm`` (fresh seeds of its picks), or None for both.
+    from (default), ``confirm`` (fresh seeds of its picks), or None for both. A cell that these
+    searches ran as other experiments (teacher model, data sample, schedules) is as many cells,
+    named by what tells them apart (:mod:`kdsearch.results.experiments`).
     """
     frames = []
+    searches = Searches()
     for f in folders:
         store = open_store(f)
         t = store.trials(role)
+        searches.add(store.meta()["search_id"], store.spec())
         # knobs the search's results format recorded take its spec's value; a knob newer than
         # the format did not exist for it, so its trials trained as the knob's default
         fmt = store.format()
@@ -60,7 +65,10 @@ def load(folders: Sequence[str | Path], role: str | None = SELECT) -> pd.DataFra
         for k in newer - set(t.columns):
             if not t.empty:
                 t[k] = KNOBS[k].default
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    if not out.empty:
+        out["cell"] = split_cells(out, searches)  # a cell run two ways by these searches is two cells
+    return out
 
 
 def _sign(mode: str) -> float:
