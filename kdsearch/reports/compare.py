@@ -242,6 +242,17 @@ def _across_plot(costs: pd.DataFrame, loo: pd.DataFrame, out: Path) -> str:
     return "across.png"
 
 
+# the plots a report writes, by name: a report replaced (--force) leaves none of the old one's
+# that the new one does not draw (a cell since split in two, a dataset no longer compared)
+PLOT_NAMES = re.compile(r"(anytime_.+|tradeoff_.+|knob_costs|fidelity_vs_accuracy|across)\.png")
+
+
+def _drop_stale_plots(out: Path, plots: Sequence[str]) -> None:
+    for old in out.glob("*.png"):
+        if PLOT_NAMES.fullmatch(old.name) and old.name not in plots:
+            old.unlink()
+
+
 def check_out(out: Path, force: bool, folders: Sequence[str | Path] = ()) -> None:
     """A report goes into a folder; an existing report there is replaced only with ``force``;
     never into a folder kdsearch owns (a search, a workdir: :mod:`kdsearch.owned`)."""
@@ -338,6 +349,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)
+    _drop_stale_plots(out, plots)
     log(_md(by_method))
     log(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return text

@@ -64,8 +64,13 @@ def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Pa
     assert (out / "anytime_rotten_tomatoes_xs.png").stat().st_size > 1000 and (out / "fidelity_vs_accuracy.png").is_file()
     assert main(["compare", *map(str, searches), "--out", str(out)]) == 2  # a report is there already
     assert "pass --force to replace it" in capsys.readouterr().err
+    # a replaced report keeps no plot of the old one that it does not draw; others' files stay
+    (out / "anytime_gone_xs.png").write_bytes(b"old")
+    (out / "mine.png").write_bytes(b"a user's")
     assert main(["compare", *map(str, searches), "--out", str(out), "--force"]) == 0
     assert (out / "report.md").read_text() == first  # Parquet in, the same report out
+    assert not (out / "anytime_gone_xs.png").exists() and (out / "mine.png").read_bytes() == b"a user's"
+    assert (out / "anytime_rotten_tomatoes_xs.png").is_file()
     assert "greedy" in capsys.readouterr().out
 
 
