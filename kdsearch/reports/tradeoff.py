@@ -67,18 +67,23 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
             rows.append({"dataset": dataset, "model": t["model"], "config": "teacher", "test": t.get("test_score", math.nan),
                          "test_std": math.nan, "seeds": math.nan, **_cost(t)})
         mine = ok[ok["dataset"] == dataset]
-        for student, s in mine.groupby("student", sort=True):
+        # by cell, not by student: a cell that the searches ran as two experiments is two cells
+        # (results.experiments), each its own row ("xs (breadth)"); the student's cost is the same
+        for cell, s in mine.groupby("cell", sort=True):
+            student = str(s["student"].iloc[0])
             if (dataset, "student", student) not in by_model.index:
                 continue
             cost = _cost(by_model.loc[(dataset, "student", student)].to_dict())
+            split = str(cell).partition(" (")[2]  # "breadth)" of "rotten_tomatoes/xs (breadth)"
+            model = f"{student} ({split}" if split else student
             kd = s[s["stage"] != BASELINE_STAGE]
             if len(kd):
                 val = kd.groupby("config_key")[metric].mean()
                 best = val.idxmax() if mode == "max" else val.idxmin()
-                rows.append({"dataset": dataset, "model": student, "config": "KD", **_spread(kd[kd["config_key"] == best]), **cost})
+                rows.append({"dataset": dataset, "model": model, "config": "KD", **_spread(kd[kd["config_key"] == best]), **cost})
             base = s[s["stage"] == BASELINE_STAGE]
             if len(base):
-                rows.append({"dataset": dataset, "model": student, "config": "no KD", **_spread(base), **cost})
+                rows.append({"dataset": dataset, "model": model, "config": "no KD", **_spread(base), **cost})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
