@@ -44,7 +44,8 @@ def load(folders: Sequence[str | Path], role: str | None = SELECT) -> pd.DataFra
     for f in folders:
         store = open_store(f)
         t = store.trials(role)
-        searches.add(store.meta()["search_id"], store.spec())
+        if len(t) and "search_id" in t:  # its rows carry its id (search.json may predate it)
+            searches.add(str(t["search_id"].iloc[0]), store.spec())
         # knobs the search's results format recorded take its spec's value; a knob newer than
         # the format did not exist for it, so its trials trained as the knob's default
         fmt = store.format()
