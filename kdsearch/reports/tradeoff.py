@@ -69,7 +69,7 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
         mine = ok[ok["dataset"] == dataset]
         # by cell, not by student: a cell that the searches ran as two experiments is two cells
         # (results.experiments), each its own row ("xs (breadth)"); the student's cost is the same
-        for cell, s in mine.groupby("cell", sort=True):
+        for cell, s in mine.groupby("cell" if "cell" in mine else "student", sort=True):
             student = str(s["student"].iloc[0])
             if (dataset, "student", student) not in by_model.index:
                 continue

@@ -61,6 +61,10 @@ def test_the_tradeoff_table_and_its_line() -> None:
     assert list(t.on_front) == [True, True, False]
     assert keeps(t) == ["d: s keeps 96% of the teacher's test score (0.7900 against 0.8200) at 3.0x lower latency and 3.0x "
                         "fewer parameters (75% of its parameters are embeddings)"]
+    # a cell that two searches ran as other experiments (results.experiments names it so): a row each
+    two = pd.concat([trials.assign(cell="d/s (pretrained)"), trials.assign(cell="d/s (breadth)", test_score=trials.test_score - 0.1)])
+    kd = table(two, costs).query("config == 'KD'").set_index("model")["test"]
+    assert kd.to_dict() == pytest.approx({"s (breadth)": 0.69, "s (pretrained)": 0.79})
 
 
 def test_a_collapsed_student_is_listed_but_never_on_the_front(tmp_path: Path) -> None:
