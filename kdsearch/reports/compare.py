@@ -310,7 +310,8 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
                           if d.reachable else f"nothing: {d.seeds} seeds can never reach {d.level:g}; {d.needed} can"})
     gain = analysis.kd_gain(trials, metric, mode, confirm)  # its table, and the across-cell section's verdict line
     plots = _plots(trials, curves, costs, metric, out)
-    served = tradeoff.table(trials, tradeoff.load_costs(folders), metric, mode)
+    costs_by_search = tradeoff.load_costs(folders, per_search=True)  # a split cell's teacher is its experiment's
+    served = tradeoff.table(trials, costs_by_search, metric, mode)
     if not served.empty:
         task_metric = trials.groupby("dataset")["task"].first().map(lambda t: TASKS[t].primary_metric) if "task" in trials else {}
         plots += tradeoff.plot(served, out, dict(task_metric))
@@ -324,7 +325,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     if len(folders) < len(given):
         text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
     text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
-    text += cost_section(served, tradeoff.load_costs(folders))
+    text += cost_section(served, tradeoff.flatten(costs_by_search))
     text += ("\n## KD against no KD (best config of each cell)\n\n"
              "The best config was picked on its selection seeds, so its gain there is optimistic and gets no verdict. "
              "Verdicts come from confirmation seeds it was not picked on (rows with `role: confirm`), on the test split: "

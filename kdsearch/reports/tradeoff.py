@@ -24,7 +24,8 @@ LATENCY = "onnx_ms_p50"  # what the front and the "x lower latency" lines compar
 def load_costs(folders: Sequence[str | Path], per_search: bool = False) -> pd.DataFrame:
     """The ``costs.parquet`` rows of several searches, one per (dataset, role, model), newest
     last; with ``per_search``, one per search and (dataset, role, model), with its ``search_id``
-    (searches with other tokenizers measure other lengths and embeddings)."""
+    (searches with other tokenizers measure other lengths and embeddings; a cell run as two
+    experiments has two teachers)."""
     frames = []
     for f in folders:
         store = open_store(f)
@@ -36,9 +37,21 @@ def load_costs(folders: Sequence[str | Path], per_search: bool = False) -> pd.Da
     costs = pd.concat(frames, ignore_index=True)
     if "measured_at" in costs:
         costs = costs.sort_values("measured_at", kind="stable")
-    keys = ["search_id", "dataset", "role", "model"] if per_search else ["dataset", "role", "model"]
-    out = costs.drop_duplicates(keys, keep="last").reset_index(drop=True)
-    return out if per_search else out.drop(columns=["search_id"])
+    out = costs.drop_duplicates(["search_id", "dataset", "role", "model"], keep="last").reset_index(drop=True)
+    return out if per_search else flatten(out)
+
+
+def flatten(costs: pd.DataFrame) -> pd.DataFrame:
+    """Costs of several searches (newest last) as one row per (dataset, role, model): the newest."""
+    if costs.empty or "search_id" not in costs:
+        return costs
+    return costs.drop_duplicates(["dataset", "role", "model"], keep="last").drop(columns=["search_id"]).reset_index(drop=True)
+
+
+def experiment(cell: str) -> str:
+    """What tells apart a cell that searches ran as several experiments (``breadth`` of
+    ``rotten_tomatoes/xs (breadth)``, :mod:`kdsearch.results.experiments`); "" for one run one way."""
+    return cell[:-1].partition(" (")[2] if cell.endswith(")") else ""
 
 
 def _seed_scores(rows: pd.DataFrame, column: str) -> pd.Series:
@@ -52,38 +65,64 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
 
     A student that collapsed to one class on every seed is listed but left off the front
     unless ``collapsed_on_front`` (``export --pareto --force``, which says so in each card).
+    ``costs`` may be one row per search (``load_costs(per_search=True)``): a cell that searches
+    ran as several experiments (:mod:`kdsearch.results.experiments`) then gets each experiment's
+    own teacher and measurements; otherwise, and for a cell run one way, the newest of each.
 
-    Columns: dataset, model, config ("teacher", "KD", "no KD"), test (mean over seeds),
-    test_std, seeds, params, embedding_share, the ONNX and PyTorch latencies, throughput.
+    Columns: dataset, model, config ("teacher", "KD", "no KD"), teacher (the model label of the
+    teacher row a student is read against; "" where its experiment's teacher was never
+    measured), test (mean over seeds), test_std, seeds, params, embedding_share, the ONNX and
+    PyTorch latencies, throughput.
     """
     if costs.empty or trials.empty or "test_score" not in trials:
         return pd.DataFrame()
     ok = trials[(trials["status"] == "ok") & trials[metric].notna()]
-    by_model = costs.set_index(["dataset", "role", "model"])
+    flat = flatten(costs)
+    by_model = flat.set_index(["dataset", "role", "model"])
     rows: list[dict[str, Any]] = []
-    for dataset in sorted(costs["dataset"].unique()):
-        teacher = costs[(costs["dataset"] == dataset) & (costs["role"] == "teacher")]
-        for t in teacher.to_dict("records"):
-            rows.append({"dataset": dataset, "model": t["model"], "config": "teacher", "test": t.get("test_score", math.nan),
-                         "test_std": math.nan, "seeds": math.nan, **_cost(t)})
+    for dataset in sorted(flat["dataset"].unique()):
         mine = ok[ok["dataset"] == dataset]
-        # by cell, not by student: a cell that the searches ran as two experiments is two cells
-        # (results.experiments), each its own row ("xs (breadth)"); the student's cost is the same
-        for cell, s in mine.groupby("cell" if "cell" in mine else "student", sort=True):
-            student = str(s["student"].iloc[0])
-            if (dataset, "student", student) not in by_model.index:
+        # by cell, not by student: a cell that the searches ran as two experiments is two cells,
+        # each its own rows ("xs (breadth)"), read against its own teacher
+        cells = list(mine.groupby("cell" if "cell" in mine else "student", sort=True))
+        split = "search_id" in costs and "search_id" in mine and any(experiment(str(c)) for c, _ in cells)
+        teachers: dict[str, str] = {}  # experiment -> the label of its teacher row
+        if split:
+            searches: dict[str, set[str]] = {}
+            for cell, s in cells:
+                searches.setdefault(experiment(str(cell)), set()).update(s["search_id"])
+            shown: dict[tuple[str, str], str] = {}  # (model, test score) -> label
+            # named experiments first, so a teacher they share with the cells run one way bears their name
+            for exp in sorted(searches, key=lambda e: (e == "", e)):
+                own = costs[(costs["dataset"] == dataset) & (costs["role"] == "teacher") & costs["search_id"].isin(searches[exp])]
+                for t in own.drop_duplicates("model", keep="last").to_dict("records"):
+                    # one teacher measured by several searches (its test score tells it) is one row
+                    key = (str(t["model"]), f"{t.get('test_score', math.nan):.6f}")
+                    if key not in shown:
+                        shown[key] = t["model"] if not exp or exp.startswith("teacher ") else f"{t['model']} ({exp})"
+                        rows.append(_teacher_row(dataset, shown[key], t))
+                    teachers.setdefault(exp, shown[key])
+        else:
+            for t in flat[(flat["dataset"] == dataset) & (flat["role"] == "teacher")].to_dict("records"):
+                rows.append(_teacher_row(dataset, t["model"], t))
+                teachers.setdefault("", t["model"])
+        for cell, s in cells:
+            student, exp = str(s["student"].iloc[0]), experiment(str(cell))
+            measured = costs[(costs["dataset"] == dataset) & (costs["role"] == "student") & (costs["model"] == student)
+                             & costs["search_id"].isin(set(s["search_id"]))] if split else costs.iloc[:0]
+            if measured.empty and (dataset, "student", student) not in by_model.index:
                 continue
-            cost = _cost(by_model.loc[(dataset, "student", student)].to_dict())
-            split = str(cell).partition(" (")[2]  # "breadth)" of "rotten_tomatoes/xs (breadth)"
-            model = f"{student} ({split}" if split else student
+            # an architecture costs the same in every experiment; its own search's measurement first
+            cost = _cost(measured.iloc[-1].to_dict() if len(measured) else by_model.loc[(dataset, "student", student)].to_dict())
+            head = {"dataset": dataset, "model": f"{student} ({exp})" if exp else student, "teacher": teachers.get(exp, "")}
             kd = s[s["stage"] != BASELINE_STAGE]
             if len(kd):
                 val = kd.groupby("config_key")[metric].mean()
                 best = val.idxmax() if mode == "max" else val.idxmin()
-                rows.append({"dataset": dataset, "model": model, "config": "KD", **_spread(kd[kd["config_key"] == best]), **cost})
+                rows.append({**head, "config": "KD", **_spread(kd[kd["config_key"] == best]), **cost})
             base = s[s["stage"] == BASELINE_STAGE]
             if len(base):
-                rows.append({"dataset": dataset, "model": model, "config": "no KD", **_spread(base), **cost})
+                rows.append({**head, "config": "no KD", **_spread(base), **cost})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -94,6 +133,11 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
     for dataset, g in (out if collapsed_on_front else out[~out["collapsed"]]).groupby("dataset"):
         out.loc[g.index, "on_front"] = pareto(g["test"].to_numpy(), g[LATENCY].to_numpy())
     return out
+
+
+def _teacher_row(dataset: str, model: str, t: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": dataset, "model": model, "config": "teacher", "teacher": model, "test": t.get("test_score", math.nan),
+            "test_std": math.nan, "seeds": math.nan, **_cost(t)}
 
 
 def _spread(rows: pd.DataFrame) -> dict[str, Any]:
@@ -130,11 +174,17 @@ def keeps(t: pd.DataFrame) -> list[str]:
         teacher = g[g["config"] == "teacher"]
         if teacher.empty:
             continue
-        tr = teacher.iloc[0]
         for r in g[g["config"] == "KD"].itertuples():
+            # against the teacher of its own experiment (a cell run several ways has several)
+            own = teacher[teacher["model"] == r.teacher] if "teacher" in teacher else teacher.iloc[:1]
             if getattr(r, "collapsed", False):
                 lines.append(f"{dataset}: {r.model} collapsed to one class on every seed (test {r.test:.4f}): nothing to ship")
                 continue
+            if own.empty:
+                lines.append(f"{dataset}: {r.model}: its experiment's teacher was never measured (`kdsearch costs`), "
+                             "so what it keeps of it is not known here")
+                continue
+            tr = own.iloc[0]
             share = f"keeps {r.test / tr.test:.0%} of the teacher's test score" if tr.test == tr.test and tr.test > 0 else \
                 "(the teacher's test score was not recorded)"
             lines.append(f"{dataset}: {r.model} {share} ({r.test:.4f} against {tr.test:.4f}) at "

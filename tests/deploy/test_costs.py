@@ -65,6 +65,29 @@ def test_the_tradeoff_table_and_its_line() -> None:
     two = pd.concat([trials.assign(cell="d/s (pretrained)"), trials.assign(cell="d/s (breadth)", test_score=trials.test_score - 0.1)])
     kd = table(two, costs).query("config == 'KD'").set_index("model")["test"]
     assert kd.to_dict() == pytest.approx({"s (breadth)": 0.69, "s (pretrained)": 0.79})
+    # with each search's own costs, each experiment is read against its own teacher (the breadth
+    # one's scores 0.72) and its own measurements (its student at length 64 is slower)
+    two["search_id"] = ["p"] * 4 + ["b"] * 4
+    by_search = pd.concat([costs.assign(search_id="p"),
+                           costs.assign(search_id="b", test_score=[0.72, None], onnx_ms_p50=[6.0, 3.0])], ignore_index=True)
+    t = table(two, by_search)
+    teachers = t[t.config == "teacher"].set_index("model")
+    assert teachers.test.to_dict() == pytest.approx({"t (breadth)": 0.72, "t (pretrained)": 0.82})
+    assert t[t.config != "teacher"].set_index(["model", "config"]).onnx_ms_p50.to_dict() == {
+        ("s (breadth)", "KD"): 3.0, ("s (breadth)", "no KD"): 3.0, ("s (pretrained)", "KD"): 2.0, ("s (pretrained)", "no KD"): 2.0}
+    assert keeps(t) == [
+        ("d: s (breadth) keeps 96% of the teacher's test score (0.6900 against 0.7200) at 2.0x lower latency and 3.0x fewer "
+         "parameters (75% of its parameters are embeddings)"),
+        ("d: s (pretrained) keeps 96% of the teacher's test score (0.7900 against 0.8200) at 3.0x lower latency and 3.0x "
+         "fewer parameters (75% of its parameters are embeddings)")]
+    # one experiment read from several searches: the newest costs, one teacher row, as before
+    assert list(table(trials.assign(search_id=["p", "p", "b", "b"]), by_search).model) == ["t", "s", "s"]
+    # an experiment whose searches measured nothing: no teacher of another experiment stands in for its own
+    t = table(two, by_search[by_search.search_id == "p"])
+    assert list(t[t.config == "teacher"].model) == ["t (pretrained)"] and t.set_index(["model", "config"]).loc[
+        ("s (breadth)", "KD"), "teacher"] == ""
+    assert keeps(t)[0] == ("d: s (breadth): its experiment's teacher was never measured (`kdsearch costs`), so what it "
+                           "keeps of it is not known here")
 
 
 def test_a_collapsed_student_is_listed_but_never_on_the_front(tmp_path: Path) -> None:
