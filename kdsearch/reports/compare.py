@@ -16,7 +16,7 @@ from kdsearch.reports import analysis, tradeoff
 from kdsearch.results import stats
 from kdsearch.results.store import CONFIRM
 from kdsearch.tasks import TASKS
-from kdsearch.knobs import BASELINE_STAGE
+from kdsearch.knobs import BASELINE_STAGE, KNOBS
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -136,6 +136,20 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
         plt.close(fig)
         names.append("knob_costs.png")
     return names
+
+
+def fidelity_section(means: pd.DataFrame) -> str:
+    """Every config's mean, spread and fidelity to its teacher, its knobs shown where they vary:
+    a knob at one value in every row (a default nobody searched) is named once, above the table."""
+    means = means.copy()
+    for k in [k for k in KNOBS if k in means and KNOBS[k].since > 1]:
+        # rows written before a knob existed trained with its default (results format < its `since`)
+        means[k] = means[k].astype(object).where(means[k].notna(), KNOBS[k].default)
+    shown = _telling(means.drop(columns=["config_key"]), [k for k in KNOBS if k in means])
+    fixed = [k for k in KNOBS if k in means and k not in shown]
+    head = (f"Every config here has {', '.join(f'{k} = {_cell(k, means[k].iloc[0])}' for k in fixed)}.\n\n"
+            if fixed and len(means) else "")
+    return head + _md(shown)
 
 
 def cost_section(served: pd.DataFrame, costs: pd.DataFrame) -> str:
@@ -347,7 +361,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     across_text, across_plots = across_section(folders, trials, metric, mode, gain, out)
     text += across_text
     plots += across_plots
-    text += "\n## Configs with fidelity\n\n" + _md(means.drop(columns=["config_key"]))
+    text += "\n## Configs with fidelity\n\n" + fidelity_section(means)
     text += "\n" + "".join(f"![{p}]({p})\n" for p in plots)
     atomic.write_text(out / "report.md", text)
     _drop_stale_plots(out, plots)

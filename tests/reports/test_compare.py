@@ -105,3 +105,18 @@ def test_rows_from_before_a_knob_existed_count_as_its_default(searches: list[Pat
     assert analysis.uses_later_objectives(trials)
     trials.loc[first, "logit_std"] = False
     assert not analysis.against_reference(trials, "val_score").empty
+
+
+def test_the_fidelity_table_shows_the_knobs_that_vary() -> None:
+    """A knob at one value in every config is named once above the table, not repeated in a
+    column; a later knob's missing value (a row from before it existed) reads as its default."""
+    from kdsearch.reports.compare import fidelity_section
+
+    means = pd.DataFrame({"cell": "d/s", "config_key": ["a", "b", "c"], "loss": ["ce", "mse", "ce"],
+                          "alpha": [0.5, 0.5, 1.0], "dist_beta": [None, 1.0, None], "logit_std": [None, None, True],
+                          "mean": [0.8, 0.7, 0.75], "std": 0.01, "seeds": 3})
+    text = fidelity_section(means)
+    head, _, table = text.partition("\n\n")
+    assert head == "Every config here has dist_beta = 1.0000."
+    assert table.splitlines()[0] == "| cell | loss | alpha | logit_std | mean | std | seeds |"
+    assert table.splitlines()[2] == "| d/s | ce | 0.5000 | False | 0.8000 | 0.0100 | 3 |"
