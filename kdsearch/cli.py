@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from kdsearch.display import format_table
+from kdsearch.display import format_table, format_value
 from kdsearch.errors import Interrupted, KDSearchError
 from kdsearch.fetch import label
 from kdsearch.paths import DEFAULT_STORE, spec_path
@@ -230,7 +230,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from kdsearch.knobs import KNOBS
     from kdsearch.results.store import CONFIRM, SPEC_FILE, open_store
-    from kdsearch.results.summary import best_per_cell, config_table, summary_lines
+    from kdsearch.results.summary import best_per_cell, config_table, fixed_knobs, summary_lines
 
     store = open_store(args.folder)
     search = store.spec().search if store.path(SPEC_FILE).is_file() else None
@@ -241,17 +241,27 @@ def cmd_results(args: argparse.Namespace) -> int:
               f"Continue it with: kdsearch run --resume {shlex.quote(str(store.folder.resolve()))}")
     if args.trials:
         cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_collapsed", "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
-        print(format_table(trials[cols].to_dict("records")))
+        shown, fixed = fixed_knobs(trials[cols])
+        _print_fixed(fixed, "trial")
+        print(format_table(shown.to_dict("records")))
     table = config_table(trials, metric)
     if not table.empty:
         cols = [c for c in ("cell", "stage", *KNOBS, "mean", "std", "seeds", "failed", "collapsed", "val_agreement", "val_kl", "test_score") if c in table.columns]
+        shown, fixed = fixed_knobs(table[cols])
         print(f"configs (mean {metric} over seeds):")
-        print(format_table(table[cols].to_dict("records")))
+        _print_fixed(fixed, "config")
+        print(format_table(shown.to_dict("records")))
     best = best_per_cell(trials, metric, mode, store.trials(CONFIRM))
     for line in summary_lines(trials, best, metric, shlex.quote(str(args.folder))):
         print(line)
     _print_tradeoff(store, trials, metric, mode)
     return 0
+
+
+def _print_fixed(fixed: dict[str, Any], what: str) -> None:
+    """The knobs left out of the table below because every row holds one value, named once."""
+    if fixed:
+        print(f"(every {what} has {', '.join(f'{k} = {format_value(k, v)}' for k, v in fixed.items())})")
 
 
 def _print_tradeoff(store: Any, trials: Any, metric: str, mode: str) -> None:

@@ -15,8 +15,9 @@ from kdsearch.owned import check_not_owned, known
 from kdsearch.reports import analysis, tradeoff
 from kdsearch.results import stats
 from kdsearch.results.store import CONFIRM
+from kdsearch.results.summary import fixed_knobs
 from kdsearch.tasks import TASKS
-from kdsearch.knobs import BASELINE_STAGE, KNOBS
+from kdsearch.knobs import BASELINE_STAGE
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -139,16 +140,10 @@ def _plots(trials: pd.DataFrame, curves: pd.DataFrame, costs: pd.DataFrame, metr
 
 
 def fidelity_section(means: pd.DataFrame) -> str:
-    """Every config's mean, spread and fidelity to its teacher, its knobs shown where they vary:
-    a knob at one value in every row (a default nobody searched) is named once, above the table."""
-    means = means.copy()
-    for k in [k for k in KNOBS if k in means and KNOBS[k].since > 1]:
-        # rows written before a knob existed trained with its default (results format < its `since`)
-        means[k] = means[k].astype(object).where(means[k].notna(), KNOBS[k].default)
-    shown = _telling(means.drop(columns=["config_key"]), [k for k in KNOBS if k in means])
-    fixed = [k for k in KNOBS if k in means and k not in shown]
-    head = (f"Every config here has {', '.join(f'{k} = {_cell(k, means[k].iloc[0])}' for k in fixed)}.\n\n"
-            if fixed and len(means) else "")
+    """Every config's mean, spread and fidelity to its teacher, its knobs shown where they vary
+    (a knob at one value in every row, a default nobody searched, is named once above the table)."""
+    shown, fixed = fixed_knobs(means.drop(columns=["config_key"]))
+    head = f"Every config here has {', '.join(f'{k} = {_cell(k, v)}' for k, v in fixed.items())}.\n\n" if fixed else ""
     return head + _md(shown)
 
 

@@ -33,6 +33,19 @@ def knob_columns(df: pd.DataFrame) -> list[str]:
     return [k for k in KNOBS if k in df.columns]
 
 
+def fixed_knobs(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``table`` without the knob columns that hold one value in every row, and those knobs with
+    their value: a table of configs shows what tells them apart, and names the rest once. A later
+    knob's missing value (a row written before it existed, so trained with its default) reads as
+    its default."""
+    table = table.copy()
+    for k in knob_columns(table):
+        if KNOBS[k].since > 1:
+            table[k] = table[k].astype(object).where(table[k].notna(), KNOBS[k].default)
+    fixed = {k: table[k].iloc[0] for k in knob_columns(table) if len(table) and table[k].nunique(dropna=False) <= 1}
+    return table.drop(columns=list(fixed)), fixed
+
+
 def collapsed_column(metric: str) -> str:
     """The row's collapse flag for ``metric``'s split (``val_score`` -> ``val_collapsed``)."""
     return metric.split("_", 1)[0] + "_collapsed"

@@ -82,6 +82,10 @@ def test_greedy_search_end_to_end(tiny_searches: dict[str, Path], capsys: pytest
     trials = pd.read_parquet(folder / "trials.parquet")
     assert out.count("rotten_tomatoes/xs") >= len(trials) + trials.config_key.nunique()  # each trial, each config
     assert ("best rotten_tomatoes/xs:" in out or "rotten_tomatoes/xs: every config collapsed" in out) and "configs (mean val_score over seeds)" in out
+    # the tables' columns are the knobs that vary; the others (never searched here) are named once
+    assert "(every config has ensemble_k = 3, " in out and "(every trial has ensemble_k = 3, " in out
+    header = next(line for line in out.splitlines() if line.startswith("cell ") and " mean " in line).split()
+    assert {"teacher", "loss", "tau_s"} <= set(header) and not {"ensemble_k", "mi_alpha", "augment"} & set(header)
 
 
 def test_fused_greedy_picks_the_same_winners(tiny_searches: dict[str, Path], local_ray: SharedRay,
