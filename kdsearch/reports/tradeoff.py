@@ -114,7 +114,7 @@ def table(trials: pd.DataFrame, costs: pd.DataFrame, metric: str = "val_score", 
                 continue
             # an architecture costs the same in every experiment; its own search's measurement first
             cost = _cost(measured.iloc[-1].to_dict() if len(measured) else by_model.loc[(dataset, "student", student)].to_dict())
-            head = {"dataset": dataset, "model": f"{student} ({exp})" if exp else student, "teacher": teachers.get(exp, "")}
+            head = {"dataset": dataset, "model": f"{student} ({exp})" if exp else student, "teacher": teachers.get(exp if split else "", "")}
             kd = s[s["stage"] != BASELINE_STAGE]
             if len(kd):
                 val = kd.groupby("config_key")[metric].mean()

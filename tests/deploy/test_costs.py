@@ -65,6 +65,7 @@ def test_the_tradeoff_table_and_its_line() -> None:
     two = pd.concat([trials.assign(cell="d/s (pretrained)"), trials.assign(cell="d/s (breadth)", test_score=trials.test_score - 0.1)])
     kd = table(two, costs).query("config == 'KD'").set_index("model")["test"]
     assert kd.to_dict() == pytest.approx({"s (breadth)": 0.69, "s (pretrained)": 0.79})
+    assert len(keeps(table(two, costs))) == 2 and all(" of the teacher's test score (" in x for x in keeps(table(two, costs)))
     # with each search's own costs, each experiment is read against its own teacher (the breadth
     # one's scores 0.72) and its own measurements (its student at length 64 is slower)
     two["search_id"] = ["p"] * 4 + ["b"] * 4
