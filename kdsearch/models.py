@@ -1,6 +1,7 @@
-"""Model size presets and loading of teachers and students (Hugging Face transformers).
+"""Building and loading teachers and students (Hugging Face transformers).
 
-Presets are BERT-style encoders built from a config (random initialisation):
+A preset (:mod:`kdsearch.presets`, where the names are checked without importing torch) is a
+BERT-style encoder built from a config (random initialisation):
 
 | preset | layers | hidden | heads | FFN  | non-embedding params | meant for              |
 |--------|--------|--------|-------|------|----------------------|------------------------|
@@ -22,7 +23,6 @@ layer to the teacher layer it was cut from (``inter_map: init``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,9 @@ import transformers
 from transformers import BertConfig, PreTrainedModel
 
 from kdsearch.errors import ModelError
-from kdsearch.fetch import FETCHABLE, check_whole, label, split_cut
+from kdsearch.fetch import check_whole, label, split_cut
+from kdsearch.presets import PRESETS, check_model_name
 from kdsearch.tasks import get_task
-
-
-@dataclass(frozen=True)
-class Preset:
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-
-
-PRESETS: dict[str, Preset] = {
-    "xxxs": Preset(1, 64, 2, 256),
-    "xxs": Preset(2, 64, 2, 256),
-    "xs": Preset(2, 128, 2, 512),
-    "s": Preset(4, 256, 4, 1024),
-    "m": Preset(4, 512, 8, 2048),
-    "l": Preset(6, 512, 8, 2048),
-    "base": Preset(12, 768, 12, 3072),
-}
 
 
 def _head_class(task: str) -> type:
@@ -64,25 +46,6 @@ def cut_layers(how: str, k: int, n: int) -> list[int]:
     if how == "first":
         return list(range(1, k + 1))
     return [round((i + 1) * n / k) for i in range(k)]  # evenly spaced, ending with the last
-
-
-def is_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).exists()
-
-
-def check_model_name(name: str) -> str | None:
-    """Why ``name`` names no model (None if it may): a preset, a folder, a fetched name or
-    ``org/name``, maybe with a cut. Only the name is read here; whether the folder, the
-    fetched copy or the hub entry is there is checked before training (:mod:`kdsearch.preflight`),
-    so a stored search reads anywhere."""
-    base, how, k = split_cut(name)
-    if how is not None and k < 1:
-        return f"model {name!r}: :{how}{k} keeps {k} layers; a cut keeps K >= 1 of the model's layers (:{how}1 or more)"
-    if how is not None and base in PRESETS:
-        return f"model {name!r}: a cut (:firstK, :alternateK) takes a pretrained model, not the preset {base}"
-    if base in PRESETS or base in FETCHABLE or is_local(base) or "/" in base:
-        return None
-    return f"unknown model {name!r}: not a preset ({', '.join(PRESETS)}), a folder, a fetched model ({', '.join(FETCHABLE)}), or a hub name like org/model"
 
 
 def build_for(name: str, data: Any, dropout: float | None = None) -> PreTrainedModel:

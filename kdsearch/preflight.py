@@ -43,7 +43,7 @@ def resolve_models(spec: Any) -> Any:
 
     Raises SpecError naming the field of the first model that cannot be loaded.
     """
-    from kdsearch.models import PRESETS
+    from kdsearch.presets import PRESETS
 
     seen: set[tuple[str, bool]] = set()
     checked: dict[str, str] = {}  # name -> what it loads from (the same for a model and its tokenizer)

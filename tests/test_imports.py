@@ -1,4 +1,5 @@
-"""The import graph: no cycles anywhere, and readers of results never import Ray."""
+"""The import graph: no cycles anywhere, readers of results never import Ray, and reading a stored
+search builds no model."""
 
 from __future__ import annotations
 
@@ -89,3 +90,14 @@ def test_readers_of_results_do_not_import_ray() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == "0", r.stdout
+
+
+def test_reading_a_stored_search_builds_no_model() -> None:
+    """A stored spec's model names are checked by name (kdsearch.presets): `results`, `compare`
+    and `recommend` never import the model builders (transformers' BERT: seconds per call)."""
+    folder = sorted((ROOT / "results" / "tasks").glob("tasks-*"))[0]
+    code = (f"import sys\nfrom kdsearch.results.store import open_store\nopen_store({str(folder)!r}).spec()\n"
+            "print(sorted(m for m in ('kdsearch.models', 'transformers.models.bert') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

@@ -303,7 +303,7 @@ def _check_seeds(seeds: list[int], where: str) -> None:
 
 
 def _check_model(name: str, where: str) -> None:
-    from kdsearch.models import check_model_name
+    from kdsearch.presets import check_model_name
 
     problem = check_model_name(name)
     if problem:
