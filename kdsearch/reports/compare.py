@@ -333,7 +333,13 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     text += ".\n\n"
     if len(folders) < len(given):
         text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
-    text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
+    regret = by_method["regret_points"]
+    if not ((regret.notna() & (by_method["method"] != "grid")).any() or (regret.fillna(0.0) != 0.0).any()):
+        # a full grid against itself, or no grid to measure against: a column of zeros or NaN says nothing
+        text += ("## Methods: trials used and best reached\n\nNo cell ran a method beside a full grid of its space, "
+                 "so no regret is shown.\n\n" + _md(by_method.drop(columns=["regret_points"])))
+    else:
+        text += "## Methods: trials used, best reached, regret against the full grid\n\n" + _md(by_method)
     text += cost_section(served, tradeoff.flatten(costs_by_search))
     text += ("\n## KD against no KD (best config of each cell)\n\n"
              "The best config was picked on its selection seeds, so its gain there is optimistic and gets no verdict. "
