@@ -104,7 +104,7 @@ def test_kdsearch_confirm_adds_seeds_and_resumes_after_ctrl_c(confirmed: Path, t
     shutil.copytree(confirmed, folder)
     before = pd.read_parquet(folder / "trials.parquet")
     ended = json.loads((folder / "search.json").read_text())["finished"]
-    p = kdsearch("confirm", str(folder), "--seeds", "3")
+    p = kdsearch("confirm", str(folder), "--seeds", "2")
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
         if len(pd.read_parquet(folder / "trials.parquet")) > len(before):
@@ -116,22 +116,22 @@ def test_kdsearch_confirm_adds_seeds_and_resumes_after_ctrl_c(confirmed: Path, t
     assert p.returncode == 130, (out, err)
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"kdsearch: confirmation of {folder.name} interrupted (SIGINT)") and last.endswith(
-        f"continue it with: kdsearch confirm {folder} --seeds 3"), err
+        f"continue it with: kdsearch confirm {folder} --seeds 2"), err
     assert "Traceback" not in err
     # run again: only what is missing trains, and no (config, seed) twice
-    r = subprocess.run([sys.executable, "-m", "kdsearch", "confirm", str(folder), "--seeds", "3"],
+    r = subprocess.run([sys.executable, "-m", "kdsearch", "confirm", str(folder), "--seeds", "2"],
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     every = pd.read_parquet(folder / "trials.parquet")
     confirm = every[(every.role == "confirm") & (every.status == "ok")]
     assert not confirm.duplicated(["config_key", "seed"]).any()
-    assert (confirm.groupby("config_key").seed.nunique() == 3).all() and confirm.config_key.nunique() == 3
-    assert set(confirm.seed) == set(confirm_seeds([0], 3)) and not set(confirm.seed) & {0}
+    assert (confirm.groupby("config_key").seed.nunique() == 2).all() and confirm.config_key.nunique() == 3
+    assert set(confirm.seed) == set(confirm_seeds([0], 2)) and not set(confirm.seed) & {0}
     assert (every[every.role == "select"].reset_index(drop=True).equals(before[before.role == "select"].reset_index(drop=True)))
-    assert "confirmed on 3 fresh seed(s), test_score (test split)" in r.stdout
+    assert "confirmed on 2 fresh seed(s), test_score (test split)" in r.stdout
     # and once more: nothing left to do
-    again = subprocess.run([sys.executable, "-m", "kdsearch", "confirm", str(folder), "--seeds", "3"],
+    again = subprocess.run([sys.executable, "-m", "kdsearch", "confirm", str(folder), "--seeds", "2"],
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "every confirmed config has its 3 fresh seed(s) already" in again.stdout
+    assert again.returncode == 0 and "every confirmed config has its 2 fresh seed(s) already" in again.stdout
     assert len(pd.read_parquet(folder / "trials.parquet")) == len(every)
     assert json.loads((folder / "search.json").read_text())["finished"] == ended  # when the search itself ended
