@@ -176,7 +176,7 @@ def keeps(t: pd.DataFrame) -> list[str]:
             continue
         for r in g[g["config"] == "KD"].itertuples():
             # against the teacher of its own experiment (a cell run several ways has several)
-            own = teacher[teacher["model"] == r.teacher] if "teacher" in teacher else teacher.iloc[:1]
+            own = teacher[teacher["model"] == r.teacher]
             if getattr(r, "collapsed", False):
                 lines.append(f"{dataset}: {r.model} collapsed to one class on every seed (test {r.test:.4f}): nothing to ship")
                 continue
