@@ -233,7 +233,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from kdsearch.results.summary import best_per_cell, config_table, fixed_knobs, summary_lines
 
     store = open_store(args.folder)
-    search = store.spec().search if store.path(SPEC_FILE).is_file() else None
+    search = store.spec(registries=False).search if store.path(SPEC_FILE).is_file() else None
     metric, mode = (search.metric, search.mode) if search else ("val_score", "max")
     trials = store.trials()
     if store.finished() is False:
@@ -565,10 +565,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ray reads its auth mode once, when imported: token auth (Ray 2.60's default for
     # clusters) must be set before anything imports ray, for the Jobs SDK above all
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Writing model shards" bars, once per checkpoint
-    hf_logging.set_verbosity_error()  # a new classifier head on a pretrained encoder is expected, not news
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "command", None) == "distill":

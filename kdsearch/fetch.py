@@ -166,7 +166,7 @@ def fetch(name: str, workdir: str | Path, pip_args: list[str] | None = None, log
 
 def check_loads(folder: Path, name: str) -> None:
     """transformers loads the folder as a classifier and its tokenizer; else one line."""
-    import transformers
+    from kdsearch.hf import transformers
 
     try:
         transformers.AutoTokenizer.from_pretrained(folder)

@@ -14,7 +14,8 @@ Adding a knob touches this table, the code that uses its value, and a test.
 
 This module imports nothing of kdsearch but its errors: it is the bottom of the import graph.
 Registries (losses, layer maps, augmentations) are named as ``module:attribute`` and looked
-up only when a value is checked, since they live beside torch code.
+up only when a value is checked, since they live beside torch code; within
+:func:`names_as_recorded` (a reader of a stored spec) not at all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +37,22 @@ Column = Literal["string", "float64", "int64", "bool"]
 
 SAME = "same"  # tau_s: the student's temperature equals the teacher's
 ENSEMBLE = "ensemble"  # teacher: the mean logits of the pool's ensemble_k lowest-loss checkpoints
+
+
+# A stored spec was checked against the registries when its search started. A reader of
+# results takes its names as recorded: looking them up imports the torch modules that register
+# them (about half of every `kdsearch results` call), and a name since retired still reads.
+_LOOK_UP_NAMES: ContextVar[bool] = ContextVar("kdsearch_look_up_names", default=True)
+
+
+@contextmanager
+def names_as_recorded() -> Iterator[None]:
+    """Within: a registry knob's value is checked for its type, not looked up in its registry."""
+    token = _LOOK_UP_NAMES.set(False)
+    try:
+        yield
+    finally:
+        _LOOK_UP_NAMES.reset(token)
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,7 @@ class Knob:
         if self.kind is str:
             if not isinstance(value, str) or not value:
                 raise SpecError(f"{where}: expected a name, got {value!r}")
-            known = self.names()
+            known = self.names() if _LOOK_UP_NAMES.get() else ()
             if known and value not in known:
                 raise SpecError(f"{where}: unknown {self.name} {value!r} (known: {', '.join(known)})")
             return value
@@ -238,8 +257,12 @@ def section(name: Literal["distill", "train"]) -> list[Knob]:
 
 
 def resolve(config: Mapping[str, Any]) -> Config:
-    """The knobs of ``config`` checked and canonical, ``tau_s: same`` replaced by tau_t's value."""
-    out: Config = {name: KNOBS[name].check(v, name) for name, v in config.items() if name in KNOBS}
+    """The knobs of ``config`` in canonical types, ``tau_s: same`` replaced by tau_t's value.
+
+    Every config resolved here was checked where it came in (a spec, a sampler's space, a
+    recorded row), so names are taken as they are: a reader of rows imports no torch."""
+    with names_as_recorded():
+        out: Config = {name: KNOBS[name].check(v, name) for name, v in config.items() if name in KNOBS}
     if out.get("tau_s") == SAME:
         out["tau_s"] = float(out.get("tau_t", KNOBS["tau_t"].default))
     return out

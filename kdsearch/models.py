@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-import transformers
 from transformers import BertConfig, PreTrainedModel
 
 from kdsearch.errors import ModelError
 from kdsearch.fetch import check_whole, label, split_cut
+from kdsearch.hf import transformers
 from kdsearch.presets import PRESETS, check_model_name
 from kdsearch.tasks import get_task
 

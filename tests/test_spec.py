@@ -60,6 +60,21 @@ def test_bad_fields_are_named(tmp_path: Path, patch: str, field: str) -> None:
     assert "\n" not in str(e.value)
 
 
+def test_a_reader_takes_registry_names_as_recorded_and_training_looks_them_up(tmp_path: Path) -> None:
+    """A stored spec read by `results` or `compare` (registries=False) keeps a loss name the
+    registries no longer hold, and still checks its types; read for training it is refused."""
+    from kdsearch.spec import parse_raw, spec_from_raw
+
+    path = write(tmp_path, GOOD.replace("loss: ce", "loss: retired_distance"))
+    spec = spec_from_raw(parse_raw(path.read_text(), path), path, stored=True, registries=False)
+    assert spec.distill.loss == "retired_distance"
+    with pytest.raises(SpecError, match=r"^distill\.loss: unknown loss 'retired_distance'"):
+        spec_from_raw(parse_raw(path.read_text(), path), path, stored=True)
+    path = write(tmp_path, GOOD.replace("loss: ce", "loss: ''"))
+    with pytest.raises(SpecError, match=r"^distill\.loss: expected a name"):
+        spec_from_raw(parse_raw(path.read_text(), path), path, stored=True, registries=False)
+
+
 def test_malformed_yaml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not valid YAML at line"):
         load_spec(write(tmp_path, "data: {dataset: [unclosed"))

@@ -44,7 +44,7 @@ def grid_folders(root: Path) -> tuple[list[Path], list[str]]:
         store = ResultStore(meta.parent)
         if store.meta().get("method") != "grid" or not store.path("trials.parquet").is_file() or store.finished() is False:
             continue
-        if store.spec().search.configs:  # arms of an experiment: a sampler would ask for configs nobody ran
+        if store.spec(registries=False).search.configs:  # arms of an experiment: a sampler would ask for configs nobody ran
             left_out.append(f"{meta.parent.name}: a list of configs (search.configs), not the grid of a space")
         else:
             found.append(meta.parent)

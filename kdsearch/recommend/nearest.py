@@ -125,7 +125,7 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     modes = set()
     for folder in folders:
         store = ResultStore(folder)
-        spec = store.spec()
+        spec = store.spec(registries=False)
         modes.add(spec.search.mode)
         meta = store.meta()
         # the teachers a search used and its datasets' statistics are in its search.json: neither

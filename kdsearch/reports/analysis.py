@@ -45,13 +45,13 @@ def load(folders: Sequence[str | Path], role: str | None = SELECT) -> pd.DataFra
         store = open_store(f)
         t = store.trials(role)
         if len(t) and "search_id" in t:  # its rows carry its id (search.json may predate it)
-            searches.add(str(t["search_id"].iloc[0]), store.spec())
+            searches.add(str(t["search_id"].iloc[0]), store.spec(registries=False))
         # knobs the search's results format recorded take its spec's value; a knob newer than
         # the format did not exist for it, so its trials trained as the knob's default
         fmt = store.format()
         missing = [k for k, knob in KNOBS.items() if knob.section == "distill" and knob.since <= fmt and k not in t.columns]
         if missing and not t.empty:
-            distill = store.spec().distill
+            distill = store.spec(registries=False).distill
             for k in missing:
                 t[k] = getattr(distill, k)
         t["search_dir"] = str(f)

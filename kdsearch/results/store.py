@@ -137,13 +137,15 @@ class ResultStore:
             raise _damaged(p, "has lost its last line")
         return text
 
-    def spec(self, overrides: list[str] | None = None) -> Any:
+    def spec(self, overrides: list[str] | None = None, registries: bool = True) -> Any:
         """The search's spec, as it began, read against this folder wherever it now is.
 
         Reading never needs the models, the data or the workdir to exist (training checks
         those). A spec of results format 1 or 2 names the paths of the machine that ran it,
         and fetched models by their folders: it is read as format 3 would have written it
-        (see :func:`portable_raw`). A spec this kdsearch cannot read is one line.
+        (see :func:`portable_raw`). A spec this kdsearch cannot read is one line. A reader
+        that never trains passes ``registries=False``: loss, layer-map and augmentation
+        names are then taken as recorded, and torch is not imported to look them up.
         """
         from kdsearch.errors import SpecError
         from kdsearch.spec import parse_raw, spec_from_raw
@@ -153,7 +155,7 @@ class ResultStore:
             raw = parse_raw(self.spec_text(), path)
             if self.format() < PORTABLE_FORMAT:
                 portable_raw(raw, self.meta().get("search_id") or self.folder.name)
-            return spec_from_raw(raw, path, overrides, stored=True)
+            return spec_from_raw(raw, path, overrides, stored=True, registries=registries)
         except SpecError as e:
             if overrides:
                 raise
@@ -218,7 +220,7 @@ def upgrade(folder: str | os.PathLike[str]) -> list[str]:
         return []
     from kdsearch.spec import dump_spec
 
-    spec = store.spec()
+    spec = store.spec(registries=False)  # a migration never trains
     changes = [f"results format {fmt} -> {RESULTS_FORMAT}"]
     before = store.spec_text()
     after = dump_spec(spec, store.folder)

@@ -82,7 +82,7 @@ def tables_from_search(folder: str | Path) -> list[GridTable]:
     from kdsearch.results.store import ResultStore
 
     store = ResultStore(folder)
-    spec = store.spec()
+    spec = store.spec(registries=False)
     trials, epochs = store.trials(), store.epochs()
     ok = trials[(trials["status"] == "ok") & (trials["stage"] != BASELINE_STAGE)]
     per_trial = epochs.sort_values("epoch").groupby("trial_id")[METRIC].apply(list)

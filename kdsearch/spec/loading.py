@@ -8,6 +8,7 @@ import os
 import types
 import typing
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -160,11 +161,14 @@ def parse_raw(text: str, path: Path) -> dict[str, Any]:
     return raw
 
 
-def spec_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] | None = None, stored: bool = False) -> Spec:
+def spec_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] | None = None, stored: bool = False,
+                  registries: bool = True) -> Spec:
     """Override, merge, resolve paths and check a parsed spec read from ``path``.
 
     A ``stored`` spec is a search's own ``spec.yaml``: its workdir and storage are relative
-    to the search folder it lies in, not to where the user runs.
+    to the search folder it lies in, not to where the user runs. Without ``registries`` the
+    names of losses, layer maps and augmentations are taken as recorded (a reader of a stored
+    spec, which never trains: see :func:`kdsearch.knobs.names_as_recorded`).
     """
     for item in overrides or []:
         apply_override(raw, item)
@@ -176,7 +180,8 @@ def spec_from_raw(raw: dict[str, Any], path: Path, overrides: list[str] | None =
     base = Path(path).parent.resolve()
     resolve_paths(raw, base, base if stored else Path.cwd(), stored)
     spec = from_dict(Spec, raw)
-    spec.check()
+    with nullcontext() if registries else knobs.names_as_recorded():
+        spec.check()
     return spec
 
 
