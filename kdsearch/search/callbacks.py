@@ -148,7 +148,10 @@ def _is_metric(k: str) -> bool:
 
 
 class ProgressPrinter(Callback):
-    """One line per finished trial: counts, the trial's score, the best so far per cell."""
+    """One line per finished trial: counts, the trial's score, and its cell's best so far.
+
+    Only the trial's own cell: a breadth search has 14, and a line naming every cell's best
+    (what this printed before) ran to a thousand characters that no one could follow."""
 
     def __init__(self, metric: str, mode: str, print_fn: Any = None) -> None:
         self.metric = metric
@@ -185,6 +188,7 @@ class ProgressPrinter(Callback):
         for i, (point, result) in enumerate(zip(points, results)):
             cell = point["cell"]
             value = result.get(self.metric)
+            improved = False
             if result.get("status") == "diverged" or value is None or value != value:
                 outcome = f"diverged ({result.get('error', 'no metric')})"
             else:
@@ -192,8 +196,10 @@ class ProgressPrinter(Callback):
                 prev = self.best.get(cell)
                 if prev is None or (value > prev[0] if self.mode == "max" else value < prev[0]):
                     self.best[cell] = (float(value), self._describe(point))
-            best = "; ".join(f"best {c} {v:.4f}" for c, (v, _) in self.best.items())
-            self._print(f"{self._counts(trials)} {self._describe(point)}{where.format(i + 1)} -> {outcome} | {best}")
+                    improved = True
+            standing = ("the cell's best so far" if improved else f"cell best {self.best[cell][0]:.4f}"
+                        if cell in self.best else "no score in this cell yet")
+            self._print(f"{self._counts(trials)} {self._describe(point)}{where.format(i + 1)} -> {outcome} | {standing}")
         if last.get("gpu_ids") and last.get("device") == "cpu" and not self.warned_cpu_fallback:
             self.warned_cpu_fallback = True
             self._print(f"warning: Ray gave trials GPU {last['gpu_ids']} on {last.get('node', 'a node')}, but torch there "
