@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,20 +148,30 @@ def _is_metric(k: str) -> bool:
     return k.startswith(("val_", "test_", "train_")) or k in ("elapsed_s", "first_step_ts", "trial_start_ts")
 
 
+def recorded_best(folder: str | Path, metric: str, mode: str) -> dict[str, float]:
+    """Each cell's best single-trial ``metric`` among the rows a search picks from, as recorded."""
+    t = ResultStore(folder).trials()
+    if t.empty or metric not in t or "cell" not in t:
+        return {}
+    scores = t[t["status"] == "ok"].dropna(subset=[metric]).groupby("cell")[metric]
+    return {str(c): float(v) for c, v in (scores.max() if mode == "max" else scores.min()).items()}
+
+
 class ProgressPrinter(Callback):
     """One line per finished trial: counts, the trial's score, and its cell's best so far.
 
     Only the trial's own cell: a breadth search has 14, and a line naming every cell's best
     (what this printed before) ran to a thousand characters that no one could follow."""
 
-    def __init__(self, metric: str, mode: str, print_fn: Any = None) -> None:
+    def __init__(self, metric: str, mode: str, print_fn: Any = None, recorded: Mapping[str, float] | None = None) -> None:
         self.metric = metric
         self.mode = mode
         # Tune pickles callbacks, and a builtin pickles by name: once Ray's tqdm_ray has
         # swapped builtins.print, the original print no longer does. Look it up per call.
         builtin_print = getattr(print_fn, "__self__", None) is builtins and getattr(print_fn, "__name__", "") == "print"
         self.print_fn = None if builtin_print else print_fn
-        self.best: dict[str, tuple[float, str]] = {}
+        # each cell's best single trial; a resumed search's lines go on from what it recorded before
+        self.best: dict[str, float] = dict(recorded or {})
         self.warned_cpu_fallback = False
 
     def _print(self, text: str) -> None:
@@ -194,10 +205,10 @@ class ProgressPrinter(Callback):
             else:
                 outcome = f"{self.metric} {value:.4f}"
                 prev = self.best.get(cell)
-                if prev is None or (value > prev[0] if self.mode == "max" else value < prev[0]):
-                    self.best[cell] = (float(value), self._describe(point))
+                if prev is None or (value > prev if self.mode == "max" else value < prev):
+                    self.best[cell] = float(value)
                     improved = True
-            standing = ("the cell's best so far" if improved else f"cell best {self.best[cell][0]:.4f}"
+            standing = ("the cell's best so far" if improved else f"cell best {self.best[cell]:.4f}"
                         if cell in self.best else "no score in this cell yet")
             self._print(f"{self._counts(trials)} {self._describe(point)}{where.format(i + 1)} -> {outcome} | {standing}")
         if last.get("gpu_ids") and last.get("device") == "cpu" and not self.warned_cpu_fallback:

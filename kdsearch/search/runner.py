@@ -39,7 +39,7 @@ from kdsearch.results.store import BEST_FILE, CONFIRM, COSTS, SPEC_FILE, TRIALS,
 from kdsearch.results.summary import best_per_cell, best_yaml, summary_lines
 from kdsearch.search import confirm
 from kdsearch.search._state import read_state
-from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder
+from kdsearch.search.callbacks import CheckpointJanitor, ProgressPrinter, ResultRecorder, recorded_best
 from kdsearch.search.cells import CellSearcher
 from kdsearch.search.methods import METHODS, BuildContext
 from kdsearch.search.planning import Plan, plan, sample_students, unfusable_reasons
@@ -597,7 +597,7 @@ def _run_config(spec: Spec, p: Plan, folder: Path, search_id: str, name: str, lo
     logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
     callbacks = [
         ResultRecorder(str(folder), search_id, s.method, p.defaults, p.cell_info),
-        ProgressPrinter(s.metric, s.mode, log),
+        ProgressPrinter(s.metric, s.mode, log, recorded_best(folder, s.metric, s.mode)),  # a resumed search's best too
         CheckpointJanitor(str(folder)),
     ]
     return tune.RunConfig(

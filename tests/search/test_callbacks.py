@@ -1,12 +1,13 @@
 """The progress printer: its lines, and it survives Tune's pickling of callbacks, whatever print is then."""
 
 import builtins
+from pathlib import Path
 
 import pytest
 from ray import cloudpickle
 from ray.tune.experiment import Trial
 
-from kdsearch.search.callbacks import ProgressPrinter
+from kdsearch.search.callbacks import ProgressPrinter, recorded_best
 
 
 def test_progress_printer_pickles_after_print_is_swapped(monkeypatch: pytest.MonkeyPatch,
@@ -51,3 +52,20 @@ def test_a_progress_line_names_its_own_cell_best_only() -> None:
     assert lines[3].endswith("-> val_score 0.6400 | the cell's best so far") and lines[3].startswith("[4 done,")
     assert lines[4].endswith("qa/xs seed 0: alpha=0.5 -> diverged (loss is nan) | no score in this cell yet")
     assert not any("bbc" in line for line in lines[2:])
+
+
+def test_a_resumed_search_goes_on_from_the_best_it_recorded(tmp_path: Path) -> None:
+    from kdsearch.results.store import TRIALS, ResultStore
+
+    rows = [{"trial_id": f"t{i}", "cell": c, "role": "select", "status": st, "val_score": v}
+            for i, (c, st, v) in enumerate([("rt/xs", "ok", 0.70), ("rt/xs", "ok", 0.55), ("rt/xs", "diverged", 0.99),
+                                            ("bbc/xs", "ok", 0.80)])]
+    ResultStore(tmp_path).append(TRIALS, rows)
+    assert recorded_best(tmp_path, "val_score", "max") == {"rt/xs": 0.70, "bbc/xs": 0.80}
+    assert recorded_best(tmp_path, "val_score", "min") == {"rt/xs": 0.55, "bbc/xs": 0.80}
+    assert recorded_best(tmp_path / "none", "val_score", "max") == {}
+    lines: list[str] = []
+    printer = ProgressPrinter("val_score", "max", lambda s, **k: lines.append(s), recorded_best(tmp_path, "val_score", "max"))
+    done = [_finished("rt/xs", 3, {"val_score": 0.65})]
+    printer.on_trial_complete(0, done, done[0])
+    assert lines[0].endswith("-> val_score 0.6500 | cell best 0.7000")  # not "the cell's best": 0.70 came before
