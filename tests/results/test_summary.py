@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import math
+
+import numpy as np
 import pandas as pd
 
 from kdsearch.knobs import BASELINE, key
-from kdsearch.results.summary import best_per_cell, picks, summary_lines
+from kdsearch.results.summary import best_per_cell, config_table, picks, summary_lines
 
 KD = {"teacher": "t_hs", "alpha": 0.5, "loss": "ce", "tau_s": 1.0}
 MSE = {"teacher": "t_ll", "alpha": 0.5, "loss": "mse", "tau_s": 1.0}
@@ -116,3 +119,34 @@ def test_the_best_set_says_when_its_seeds_are_too_few_to_separate_anything() -> 
     three = pd.DataFrame(rows(KD, "0", {0: 0.70, 1: 0.71, 2: 0.64}) + rows(PAPER, "0", {0: 0.65, 1: 0.66, 2: 0.69}))
     (line,) = [ln for ln in summary_lines(three, best_per_cell(three, "val_score"), "val_score") if "best set:" in ln]
     assert "cannot separate (P(best) from a bootstrap over seeds)" in line and ", P 0." in line
+
+
+def test_the_config_table_counts_finished_seeds_and_keeps_first_rows() -> None:
+    """One row per (cell, config) in order of first appearance, its knobs from its first row;
+    mean and std over finished seeds alone, equal to the bit to pandas' own (the committed
+    reports are rebuilt byte for byte from them), failed and collapsed seeds counted."""
+    scores = [0.1 + 0.7 * i / 9 for i in range(10)]  # ten seeds: numpy sums them pairwise, not in a line
+    trials = pd.DataFrame(
+        rows(KD, "0", dict(enumerate(scores)))
+        + rows(BASELINE, "baseline", {0: 0.61, 1: 0.58, 2: 0.60}, collapsed=True)
+        + rows(MSE, "1", {0: 0.55, 1: 0.57, 2: 0.99, 3: 0.52}) + [dict(r, cell="bbc/xs") for r in rows(KD, "0", {0: 0.9})]
+    )
+    trials["val_agreement"] = np.linspace(0.5, 0.9, len(trials))
+    mse = trials.index[trials["loss"] == "mse"]
+    trials.loc[mse[2], "status"] = "diverged"  # its 0.99 no longer counts
+    trials.loc[mse[3], "val_score"] = math.nan  # finished without a score (counted, not averaged)
+    trials.loc[trials.index[trials["stage"] == "baseline"][1], "val_collapsed"] = False
+    table = config_table(trials, "val_score")
+    assert list(zip(table["cell"], table["stage"])) == [("rt/xs", "0"), ("rt/xs", "baseline"), ("rt/xs", "1"), ("bbc/xs", "0")]
+    kd, base, m, single = (table.iloc[i] for i in range(4))
+    assert kd["mean"] == pd.Series(scores).mean() and kd["std"] == pd.Series(scores).std(ddof=1)
+    assert kd["seeds"] == 10 and kd["failed"] == 0 and kd["collapsed"] == 0 and kd["teacher"] == "t_hs"
+    assert base["seeds"] == 3 and base["collapsed"] == 2 and base["mean"] == pd.Series([0.61, 0.58, 0.60]).mean()
+    assert m["seeds"] == 3 and m["failed"] == 1 and m["mean"] == pd.Series([0.55, 0.57]).mean()
+    assert m["std"] == pd.Series([0.55, 0.57, math.nan]).std(ddof=1)
+    assert m["val_agreement"] == trials.loc[mse[[0, 1, 3]], "val_agreement"].mean()
+    assert single["seeds"] == 1 and single["std"] == 0.0  # one seed: no spread, not NaN
+    trials.loc[trials["cell"] == "bbc/xs", "status"] = "failed"
+    none = config_table(trials, "val_score").iloc[3]
+    assert none["seeds"] == 0 and none["failed"] == 1 and math.isnan(none["mean"]) and math.isnan(none["std"])
+    assert config_table(trials.iloc[:0], "val_score").empty and config_table(trials, "test_score").empty
