@@ -297,14 +297,17 @@ def rank_configs(score: pd.Series) -> pd.Series:
 PAPER_CONFIG = {**RECOMMENDED, **{k: str(v) for k, v in LATER_DEFAULTS.items()}}
 
 
-def leave_one_out(past: PastSearches, student: str | None = None, features: Sequence[str] | None = None) -> pd.DataFrame:
+def leave_one_out(past: PastSearches, student: str | None = None, features: Sequence[str] | None = None,
+                  full: pd.DataFrame | None = None) -> pd.DataFrame:
     """For each past dataset: recommend from the others, then look each answer up in its cells.
 
     Three answers, each costed on the held-out dataset as its best config's mean minus the
     answer's (points, mean over its cells): ``recommender`` (nearest datasets by
     ``features``, all by default), ``paper`` (Sultan et al.'s fixed t_ll, ce, tau_s 1, at the
     alpha and tau_t best on average over the others) and ``average`` (the config best on
-    average over the others). ``no_kd`` is the same cost for not distilling.
+    average over the others). ``no_kd`` is the same cost for not distilling. ``full``, this
+    table with every feature when the caller has it, lends the columns no feature changes
+    (the ablation asks again once per feature).
     """
     rows = []
     table = regrets(past, student)
@@ -313,6 +316,7 @@ def leave_one_out(past: PastSearches, student: str | None = None, features: Sequ
     t = past.trials if student is None else past.trials[past.trials["student"] == student]
     ok = t[t["status"] == "ok"]
     sign = 1.0 if past.mode == "max" else -1.0
+    lent = full.set_index("dataset") if full is not None and len(full) else None
     for name in sorted(past.features):
         if name not in set(table["dataset"]):
             continue
@@ -321,25 +325,23 @@ def leave_one_out(past: PastSearches, student: str | None = None, features: Sequ
             continue
         rec = recommend(past.features[name], past, student, exclude_self=True, features=features, table=table)
         here = table[table["dataset"] == name]
-        top = here[here["rung"] == here.groupby("cell")["rung"].transform("max")]
-        best = top.groupby("cell")["mean"].max() if past.mode == "max" else top.groupby("cell")["mean"].min()
-        base = ok[(ok["dataset"] == name) & (ok["stage"] == BASELINE_STAGE)].groupby("cell")[past.metric].mean()
-        no_kd = (sign * (best - base) * 100.0).dropna()
         nearest = sorted((e for e in rec.evidence), key=lambda e: e.distance)[:2]
-        rows.append(
-            {
-                "dataset": name,
-                "cells": int(here["cell"].nunique()),
-                "recommended": ", ".join(f"{k}={rec.config.get(k)}" for k in varying),
-                "nearest": ", ".join(f"{e.dataset} ({e.distance:.2f})" for e in nearest),
-                "recommender": _cost_on(here, rec.key),
-                "paper": _cost_on(here, best_on_average(others, PAPER_CONFIG)),
-                "average": _cost_on(here, best_on_average(others)),
-                "no_kd": float(no_kd.mean()) if len(no_kd) else math.nan,
-                "seed_std": float(here["std"].median() * 100.0),
-                "confidence": rec.confidence,
-            }
-        )
+        row = {"dataset": name, "cells": int(here["cell"].nunique()),
+               "recommended": ", ".join(f"{k}={rec.config.get(k)}" for k in varying),
+               "nearest": ", ".join(f"{e.dataset} ({e.distance:.2f})" for e in nearest),
+               "recommender": _cost_on(here, rec.key)}
+        if lent is not None and name in lent.index:
+            row.update({c: lent.at[name, c] for c in ("paper", "average", "no_kd", "seed_std")})
+        else:
+            top = here[here["rung"] == here.groupby("cell")["rung"].transform("max")]
+            best = top.groupby("cell")["mean"].max() if past.mode == "max" else top.groupby("cell")["mean"].min()
+            base = ok[(ok["dataset"] == name) & (ok["stage"] == BASELINE_STAGE)].groupby("cell")[past.metric].mean()
+            no_kd = (sign * (best - base) * 100.0).dropna()
+            row.update({"paper": _cost_on(here, best_on_average(others, PAPER_CONFIG)),
+                        "average": _cost_on(here, best_on_average(others)),
+                        "no_kd": float(no_kd.mean()) if len(no_kd) else math.nan,
+                        "seed_std": float(here["std"].median() * 100.0)})
+        rows.append({**row, "confidence": rec.confidence})
     return pd.DataFrame(rows)
 
 
@@ -366,7 +368,7 @@ def feature_ablation(past: PastSearches, student: str | None = None, full: pd.Da
     for f in FEATURES:
         if f not in used:
             continue
-        without = leave_one_out(past, student, [g for g in FEATURES if g != f])
+        without = leave_one_out(past, student, [g for g in FEATURES if g != f], full=full)
         changed = int((without["recommended"] != full["recommended"]).sum())
         rows.append({"features": f"without {f}", "mean cost": loo_summary(without)["recommender"], "answers changed": changed})
     return pd.DataFrame(rows)
