@@ -236,7 +236,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     search = store.spec(registries=False).search if store.path(SPEC_FILE).is_file() else None
     metric, mode = (search.metric, search.mode) if search else ("val_score", "max")
     trials = store.trials()
-    if store.finished() is False:
+    finished = store.finished() is not False
+    if not finished:
         print(f"note: this search has not finished ({len(trials)} trial(s) recorded); what follows is of those alone. "
               f"Continue it with: kdsearch run --resume {shlex.quote(str(store.folder.resolve()))}")
     if args.trials:
@@ -252,7 +253,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         _print_fixed(fixed, "config")
         print(format_table(shown.to_dict("records")))
     best = best_per_cell(trials, metric, mode, store.trials(CONFIRM))
-    for line in summary_lines(trials, best, metric, shlex.quote(str(args.folder))):
+    for line in summary_lines(trials, best, metric, shlex.quote(str(args.folder)), finished):
         print(line)
     _print_tradeoff(store, trials, metric, mode)
     return 0

@@ -340,9 +340,11 @@ def _knobs_text(config: dict[str, Any]) -> str:
 
 
 def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric: str,
-                  folder: str | None = None) -> list[str]:
+                  folder: str | None = None, finished: bool = True) -> list[str]:
     """What ``kdsearch run`` prints at the end: counts, collapse warnings, the best per cell,
-    what the seeds it was picked on say (optimistic) and what fresh seeds confirm."""
+    what the seeds it was picked on say (optimistic) and what fresh seeds confirm. Of a search
+    not ``finished`` (``kdsearch results`` mid-run), an unconfirmed pick waits for its end:
+    ``kdsearch confirm`` refuses a search that has not finished."""
     counts = trials["status"].value_counts().to_dict()
     lines = [f"== {len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     # a copy (a config that trained as another: duplicate_of) is a row, not a training
@@ -388,7 +390,8 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
         conf = b.get("confirmed")
         if not conf:
             where = f" {folder}" if folder else " DIR"
-            lines.append(f"     not confirmed on fresh seeds: no verdict (kdsearch confirm{where} runs them)")
+            lines.append(f"     not confirmed on fresh seeds: no verdict (kdsearch confirm{where} runs them)" if finished
+                         else "     not confirmed on fresh seeds yet: no verdict (the search has not finished)")
             continue
         split = conf["metric"].split("_", 1)[0]
         lines.append(f"     confirmed on {conf['seeds']} fresh seed(s), {conf['metric']} ({split} split): {conf['best']:.4f}")

@@ -37,6 +37,9 @@ def test_the_gain_on_the_seeds_it_was_picked_on_is_shown_as_optimistic_not_as_a_
     (line,) = [ln for ln in lines if "best rt/xs" in ln]
     assert "+4.00 points on the seeds it was picked on (by seed: +7.00, +1.00; optimistic, not a verdict)" in line
     assert "not confirmed on fresh seeds: no verdict (kdsearch confirm S runs them)" in lines[-1]
+    # mid-run (kdsearch results of a search still going) confirm would refuse: its end confirms
+    unfinished = summary_lines(trials, {"rt/xs": best}, "val_score", "S", finished=False)
+    assert unfinished[-1] == "     not confirmed on fresh seeds yet: no verdict (the search has not finished)"
 
 
 def test_the_paper_reference_is_the_best_recommended_config_or_built_from_the_best() -> None:
