@@ -235,10 +235,18 @@ def cmd_results(args: argparse.Namespace) -> int:
     store = open_store(args.folder)
     search = store.spec(registries=False).search if store.path(SPEC_FILE).is_file() else None
     metric, mode = (search.metric, search.mode) if search else ("val_score", "max")
-    trials = store.trials()
+    every = trials = store.trials()
+    confirmed = store.trials(CONFIRM)
+    if args.cell:  # a study of many cells: one at a time reads (the breadth study's table is 500 rows)
+        cells = sorted(set(trials["cell"].astype(str))) if "cell" in trials else []
+        unknown = sorted(set(args.cell) - set(cells))
+        if unknown:
+            raise KDSearchError(f"--cell {unknown[0]}: no such cell in {args.folder} (cells: {', '.join(cells) or 'none'})")
+        trials = trials[trials["cell"].isin(args.cell)]
+        confirmed = confirmed[confirmed["cell"].isin(args.cell)] if "cell" in confirmed else confirmed
     finished = store.finished() is not False
     if not finished:
-        print(f"note: this search has not finished ({len(trials)} trial(s) recorded); what follows is of those alone. "
+        print(f"note: this search has not finished ({len(every)} trial(s) recorded); what follows is of those alone. "
               f"Continue it with: kdsearch run --resume {shlex.quote(str(store.folder.resolve()))}")
     if args.trials:
         cols = [c for c in ("cell", "stage", *KNOBS, "seed", "status", metric, "val_collapsed", "val_agreement", "val_kl", "test_score", "wall_s", "error") if c in trials.columns]
@@ -252,10 +260,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(f"configs (mean {metric} over seeds):")
         _print_fixed(fixed, "config")
         print(format_table(shown.to_dict("records")))
-    best = best_per_cell(trials, metric, mode, store.trials(CONFIRM))
+    best = best_per_cell(trials, metric, mode, confirmed)
     for line in summary_lines(trials, best, metric, shlex.quote(str(args.folder)), finished):
         print(line)
-    _print_tradeoff(store, trials, metric, mode)
+    _print_tradeoff(store, every, metric, mode, set(trials["dataset"]) if args.cell and "dataset" in trials else None)
     return 0
 
 
@@ -265,11 +273,15 @@ def _print_fixed(fixed: dict[str, Any], what: str) -> None:
         print(f"(every {what} has {', '.join(f'{k} = {format_value(k, v)}' for k, v in fixed.items())})")
 
 
-def _print_tradeoff(store: Any, trials: Any, metric: str, mode: str) -> None:
-    """What each student keeps of the teacher and what it costs, from the search's costs.parquet."""
+def _print_tradeoff(store: Any, trials: Any, metric: str, mode: str, datasets: set[str] | None = None) -> None:
+    """What each student keeps of the teacher and what it costs, from the search's costs.parquet;
+    with ``datasets`` (``results --cell``), theirs alone, every student of each still on its front."""
     from kdsearch.reports import tradeoff
 
-    served = tradeoff.table(trials, store.costs(), metric, mode)
+    costs = store.costs()
+    if datasets is not None and not costs.empty:
+        costs, trials = costs[costs["dataset"].isin(datasets)], trials[trials["dataset"].isin(datasets)]
+    served = tradeoff.table(trials, costs, metric, mode)
     if served.empty:
         return
     print("\nwhat each student keeps and costs (test score; ONNX Runtime and PyTorch latency, batch 1):")
@@ -278,7 +290,7 @@ def _print_tradeoff(store: Any, trials: Any, metric: str, mode: str) -> None:
     print(format_table(served[cols].to_dict("records")))
     for line in tradeoff.keeps(served):
         print(f"   {line}")
-    print(f"   {tradeoff.machine_line(store.costs())}")
+    print(f"   {tradeoff.machine_line(costs)}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -513,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("results", help="the trials of a search and the best config per cell")
     res.add_argument("folder", help="a search's result folder")
     res.add_argument("--trials", action="store_true", help="also print every trial")
+    res.add_argument("--cell", action="append", help="only this cell (repeatable; default: every cell)")
     res.set_defaults(func=cmd_results)
 
     co = sub.add_parser("costs", help="measure what each architecture of stored searches costs to serve -> costs.parquet")

@@ -102,3 +102,23 @@ def test_teachers_train_then_distill_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads(r.stdout[r.stdout.index("{") :])
     assert metrics["status"] == "ok"
     assert {"val_accuracy", "val_agreement", "val_kl", "test_accuracy"} <= set(metrics)
+
+
+def test_results_of_one_cell_of_a_committed_search(capsys: pytest.CaptureFixture[str]) -> None:
+    """`results --cell` prints that cell's configs, trials and pick alone; a cell the search does
+    not have is one line naming it and the cells it has, exit 2."""
+    from kdsearch.cli import main
+
+    folder = ROOT / "results" / "pretrained" / "pretrained-20261126-004650"  # greedy over nine cells
+    assert main(["results", str(folder), "--cell", "bbc_news/xs", "--trials"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if "/" in line.split(" ", 1)[0] and not line.startswith(" ")]
+    assert rows and set(rows) == {"bbc_news/xs"}, out
+    assert "best bbc_news/xs:" in out and "rotten_tomatoes" not in out and "wnut16" not in out
+    # what the dataset's students keep and cost: BBC News' teacher and every student of it (its front)
+    served = out.split("what each student keeps and costs")[1].splitlines()
+    assert {line.split()[1] for line in served if line.startswith("bbc_news ")} == {"minilm-l6", "xs", "minilm-l6:first1",
+                                                                                  "minilm-l6:first2"}
+    assert main(["results", str(folder), "--cell", "bbc_news/xxl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kdsearch: error: --cell bbc_news/xxl: no such cell in") and "bbc_news/xs" in err[0]
