@@ -183,20 +183,24 @@ class CellSearcher(JsonStateSearcher):
         if not gids:
             return IDLE
         scores = {g: self.groups[g].scores for g in gids}
-        tied = racing.alive(scores, self.race)
+        tied = racing.alive(scores, self.race)  # scores are kept higher-is-better (on_trial_complete)
         seed = racing.next_seed(scores, tied, self.sequence) if len(tied) > 1 else None
-        lacking = [g for g in tied if seed is not None and seed not in scores[g]]
-        cost = sum(self._epochs(self.groups[g]) for g in lacking)
-        room = self.race.budget is None or self.race_spent[cell] + cost <= self.race.budget
-        if seed is not None and room and max(len(scores[g]) for g in tied) < self.race.max_seeds:
-            self.race_rounds[cell] += 1
-            for g in lacking:
-                group = self.groups[g]
-                group.seeds.append(seed)
-                group.rounds[seed] = self.race_rounds[cell]
-                self.queue.append((g, seed))
-            self.race_spent[cell] += cost
-            return QUEUED
+        lacking: list[str] = []
+        if seed is not None and max(len(scores[g]) for g in tied) < self.race.max_seeds:
+            lacking = [g for g in tied if seed not in scores[g]]
+            cost = {g: self._epochs(self.groups[g]) for g in lacking}
+            left = None if self.race.budget is None else self.race.budget - self.race_spent[cell]
+            if left is not None and sum(cost.values()) > left:  # a whole round does not fit: what of it does
+                lacking = racing.affordable(lacking, scores, cost, left, tied[0]) if self.race.partial else []
+            if lacking:
+                self.race_rounds[cell] += 1
+                for g in lacking:
+                    group = self.groups[g]
+                    group.seeds.append(seed)
+                    group.rounds[seed] = self.race_rounds[cell]
+                    self.queue.append((g, seed))
+                self.race_spent[cell] += sum(cost[g] for g in lacking)
+                return QUEUED
         if self.race_at_end:
             self.race_over[cell] = True
             return IDLE

@@ -160,6 +160,50 @@ def test_a_race_stops_seeding_a_config_20_points_down_and_keeps_seeding_a_tied_o
     assert bool(rows.covered.iloc[0]) and rows.best_set.iloc[0] == 2
 
 
+def test_a_round_the_budget_cannot_pay_for_seeds_the_leader_and_the_nearest_challengers() -> None:
+    """Eight configs of one score and a point of seed noise: a whole round costs 3 epochs for each
+    config still tied, more than the budget's 15, so the leader and the 4 nearest it by mean get
+    seed 3 (15 trial-epochs); with ``partial`` off the race ends without a round."""
+    from kdsearch.search import race as racing
+    from kdsearch.search.cells import CellSearcher
+    from kdsearch.search.methods import METHODS, BuildContext
+
+    t = table(lambda c: 0.7, seeds=tuple(range(10)), noise=wobble)
+
+    def run(race: Race, sign: float = 1.0) -> tuple[dict[str, list[int]], CellSearcher]:
+        inner = METHODS["grid"].build(BuildContext(t.space, t.cell, "x", None, 0, None))
+        cells = CellSearcher({t.cell: inner}, [0, 1, 2], "val_score", "max" if sign > 0 else "min", base={t.cell: t.space.base},
+                             keys={t.cell: t.space.key}, race=race, race_at_end=True, race_seeds=list(range(3, 10)))
+        asked: dict[str, list[int]] = {}
+        n = 0
+        while (point := cells.suggest(f"t{n}")) not in (None, "FINISHED"):
+            config = {k: v for k, v in point.items() if k in SPACE}
+            asked.setdefault(t.key(config), []).append(point["seed"])
+            cells.on_trial_complete(f"t{n}", {"val_score": sign * t.score(config, point["seed"])})
+            n += 1
+        return asked, cells
+
+    race = Race(max_seeds=8, budget=15)
+    at3 = {k: {s: t.scores[k][s][-1] for s in (0, 1, 2)} for k in t.scores}
+    tied = racing.alive(at3, race)
+    assert len(tied) * 3 > 15  # a whole round does not fit
+    nearest = sorted(tied[1:], key=lambda k: -sum(at3[k].values()))[:4]
+    asked, cells = run(race)
+    assert {k for k, seeds in asked.items() if seeds == [0, 1, 2, 3]} == {tied[0], *nearest}
+    assert all(seeds == [0, 1, 2] for k, seeds in asked.items() if k not in {tied[0], *nearest})
+    assert cells.race_spent[t.cell] == 15 and cells.race_rounds[t.cell] == 1
+    assert run(race, sign=-1.0)[0] == asked  # a metric to minimise, the same scores negated: the same race
+    asked, cells = run(Race(max_seeds=8, budget=15, partial=False))
+    assert all(seeds == [0, 1, 2] for seeds in asked.values()) and cells.race_spent[t.cell] == 0
+    # lower is better (a loss): the nearest is the next lowest; a leader that has the seed already pairs with
+    # what fits; a budget that seeds the leader alone seeds nothing
+    scores = {"a": {0: 0.1}, "b": {0: 0.3}, "c": {0: 0.2}}
+    one = {"a": 1, "b": 1, "c": 1}
+    assert racing.affordable(["a", "b", "c"], scores, one, 2, "a", sign=-1.0) == ["a", "c"]
+    assert racing.affordable(["b", "c"], scores, one, 1, "a", sign=-1.0) == ["c"]
+    assert racing.affordable(["a", "b", "c"], scores, one, 1, "a", sign=-1.0) == []
+
+
 def test_greedy_with_racing_fixes_a_stage_only_after_its_race() -> None:
     """Stage 0 (loss) is a tie: its configs get seeds until max_seeds before stage 1 (alpha) is asked."""
     from kdsearch.search.cells import CellSearcher
