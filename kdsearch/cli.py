@@ -411,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     defaults = {"kd-loop": {"batch_size": 64, "storage": None},
                 "search": {"batch_size": 64, "storage": "results/bench/search-runs", "seeds": 2},
                 "fused": {"batch_size": 32, "storage": "results/bench/fused-runs"}, "deploy": {}, "replay": {},
-                "calibration": {}}[args.target]
+                "race": {}, "calibration": {}}[args.target]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.set_defaults(func=cmd_models)
 
     b = sub.add_parser("bench", help="benchmarks writing to results/bench/")
-    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy", "replay", "calibration"])
+    b.add_argument("target", choices=["kd-loop", "search", "fused", "deploy", "replay", "race", "calibration"])
     b.add_argument("--out", default=None, help="result JSON (default: results/bench/<target>.json)")
     b.add_argument("--student", default="s")
     b.add_argument("--teacher", default="l")
@@ -563,9 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--spec", help="search: the spec to bench (default: search_spaces/quick.yaml); deploy: its teacher, "
                    "students and first dataset (default: search_spaces/pretrained.yaml)")
     b.add_argument("--threads", type=int, help="deploy: threads of every timing (default: the cores, at most 4)")
-    b.add_argument("--replays", type=int, default=200, help="replay: replays per method and grid cell")
+    b.add_argument("--replays", type=int, default=200, help="replay, race: replays per method (race: policy) and grid cell")
     b.add_argument("--methods", type=lambda v: v.split(","), help="replay: methods to replay (default: every one)")
-    b.add_argument("--results", help="replay, calibration: where the committed grids are (default: results)")
+    b.add_argument("--results", help="replay, race, calibration: where the committed grids are (default: results)")
     b.add_argument("--draws", type=int, help="calibration: simulated comparisons per table cell (default 2000)")
     b.add_argument("--search-seed", type=int, default=0, help="calibration: the simulation's seed")
     b.add_argument("--seeds", type=int, default=None, help="search: paired seeds per config (default 2); replay: the "

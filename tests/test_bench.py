@@ -75,3 +75,20 @@ def test_replay_bench_runs_over_the_committed_results(tmp_path: Path) -> None:
     objectives = {p.name for p in (root / "objectives").glob("objectives-*")}
     assert {t["search"] for t in result["tables"]} and not {t["search"] for t in result["tables"]} & objectives
     assert all(any(line.startswith(name) for line in result["left_out"]) for name in objectives)
+
+
+def test_race_bench_replays_both_policies_at_each_budget(tmp_path: Path) -> None:
+    """Whole rounds and partial rounds side by side at each race budget, over the committed truth grids."""
+    from kdsearch.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    out = tmp_path / "race.json"
+    assert main(["bench", "race", "--replays", "2", "--results", str(root), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {(r["policy"], r["race_budget"]) for r in result["summary"]} == {
+        (p, b) for p in ("whole rounds", "partial rounds") for b in (0.1, 0.28, 0.5)}
+    assert all(r["replays"] == 2 * len(result["tables"]) for r in result["summary"]) and result["tables"]
+    # a partial round spends what a whole one leaves: never less
+    spent = {(r["policy"], r["race_budget"]): r["spent"] for r in result["summary"]}
+    assert all(spent[("partial rounds", b)] >= spent[("whole rounds", b)] for b in (0.1, 0.28, 0.5))
+    assert (tmp_path / "race.png").stat().st_size > 1000

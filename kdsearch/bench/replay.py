@@ -51,19 +51,11 @@ def grid_folders(root: Path) -> tuple[list[Path], list[str]]:
     return found, left_out
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from kdsearch.search.methods import METHODS, choose
-    from kdsearch.search.race import Race, as_dict as race_settings
-    from kdsearch.search.replay import regrets, summary, tables_from_search
+def replay_tables(root: Path) -> tuple[list[Any], list[str]]:
+    """The committed full grids under ``root`` that can be a truth (as GridTables), and what was
+    left out and why; none is one line naming why."""
+    from kdsearch.search.replay import tables_from_search
 
-    root = Path(args.results or "results")
-    unknown = [m for m in args.methods or [] if m not in METHODS]
-    if unknown:
-        raise KDSearchError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
-    if args.replays < 1:
-        raise KDSearchError(f"--replays: at least 1 replay per method and cell, got {args.replays}")
-    if not root.is_dir():
-        raise KDSearchError(f"--results {root}: no such folder (it holds the committed grids: results/*/NAME-TIME/)")
     folders, left_out = grid_folders(root)
     tables = []
     for folder in folders:
@@ -82,6 +74,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not tables:
         why = f": {'; '.join(left_out)}" if left_out else ""
         raise KDSearchError(f"no full grid to replay under {root} (a finished search with method grid, as results/grids/){why}")
+    return tables, left_out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from kdsearch.search.methods import METHODS, choose
+    from kdsearch.search.race import Race, as_dict as race_settings
+    from kdsearch.search.replay import regrets, summary
+
+    root = Path(args.results or "results")
+    unknown = [m for m in args.methods or [] if m not in METHODS]
+    if unknown:
+        raise KDSearchError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    if args.replays < 1:
+        raise KDSearchError(f"--replays: at least 1 replay per method and cell, got {args.replays}")
+    if not root.is_dir():
+        raise KDSearchError(f"--results {root}: no such folder (it holds the committed grids: results/*/NAME-TIME/)")
+    tables, left_out = replay_tables(root)
     fewest = min(len(t.seeds) for t in tables)
     first = args.seeds if args.seeds is not None else FIRST_SEEDS
     if not 1 <= first <= fewest:

@@ -109,6 +109,10 @@ def test_the_committed_benches_have_their_keys() -> None:
     assert calibration["draws"] >= 2000 and calibration["verdict_test"] == "signflip" and calibration["meets_targets"]["a_a"]
     assert {r["seeds"] for r in calibration["a_a"]} == {2, 3, 5, 8, 10} and {r["K"] for r in calibration["best_of_k"]} == {8, 24, 168}
     assert (RESULTS / "bench" / "calibration.png").stat().st_size > 1000
+    race = json.loads((RESULTS / "bench" / "race.json").read_text())
+    assert race["replays_per_cell"] >= 200 and race["race_budgets"] == [0.1, 0.28, 0.5] and len(race["tables"]) == 2
+    assert {r["policy"] for r in race["summary"]} == {"whole rounds", "partial rounds"}
+    assert (RESULTS / "bench" / "race.png").stat().st_size > 1000
 
 
 def test_the_committed_tasks_report_matches_its_parquet(tmp_path: Path) -> None:
