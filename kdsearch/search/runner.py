@@ -535,6 +535,9 @@ def plan_lines(spec: Spec, p: Plan, folder: Path, concurrent: int) -> list[str]:
         where = "at the end of each cell" if METHODS[s.method].races_at_end else "at each decision"
         base += (f"; racing {where}: the leader and the configs a {race.test} test cannot separate from it get more "
                  f"seeds, up to {race.max_seeds}")
+        if race.budget is not None:
+            base += (f", within {race.budget} trial-epochs a cell" +
+                     (" (a round that does not fit: the leader and its nearest challengers)" if race.partial else ""))
     if s.confirm_seeds:
         base += f"; then the picks on {s.confirm_seeds} fresh seed(s), for the verdicts"
     return [
