@@ -348,6 +348,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from kdsearch import jobs
 
     spec = _load(args)
+    if args.dataset:
+        spec = spec.only_datasets(args.dataset)
     job_id = jobs.submit(spec, args.address, resume=args.resume)
     where = args.address or jobs.DEFAULT_ADDRESS
     results = args.resume if args.resume else f"{spec.search.storage}/{spec.name}-<time>/"
@@ -491,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     spec_args(sm)
     sm.add_argument("--address", help="the cluster's job server (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)")
     sm.add_argument("--resume", metavar="DIR", help="finish the search in DIR (its driver died) instead of starting one")
+    sm.add_argument("--dataset", action="append", metavar="NAME", help="only this dataset of the spec (repeatable), as "
+                    "a search named <name>-<dataset> (as run --dataset)")
     sm.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the job to end")
     sm.set_defaults(func=cmd_submit)
 

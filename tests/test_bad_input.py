@@ -232,6 +232,7 @@ def test_cli_misuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["run", str(spec), "--resume", "--method", "grid"], r"--method: a resumed search keeps its method"),
         (["run", str(spec), "--dataset", "imdb"], r"--dataset imdb: not a dataset of this spec \(its datasets: rotten_tomatoes\)"),
         (["run", "--resume", str(tmp_path), "--dataset", "rotten_tomatoes"], r"--dataset: a resumed search keeps its datasets"),
+        (["submit", str(spec), "--dataset", "imdb", "--address", "http://127.0.0.1:1"], r"--dataset imdb: not a dataset of this spec"),
         (["recommend", "--data", "rotten_tomatoes", "--store", str(tmp_path / "none")], r"store '.*none' does not exist"),
         (["costs", str(tmp_path), "--threads", "-1"], rf"--threads: must be in 1..{os.cpu_count()} \(this machine's cores\), got -1"),
         (["costs", str(tmp_path), "--threads", "0"], r"--threads: must be in 1\.\.\d+ \(this machine's cores\), got 0"),
