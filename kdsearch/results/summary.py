@@ -309,7 +309,14 @@ def _best_set(trials: pd.DataFrame, cell: str, kd: pd.DataFrame, metric: str, mo
     """The configs a paired test cannot separate from the leader, with their seed counts and how
     often each leads when its seeds are drawn again (a bootstrap over seeds, not a verdict)."""
     sign = 1.0 if mode == "max" else -1.0
-    scores = {str(k): seed_scores(trials, cell, str(k), metric) for k in kd["config_key"]}
+    # a config whose every row is a copy (it trained as another: t_hs = t_ll) is that other's
+    # training again: counted twice it would tie with itself, halve P(best) and widen Holm's family
+    here = trials[trials["cell"] == cell]
+    copies: set[str] = set()
+    if "duplicate_of" in here:
+        copied = here["duplicate_of"].notna().groupby(here["config_key"]).all()
+        copies = set(copied[copied].index.astype(str))
+    scores = {str(k): seed_scores(trials, cell, str(k), metric) for k in kd["config_key"] if str(k) not in copies}
     scores = {k: v for k, v in scores.items() if v}
     if not scores:
         return {}

@@ -124,6 +124,20 @@ def test_the_best_set_says_when_its_seeds_are_too_few_to_separate_anything() -> 
     assert "cannot separate (P(best) from a bootstrap over seeds)" in line and ", P 0." in line
 
 
+def test_the_best_set_counts_a_training_once_not_its_copies() -> None:
+    """Where t_hs and t_ll are one checkpoint the t_hs configs' rows are copies of the t_ll ones:
+    the best set holds each training once (a copy would tie with itself and split P(best))."""
+    hs_mse = {**MSE, "teacher": "t_hs"}
+    rows_ = (rows(PAPER, "0", {0: 0.70, 1: 0.72, 2: 0.71}) + rows(MSE, "0", {0: 0.69, 1: 0.72, 2: 0.70})
+             + rows(KD, "0", {0: 0.70, 1: 0.72, 2: 0.71}) + rows(hs_mse, "0", {0: 0.69, 1: 0.72, 2: 0.70}))
+    for r in rows_[6:]:  # the t_hs configs trained as t_ll: their rows are copies
+        r["duplicate_of"] = r["trial_id"].replace('"t_hs"', '"t_ll"')
+    trials = pd.DataFrame(rows_)
+    best = best_per_cell(trials, "val_score")["rt/xs"]
+    assert [m["config"]["teacher"] for m in best["best_set"]] == ["t_ll", "t_ll"]
+    assert sum(m["p_best"] for m in best["best_set"]) == 1.0 and best["best_set"][0]["p_best"] > 0.5
+
+
 def test_the_config_table_counts_finished_seeds_and_keeps_first_rows() -> None:
     """One row per (cell, config) in order of first appearance, its knobs from its first row;
     mean and std over finished seeds alone, equal to the bit to pandas' own (the committed
