@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ def write_result(out: str | Path, result: dict[str, Any]) -> None:
     """Write a benchmark's result JSON atomically and say where."""
     atomic.write_text(Path(out), json.dumps(result, indent=1) + "\n")
     print(f"written: {out}")
+
+
+def write_summary(out: str | Path, result: dict[str, Any], plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """A replayed bench's end: its summary table and what it left out, then the JSON and its plot beside it."""
+    from kdsearch.display import format_table
+
+    print(format_table(result["summary"]))
+    for line in result.get("left_out", []):
+        print(f"left out: {line}")
+    out = Path(out)
+    write_result(out, result)
+    plot(result, out.with_suffix(".png"))
+    print(f"written: {out.with_suffix('.png')}")
 
 
 def bench_spec(given: str | None, default: str) -> str:

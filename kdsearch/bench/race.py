@@ -20,9 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import portable, write_result
+from kdsearch.bench import portable, write_summary
 from kdsearch.bench.replay import FIRST_SEEDS, replay_tables
-from kdsearch.display import format_table
 from kdsearch.errors import KDSearchError
 
 SHARES = (0.1, 0.28, 0.5)  # the race's budget, as a share of the grid's own trial-epochs (3 seeds a config)
@@ -100,11 +99,5 @@ def plot(result: dict[str, Any], out: Path) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     result = run(args)
-    print(format_table(result["summary"]))
-    for line in result["left_out"]:
-        print(f"left out: {line}")
-    out = Path(args.out or "results/bench/race.json")
-    write_result(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(f"written: {out.with_suffix('.png')}")
+    write_summary(args.out or "results/bench/race.json", result, plot)
     return result

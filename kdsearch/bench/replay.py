@@ -24,8 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import portable, write_result
-from kdsearch.display import format_table
+from kdsearch.bench import portable, write_summary
 from kdsearch.errors import KDSearchError
 
 BUDGETS = (0.1, 0.2, 0.3)
@@ -170,12 +169,5 @@ def plot(result: dict[str, Any], out: Path) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     result = run(args)
-    s = pd.DataFrame(result["summary"])
-    print(format_table(s.to_dict("records")))
-    for line in result["left_out"]:
-        print(f"left out: {line}")
-    out = Path(args.out or "results/bench/replay.json")
-    write_result(out, result)
-    plot(result, out.with_suffix(".png"))
-    print(f"written: {out.with_suffix('.png')}")
+    write_summary(args.out or "results/bench/replay.json", result, plot)
     return result
