@@ -414,9 +414,29 @@ def test_resume_refuses_a_folder_others_can_write(search: tuple[Path, Path],
         one_line_error(code, err, r"cannot resume .*: .*tune is owned by uid 4242, not by you")
 
 
+def test_resume_of_a_finished_search_says_there_is_nothing_to_resume(search: tuple[Path, Path],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder, spec = search
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    code, err = run_main(["run", str(spec), "--resume", str(folder)], capsys)
+    one_line_error(code, err, rf"nothing to resume: {folder.name} finished at \d{{4}}-\d\d-\d\d \d\d:\d\d \(kdsearch results "
+                              r".* shows it; kdsearch confirm adds seeds to its picks\)")
+    code, err = run_main(["run", str(spec), "--resume"], capsys)  # the spec's latest search: the same
+    one_line_error(code, err, rf"nothing to resume: {folder.name} finished")
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def unfinished(folder: Path) -> None:
+    """As a search whose driver died before its end: no ``finished`` in its search.json."""
+    meta = json.loads((folder / "search.json").read_text())
+    meta.pop("finished")
+    (folder / "search.json").write_text(json.dumps(meta))
+
+
 def test_resume_may_change_resources_and_nothing_else(search: tuple[Path, Path],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     folder, spec = search
+    unfinished(folder)
     before = (folder / "spec.yaml").read_text()
     code, err = run_main(["run", str(spec), "--resume", str(folder), "--set", "distill.alpha=1.0"], capsys)
     one_line_error(code, err, r"--set distill.alpha: --resume continues .* only search.resources.\* may change")

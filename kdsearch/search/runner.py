@@ -89,8 +89,8 @@ def resolve_resume(spec: Spec | None, resume: str | bool) -> Path:
     """The folder to resume (the one named, or this spec's latest search), checked first.
 
     Refused: a folder that is not a search's, one recorded by an older kdsearch, one that
-    another user could have written (Tune's restore files are pickles), and a searcher
-    state that is not kdsearch's JSON.
+    another user could have written (Tune's restore files are pickles), a searcher
+    state that is not kdsearch's JSON, and a search that finished (nothing is left to run).
     """
     if isinstance(resume, str):
         folder = Path(resume).expanduser().resolve()
@@ -115,6 +115,11 @@ def resolve_resume(spec: Spec | None, resume: str | bool) -> Path:
     except (IndexError, OSError, UnicodeDecodeError, ValueError):
         where = experiments[-1] if experiments else folder / TUNE_DIR
         raise KDSearchError(f"cannot resume {folder}: Ray Tune's state {where} is missing or damaged; start the search again") from None
+    ended = ResultStore(folder).meta().get("finished")
+    if ended:  # last: a damaged folder says what is wrong with it first
+        at = time.strftime(" at %Y-%m-%d %H:%M", time.localtime(ended)) if isinstance(ended, float) else ""
+        raise KDSearchError(f"nothing to resume: {folder.name} finished{at} (kdsearch results {shlex.quote(str(folder))} "
+                            "shows it; kdsearch confirm adds seeds to its picks)")
     return folder
 
 
