@@ -20,7 +20,7 @@ import pandas as pd
 from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS, PAPER
 from kdsearch.results import stats
 from kdsearch.results.experiments import Searches, split_cells
-from kdsearch.results.store import SELECT, open_store, tau_s_as_number
+from kdsearch.results.store import SELECT, open_store, tau_s_as_number, without_copies
 from kdsearch.results.summary import confirmed, paired_difference, picks, seed_scores
 
 RECOMMENDED = {k: str(v) for k, v in PAPER.items()}  # Sultan et al. (2024), as the columns read
@@ -129,16 +129,6 @@ def config_means(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     for extra in extras:
         out[extra] = g[extra].mean()
     return out.reset_index()
-
-
-def without_copies(trials: pd.DataFrame) -> pd.DataFrame:
-    """The rows of configs that trained: a config whose every row is a copy (``duplicate_of``:
-    t_hs trained as t_ll where they are one checkpoint) is that other config's training again,
-    and counted beside it would be its own runner-up and push every rank down."""
-    if "duplicate_of" not in trials:
-        return trials
-    copy = trials["duplicate_of"].notna()
-    return trials[~copy.groupby([trials["cell"], trials["config_key"]]).transform("all")]
 
 
 def knob_costs(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:

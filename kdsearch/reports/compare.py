@@ -14,7 +14,7 @@ from kdsearch.errors import KDSearchError
 from kdsearch.owned import check_not_owned, known
 from kdsearch.reports import analysis, tradeoff
 from kdsearch.results import stats
-from kdsearch.results.store import CONFIRM
+from kdsearch.results.store import CONFIRM, without_copies
 from kdsearch.results.summary import fixed_knobs
 from kdsearch.tasks import TASKS
 from kdsearch.knobs import BASELINE_STAGE
@@ -305,7 +305,7 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     by_method = _telling(by_method, ["searches", "best_spread"] if (by_method["searches"] <= 1).all() else [])
     costs = analysis.knob_costs(trials, metric, mode)
     rank = analysis.recommended_rank(trials, metric, mode)
-    means = analysis.config_means(analysis.without_copies(trials), metric)  # a copy is no runner-up
+    means = analysis.config_means(without_copies(trials), metric)  # a copy is no runner-up
     pairs = []
     for cell, g in means.groupby("cell"):
         g = g.sort_values("mean", ascending=mode != "max")

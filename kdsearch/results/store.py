@@ -196,6 +196,16 @@ class ResultStore:
             self.write_meta({**meta, "finished": time.time()})
 
 
+def without_copies(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of configs that trained: a config whose every row is a copy (``duplicate_of``:
+    t_hs trained as t_ll where they are one checkpoint) is that other config's training again,
+    and counted beside it would be its own runner-up and push every rank down."""
+    if "duplicate_of" not in trials:
+        return trials
+    copy = trials["duplicate_of"].notna()
+    return trials[~copy.groupby([trials["cell"], trials["config_key"]]).transform("all")]
+
+
 def of_role(rows: pd.DataFrame, role: str | None) -> pd.DataFrame:
     """The rows of ``role`` (None: all); a row without one is a selection row."""
     if role is None or rows.empty:

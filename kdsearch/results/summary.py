@@ -26,7 +26,7 @@ import yaml
 from kdsearch import knobs
 from kdsearch.knobs import BASELINE_STAGE, KNOBS
 from kdsearch.results import stats
-from kdsearch.results.store import is_missing
+from kdsearch.results.store import is_missing, without_copies
 
 
 def knob_columns(df: pd.DataFrame) -> list[str]:
@@ -311,12 +311,8 @@ def _best_set(trials: pd.DataFrame, cell: str, kd: pd.DataFrame, metric: str, mo
     sign = 1.0 if mode == "max" else -1.0
     # a config whose every row is a copy (it trained as another: t_hs = t_ll) is that other's
     # training again: counted twice it would tie with itself, halve P(best) and widen Holm's family
-    here = trials[trials["cell"] == cell]
-    copies: set[str] = set()
-    if "duplicate_of" in here:
-        copied = here["duplicate_of"].notna().groupby(here["config_key"]).all()
-        copies = set(copied[copied].index.astype(str))
-    scores = {str(k): seed_scores(trials, cell, str(k), metric) for k in kd["config_key"] if str(k) not in copies}
+    trained = set(without_copies(trials[trials["cell"] == cell])["config_key"].astype(str))
+    scores = {str(k): seed_scores(trials, cell, str(k), metric) for k in kd["config_key"] if str(k) in trained}
     scores = {k: v for k, v in scores.items() if v}
     if not scores:
         return {}

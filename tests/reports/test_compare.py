@@ -9,6 +9,7 @@ import pytest
 
 from kdsearch.cli import main
 from kdsearch.reports import analysis
+from kdsearch.results.store import without_copies
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_knob_costs_and_recommended_rank(searches: list[Path]) -> None:
     assert len(means) == 8 and (means.seeds == 2).all()
     # the tiny teacher's t_hs and t_ll are one checkpoint: half the configs' rows are copies, and a
     # rank counts each training once
-    assert len(analysis.config_means(analysis.without_copies(trials), "val_score")) == 4
+    assert len(analysis.config_means(without_copies(trials), "val_score")) == 4
     rank = analysis.recommended_rank(trials, "val_score").iloc[0]
     assert 1 <= rank["rank"] <= rank["configs"] == 4 and rank["gap_points"] >= 0
 
