@@ -135,7 +135,7 @@ def test_the_best_set_counts_a_training_once_not_its_copies() -> None:
     trials = pd.DataFrame(rows_)
     best = best_per_cell(trials, "val_score")["rt/xs"]
     assert [m["config"]["teacher"] for m in best["best_set"]] == ["t_ll", "t_ll"]
-    assert sum(m["p_best"] for m in best["best_set"]) == 1.0 and best["best_set"][0]["p_best"] > 0.5
+    assert math.isclose(sum(m["p_best"] for m in best["best_set"]), 1.0) and best["best_set"][0]["p_best"] > 0.5
 
 
 def test_the_config_table_counts_finished_seeds_and_keeps_first_rows() -> None:
