@@ -26,6 +26,25 @@ def write_result(out: str | Path, result: dict[str, Any]) -> None:
     print(f"written: {out}")
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files (no display: benches run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, out: Path) -> None:
+    """A bench's figure written beside its JSON, the same size and resolution for each."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def write_summary(out: str | Path, result: dict[str, Any], plot: Callable[[dict[str, Any], Path], None]) -> None:
     """A replayed bench's end: its summary table and what it left out, then the JSON and its plot beside it."""
     from kdsearch.display import format_table

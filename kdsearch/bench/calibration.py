@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdsearch.bench import portable, write_result
+from kdsearch.bench import portable, pyplot, save_figure, write_result
 from kdsearch.display import format_table
 from kdsearch.results import stats
 
@@ -217,10 +217,7 @@ def tables(result: dict[str, Any]) -> dict[str, pd.DataFrame]:
 
 
 def plot(result: dict[str, Any], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     aa = pd.DataFrame(result["a_a"])
     pw = pd.DataFrame(result["power"])
@@ -242,9 +239,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax.set_xlabel("paired seeds")
     ax.set_ylabel("% found")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

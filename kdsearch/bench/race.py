@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import portable, write_summary
+from kdsearch.bench import portable, pyplot, save_figure, write_summary
 from kdsearch.bench.replay import FIRST_SEEDS, replay_tables
 from kdsearch.errors import KDSearchError
 
@@ -72,10 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def plot(result: dict[str, Any], out: Path) -> None:
     """Per table, mean regret against the race's budget: solid partial rounds, dashed whole rounds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = pd.DataFrame(result["per_table"])
     fig, (ax, ax_hit) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -92,9 +89,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax_hit.set_xlabel("race budget (% of the 3-seed grid's trial-epochs)")
     ax_hit.set_ylabel("% of replays within 0.5 point of the best")
     ax_hit.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

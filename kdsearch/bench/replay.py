@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdsearch.bench import portable, write_summary
+from kdsearch.bench import portable, pyplot, save_figure, write_summary
 from kdsearch.errors import KDSearchError
 
 BUDGETS = (0.1, 0.2, 0.3)
@@ -137,10 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def plot(result: dict[str, Any], out: Path) -> None:
     """Mean regret (band to p90) and the share within 0.5 point, against budget: solid raced, dashed not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = pd.DataFrame(result["summary"])
     fig, (ax, ax_hit) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -162,9 +159,7 @@ def plot(result: dict[str, Any], out: Path) -> None:
     ax_hit.set_xlabel("budget (% of the 10-seed grid's trial-epochs)")
     ax_hit.set_ylabel("% of replays naming a config within 0.5 point of the best")
     ax_hit.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
