@@ -115,6 +115,7 @@ def resolve_resume(spec: Spec | None, resume: str | bool) -> Path:
     except (IndexError, OSError, UnicodeDecodeError, ValueError):
         where = experiments[-1] if experiments else folder / TUNE_DIR
         raise KDSearchError(f"cannot resume {folder}: Ray Tune's state {where} is missing or damaged; start the search again") from None
+    ResultStore(folder).spec_text()  # a cut or edited spec.yaml is refused by name, whether or not the search finished
     ended = ResultStore(folder).meta().get("finished")
     if ended:  # last: a damaged folder says what is wrong with it first
         at = time.strftime(" at %Y-%m-%d %H:%M", time.localtime(ended)) if isinstance(ended, float) else ""
