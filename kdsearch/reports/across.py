@@ -22,7 +22,7 @@ import pandas as pd
 from kdsearch.knobs import BASELINE_STAGE, PAPER
 from kdsearch.recommend.nearest import rank_configs
 from kdsearch.results import stats
-from kdsearch.results.summary import picks, seed_scores
+from kdsearch.results.summary import _collapsed, picks, seed_scores
 
 
 @dataclass(frozen=True)
@@ -149,38 +149,58 @@ def _varying(table: pd.DataFrame) -> list[str]:
     return [k for k in names if len({str(d.get(k)) for d in keys}) > 1]
 
 
-def principles(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+def _dead_configs(trials: pd.DataFrame, metric: str) -> set[tuple[str, str]]:
+    """(cell, config_key) of configs whose every finished seed collapsed to one class."""
+    ok = trials[trials["status"] == "ok"]
+    if ok.empty:
+        return set()
+    dead = _collapsed(ok, metric).groupby([ok["cell"], ok["config_key"]]).all()
+    return {(str(c), str(k)) for (c, k), d in dead.items() if d}
+
+
+def principles(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_score") -> pd.DataFrame:
     """Each principle per cell: what following it costs against its rivals (points: the best
     config that follows it minus the best that does not; below 0 it wins), and whether it
     holds (it costs at most the cell's seed noise: the median over configs of the seed std).
-    Cells where its choices trained as one (t_hs and t_ll one checkpoint) are named, not counted."""
+    Cells where its choices trained as one (t_hs and t_ll one checkpoint) are named, not counted;
+    so are cells where the best of both sides collapsed to one class on every seed: there the
+    two tie at the majority class, which says nothing of the principle (and the noise is 0)."""
     costs = choice_costs(table, one_training(trials))
     tied = choice_costs(table)
+    dead = _dead_configs(trials, metric)
     rows = []
     for p in PRINCIPLES:
         mine = costs[costs["knob"] == p.knob]
         ran = set(tied.loc[tied["knob"] == p.knob, "cell"])
         one = sorted(ran - set(mine["cell"]))
-        held, broke, cells = [], [], 0
+        held, broke, both_dead, cells = [], [], [], 0
         for cell, g in mine.groupby("cell", sort=True):
-            by = g.set_index("choice")["cost"]
+            by = g.set_index("choice")
             rivals = [c for c in by.index if c != p.follows and (not p.against or c in p.against)]
-            if p.follows not in by or not rivals:
+            if p.follows not in by.index or not rivals:
+                continue
+            rival = by.loc[rivals, "cost"].idxmin()
+            if {(str(cell), by.loc[c, "trial_key"]) for c in (p.follows, rival)} <= dead:
+                both_dead.append(str(cell))
                 continue
             cells += 1
-            cost = float(by[p.follows] - by[rivals].min())
+            cost = float(by.loc[p.follows, "cost"] - by.loc[rival, "cost"])
             noise = float(table.loc[table["cell"] == cell, "std"].median() * 100.0)
             (held if cost <= noise else broke).append(f"{cell} ({cost:+.2f}, noise {noise:.2f})")
-        if not cells and not one:
+        if not cells and not one and not both_dead:
             continue
-        verdict = ("not judged: its choices trained as one in every cell" if not cells else "holds in every cell"
+        verdict = ("not judged: no cell could tell its choices apart" if not cells else "holds in every cell"
                    if not broke else "holds in most cells" if len(held) > len(broke)
                    else "holds in half the cells" if len(held) == len(broke) else "does not hold")
         rows.append({"principle": p.claim, "cells": cells, "holds in": len(held), "verdict": verdict,
                      "where it does not (cost, noise)": "; ".join(broke) or "-",
                      "where it holds": "; ".join(held) or "-",
-                     "choices trained as one (not counted)": "; ".join(one) or "-"})
-    return pd.DataFrame(rows)
+                     "choices trained as one (not counted)": "; ".join(one) or "-",
+                     "both sides collapsed (not counted)": "; ".join(both_dead) or "-"})
+    out = pd.DataFrame(rows)
+    if not out.empty and (out["both sides collapsed (not counted)"] == "-").all():
+        out = out.drop(columns="both sides collapsed (not counted)")  # rare: shown where it happened
+    return out
 
 
 def reference_verdicts(gain: pd.DataFrame) -> str:

@@ -190,7 +190,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
     avg = across.best_on_average(table)
     if not avg.empty:
         text += ("\n### The configs best on average (each cell one vote)\n\n" + _md(avg))
-    rules = across.principles(table, trials)
+    rules = across.principles(table, trials, metric)
     if not rules.empty:
         text += ("\n### The paper's three principles\n\n"
                  "What following each costs in a cell: the best config that follows it minus the best that does not "

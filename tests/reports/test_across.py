@@ -122,3 +122,20 @@ def test_a_cell_whose_every_config_collapsed_ranks_no_choice(trials: pd.DataFram
     learned = rows.index[(rows["cell"] == "C/xs")][0]
     one_learned = rows.assign(val_collapsed=rows["val_collapsed"] & (rows.index != learned))
     assert across.without_collapsed(table, one_learned, "val_score", "max")[1] == []
+
+
+def test_a_principle_whose_both_sides_collapsed_is_not_judged_there(trials: pd.DataFrame) -> None:
+    # cell D: CE and MSE both collapse on every seed (a tie at the majority class, noise 0); DIST learns
+    collapsed = pd.DataFrame(_rows("D", {("t_ll", "ce"): 0.30, ("t_ll", "mse"): 0.30})).assign(val_collapsed=True)
+    learned = pd.DataFrame(_rows("D", {("t_ll", "dist"): 0.50})).assign(val_collapsed=False)
+    rows = pd.concat([trials.assign(val_collapsed=False), collapsed, learned], ignore_index=True)
+    table = regrets(PastSearches(rows, {}, "val_score", "max"))
+    ce = across.principles(table, rows).set_index("principle").loc[next(p.claim for p in across.PRINCIPLES if p.knob == "loss")]
+    assert ce["both sides collapsed (not counted)"] == "D/xs"
+    assert ce["cells"] == 2 and "D/xs" not in ce["where it holds"] and "D/xs" not in ce["where it does not (cost, noise)"]
+    # one seed of MSE that learned makes D a cell that can judge (MSE wins it)
+    first_mse = rows.index[(rows["cell"] == "D/xs") & (rows["loss"] == "mse")][0]
+    rows.loc[first_mse, ["val_collapsed", "val_score"]] = [False, 0.45]
+    table = regrets(PastSearches(rows, {}, "val_score", "max"))
+    ce = across.principles(table, rows).set_index("principle").loc[ce.name]
+    assert ce["cells"] == 3 and "both sides collapsed (not counted)" not in ce and "D/xs (+" in ce["where it does not (cost, noise)"]
