@@ -187,8 +187,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(format_table(feature_ablation(past, args.student, table).to_dict("records")))
         return 0
     if args.spec:
+        from kdsearch.spec.schema import dataset_name
+
         spec = _load(args)
-        data, workdir = dataclasses.replace(spec.data, dataset=args.data), spec.workdir
+        # a dataset of the spec's own list is read as the spec reads it (its sample sizes and
+        # teacher settings, hence its teacher pool); any other takes the spec's data settings
+        own = {dataset_name(d): d for d in spec.data_specs}
+        data = own.get(dataset_name(DataSpec(dataset=args.data))) or dataclasses.replace(spec.data, dataset=args.data)
+        workdir = spec.workdir
     else:
         data, workdir = DataSpec(dataset=args.data), args.workdir
     target = describe(data, workdir)
@@ -196,7 +202,15 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(rec), indent=1, default=str))
         return 0
-    print(f"\n{target.name}: {target.to_dict()}")
+    print(f"\nthe dataset to distil on ({target.name}):")
+    print(format_table([target.to_dict()]))
+    unknown = [k for k, v in target.to_dict().items() if v is None]
+    teacher = [k for k in unknown if k.startswith("teacher_")]
+    if teacher:
+        print(f"  compared without {', '.join(teacher)}: no teacher pool for this data in the workdir {workdir} "
+              "(`kdsearch teachers train SPEC` trains one)")
+    if "vocab_overlap" in unknown:
+        print("  compared without vocab_overlap: it needs --spec's tokenizer (a pretrained one, or one trained with a pool here)")
     print(f"recommended config ({rec.confidence} confidence): {_config_text(rec.config)}")
     print(f"  why: {rec.why}")
     print("  evidence (nearest first):")

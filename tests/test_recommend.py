@@ -151,6 +151,21 @@ def test_cli_recommend_and_loo(store: Path, capsys: pytest.CaptureFixture) -> No
     assert len(err) == 1 and "does not exist" in err[0]
 
 
+def test_recommend_reads_a_dataset_as_its_spec_lists_it(store: Path, capsys: pytest.CaptureFixture) -> None:
+    # the spec's wnut16 has its own max_length (48): read with it, the data is the pool's and the
+    # teacher's features are there; without the spec there is no pool, and the output says what is missing
+    spec = store.parent / "past.yaml"
+    assert main(["recommend", "--data", "wnut16", "--store", str(store), "--spec", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "the dataset to distil on (wnut16)" in out and "compared without" not in out
+    row = out.split("the dataset to distil on (wnut16):")[1].splitlines()[3].split()
+    assert row[:2] == ["wnut16", "token_classification"] and len(row) == 10  # every feature known
+    assert main(["recommend", "--data", "wnut16", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "compared without teacher_score, teacher_ece, teacher_agreement: no teacher pool" in out
+    assert "compared without vocab_overlap" in out
+
+
 def test_a_recommendation_becomes_the_searchs_starting_point() -> None:
     space = {"loss": ["ce", "mse"], "alpha": [1.0, 0.5], "tau_t": [1.0, 4.0]}
     plain = Space(space, DistillSpec(), OptimSpec())
