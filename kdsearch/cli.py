@@ -171,6 +171,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"left out, never measured: {', '.join(unmeasured)} (`kdsearch costs DIR` measures them)")
     print(f"past datasets ({len(past.features)}), from {len(set(past.trials['search_id']))} search(es):")
     print(format_table([f.to_dict() for f in past.features.values()]))
+    if past.unfinished:
+        print(f"  not finished (running or stopped; their rows so far are read): {', '.join(past.unfinished)}")
     if args.loo:
         from kdsearch.recommend import feature_ablation, loo_summary
 

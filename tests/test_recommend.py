@@ -166,6 +166,21 @@ def test_recommend_reads_a_dataset_as_its_spec_lists_it(store: Path, capsys: pyt
     assert "compared without vocab_overlap" in out
 
 
+def test_recommend_names_a_search_that_has_not_finished(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    (folder,) = store.glob("past-*")
+    assert main(["recommend", "--loo", "--store", str(store)]) == 0
+    assert "not finished" not in capsys.readouterr().out
+    running = tmp_path / folder.name
+    shutil.copytree(folder, running, ignore=shutil.ignore_patterns("tune"))
+    meta = json.loads((running / "search.json").read_text())
+    del meta["finished"]  # as a search still running (or stopped) has it
+    (running / "search.json").write_text(json.dumps(meta))
+    assert main(["recommend", "--loo", "--store", str(tmp_path)]) == 0
+    assert f"not finished (running or stopped; their rows so far are read): {folder.name}" in capsys.readouterr().out
+
+
 def test_a_recommendation_becomes_the_searchs_starting_point() -> None:
     space = {"loss": ["ce", "mse"], "alpha": [1.0, 0.5], "tau_t": [1.0, 4.0]}
     plain = Space(space, DistillSpec(), OptimSpec())

@@ -42,6 +42,7 @@ class PastSearches:
     metric: str
     mode: str
     costs: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each past architecture costs (costs.parquet)
+    unfinished: tuple[str, ...] = ()  # searches still running or stopped: their rows so far are read
 
     def within(self, max_ms: float) -> tuple[PastSearches, list[str]]:
         """Only the past cells whose student serves in at most ``max_ms`` (ONNX, batch 1, as
@@ -145,8 +146,9 @@ def load_past(stores: Sequence[str | Path], metric: str = "val_score") -> PastSe
     from kdsearch.reports.tradeoff import load_costs
 
     costs = load_costs(folders, per_search=True)
+    unfinished = tuple(f.name for f in folders if not ResultStore(f).meta().get("finished"))
     # ``load`` keeps a cell that these searches ran as other experiments apart (results.experiments)
-    return PastSearches(trials, features, metric, modes.pop(), costs)
+    return PastSearches(trials, features, metric, modes.pop(), costs, unfinished)
 
 
 def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:
