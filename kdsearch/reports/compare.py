@@ -14,7 +14,7 @@ from kdsearch.errors import KDSearchError
 from kdsearch.owned import check_not_owned, known
 from kdsearch.reports import analysis, tradeoff
 from kdsearch.results import stats
-from kdsearch.results.store import CONFIRM, without_copies
+from kdsearch.results.store import CONFIRM, ResultStore, without_copies
 from kdsearch.results.summary import fixed_knobs
 from kdsearch.tasks import TASKS
 from kdsearch.knobs import BASELINE_STAGE
@@ -333,6 +333,10 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
     text += ".\n\n"
     if len(folders) < len(given):
         text += f"({len(given) - len(folders)} folder(s) named a search already compared; each search counts once.)\n\n"
+    running = [Path(f).name for f in folders if not ResultStore(f).meta().get("finished")]
+    if running:
+        text += (f"Not finished (running or stopped): {', '.join(running)}; what follows reads their rows so far, "
+                 "and a cell whose confirmation has not run has no verdict yet.\n\n")
     regret = by_method["regret_points"]
     if not ((regret.notna() & (by_method["method"] != "grid")).any() or (regret.fillna(0.0) != 0.0).any()):
         # a full grid against itself, or no grid to measure against: a column of zeros or NaN says nothing

@@ -76,6 +76,21 @@ def test_compare_report_rebuilds_from_parquet(searches: list[Path], tmp_path: Pa
     assert not (out / "anytime_gone_xs.png").exists() and (out / "mine.png").read_bytes() == b"a user's"
     assert (out / "anytime_rotten_tomatoes_xs.png").is_file()
     assert "greedy" in capsys.readouterr().out
+    assert "Not finished" not in first
+
+
+def test_compare_names_a_search_that_has_not_finished(searches: list[Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    running = tmp_path / searches[0].name
+    shutil.copytree(searches[0], running, ignore=shutil.ignore_patterns("tune"))
+    meta = json.loads((running / "search.json").read_text())
+    del meta["finished"]  # as a search still running (or stopped) has it
+    (running / "search.json").write_text(json.dumps(meta))
+    assert main(["compare", str(running), str(searches[1]), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"Not finished (running or stopped): {running.name}; what follows reads their rows so far" in text
 
 
 def test_kd_gain_is_best_config_against_the_baseline_seed_by_seed(searches: list[Path]) -> None:
