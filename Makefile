@@ -111,7 +111,8 @@ reproduce-breadth: models
 	  else $(BIN)/kdsearch run breadth --dataset $$d || exit 1; fi; \
 	done
 	$(BIN)/kdsearch compare results/breadth/breadth-* --out results/breadth --force
-	$(BIN)/kdsearch recommend --loo --store results/breadth
+	$(BIN)/kdsearch recommend --loo --store results/breadth > results/breadth/recommend_loo.txt.tmp
+	mv results/breadth/recommend_loo.txt.tmp results/breadth/recommend_loo.txt && cat results/breadth/recommend_loo.txt
 
 clean:
 	rm -rf .kdsearch .pytest_cache

@@ -282,3 +282,20 @@ def test_configs_trained_as_one_tie_and_the_paper_s_choice_is_named() -> None:
     past = PastSearches(pd.DataFrame(rows("a", {**tie, ("t_hs", "ce"): 0.81}) + rows("b", tie)), feats, "val_score", "max")
     assert recommend(feats["c"], past).config["teacher"] == "t_hs"
 
+
+
+def test_a_feature_left_out_of_the_distance_counts_as_telling_nothing_apart() -> None:
+    from kdsearch.recommend.features import DatasetFeatures
+    from kdsearch.recommend.nearest import _distances
+
+    def ds(name: str, labels: int, length: float) -> DatasetFeatures:
+        return DatasetFeatures(name, "classification", 1000, labels, length, 0.9)
+
+    target, past = ds("new", 2, 20.0), {"a": ds("a", 2, 400.0), "b": ds("b", 5, 22.0)}
+    every = _distances(target, past, exclude_self=False)
+    # train_size and task are equal everywhere: leaving either out changes no distance (so no weight)
+    for same in ("train_size", "task"):
+        assert _distances(target, past, False, [f for f in FEATURES if f != same]) == pytest.approx(every)
+    # mean_length is what sets "a" apart: without it "a" is as near as can be, "b" keeps its labels' difference
+    no_length = _distances(target, past, False, [f for f in FEATURES if f != "mean_length"])
+    assert no_length["a"] == 0.0 < every["a"] and no_length["b"] == pytest.approx(every["b"], rel=0.2)

@@ -171,13 +171,14 @@ def regrets(past: PastSearches, student: str | None = None) -> pd.DataFrame:
     # epochs are a cell's schedule, not a KD choice: every search's keys leave them out alike
     # (``trial_key`` keeps the rows' own, which their seeds are found by)
     means["trial_key"] = means["config_key"]
-    means["config_key"] = means["config_key"].map(_without_epochs)
+    means["config_key"] = means["config_key"].map(without_epochs)
     means = means.sort_values("rung", kind="stable").groupby(["cell", "config_key"], sort=False).tail(1)
     means["dataset"] = means["cell"].map(t.groupby("cell")["dataset"].first())
     return means.reset_index(drop=True)
 
 
-def _without_epochs(key: str) -> str:
+def without_epochs(key: str) -> str:
+    """A config key less its schedule (``epochs``): the KD config it trains, at any length."""
     knobs = json.loads(key)
     knobs.pop("epochs", None)
     return json.dumps(knobs, sort_keys=True)
@@ -191,14 +192,18 @@ def usable_features(target: DatasetFeatures, past: dict[str, DatasetFeatures], n
 def _distances(target: DatasetFeatures, past: dict[str, DatasetFeatures], exclude_self: bool,
                features: Sequence[str] | None = None) -> dict[str, float]:
     """RMS over features of the difference in each feature's unit (``features.FEATURES``);
-    ``features`` limits them (the leave-one-out's ablation)."""
+    ``features`` limits them (the leave-one-out's ablation): one left out counts as telling no
+    two datasets apart (a difference of 0), so the mean stays over every usable feature. Left
+    out of the mean instead, it would rescale every distance, and so every weight: a feature
+    equal on all datasets would then seem to carry the answer."""
     names = [n for n in past if not (exclude_self and n == target.name)]
     if not names:
         raise KDSearchError(f"no past dataset other than {target.name!r} to learn from")
-    used = [f for f in usable_features(target, past, names) if features is None or f in features]
+    usable = usable_features(target, past, names)
+    used = [f for f in usable if features is None or f in features]
     if not used:
         return {n: 0.0 for n in names}  # nothing tells them apart: every dataset weighs alike
-    return {n: float(np.sqrt(np.mean([difference(f, target, past[n]) ** 2 for f in used]))) for n in names}
+    return {n: float(np.sqrt(sum(difference(f, target, past[n]) ** 2 for f in used) / len(usable))) for n in names}
 
 
 def recommend(

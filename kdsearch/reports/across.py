@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdsearch.knobs import BASELINE_STAGE, PAPER
-from kdsearch.recommend.nearest import rank_configs
+from kdsearch.recommend.nearest import rank_configs, without_epochs
 from kdsearch.results import stats
 from kdsearch.results.summary import _collapsed, picks, seed_scores
 
@@ -123,16 +123,29 @@ def knob_costs(table: pd.DataFrame, trials: pd.DataFrame, metric: str) -> pd.Dat
     return pd.DataFrame(rows).sort_values(["knob", "mean cost"], kind="stable").reset_index(drop=True)
 
 
-def best_on_average(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+def copies_everywhere(trials: pd.DataFrame) -> set[str]:
+    """Config keys (epochs left out, as :func:`kdsearch.recommend.regrets` keys them) whose every
+    row, in every cell, is a copy of another config's training (``duplicate_of``: t_hs trained
+    as t_ll where the two are one checkpoint)."""
+    if "duplicate_of" not in trials or trials.empty:
+        return set()
+    copy = trials["duplicate_of"].notna().groupby(trials["config_key"].map(without_epochs)).all()
+    return set(copy[copy].index)
+
+
+def best_on_average(table: pd.DataFrame, top: int = 5, copies: set[str] = frozenset()) -> pd.DataFrame:
     """The configs with the lowest mean regret over cells (each cell one vote), with their
     worst-case regret and where. Only configs run in the most cells any config was (every
-    cell, for a grid or halving): a mean over other cells would not compare."""
+    cell, for a grid or halving): a mean over other cells would not compare. Configs in
+    ``copies`` (:func:`copies_everywhere`) are not listed: each would tie the training it
+    copies, one row below it."""
     per = table.pivot_table(index="config_key", columns="cell", values="regret", aggfunc="mean")
     if per.empty:
         return pd.DataFrame()
     runs = per.notna().sum(axis=1)
     per = per[runs == runs.max()]
     mean = rank_configs(per.mean(axis=1))  # exact ties (configs trained as one) list the paper's choice first
+    mean = mean[~mean.index.isin(list(copies))]
     rows = []
     for key in mean.index[:top]:
         knobs = json.loads(key)

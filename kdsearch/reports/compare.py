@@ -187,7 +187,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
             "knob; `real differences`: cells whose ranking seeds tell the choice's best from the cell's best (sign-flip at "
             f"{stats.LEVEL:g}; with {stats.TESTS[stats.VERDICT_TEST].seeds_needed() - 1} seeds or fewer it never can, and "
             "those seeds picked both, so a count there would be optimistic)." + _left_out(dead) + "\n\n" + _md(costs))
-    avg = across.best_on_average(table)
+    avg = across.best_on_average(table, copies=across.copies_everywhere(trials))
     if not avg.empty:
         text += ("\n### The configs best on average (each cell one vote)\n\n" + _md(avg))
     rules = across.principles(table, trials, metric)

@@ -139,3 +139,16 @@ def test_a_principle_whose_both_sides_collapsed_is_not_judged_there(trials: pd.D
     table = regrets(PastSearches(rows, {}, "val_score", "max"))
     ce = across.principles(table, rows).set_index("principle").loc[ce.name]
     assert ce["cells"] == 3 and "both sides collapsed (not counted)" not in ce and "D/xs (+" in ce["where it does not (cost, noise)"]
+
+
+def test_a_config_copied_in_every_cell_is_not_listed_best_on_average(trials: pd.DataFrame) -> None:
+    # in A t_hs trained on its own: nothing is a copy everywhere
+    assert across.copies_everywhere(trials) == set()
+    only_b = trials[trials["cell"] == "B/xs"]
+    copies = across.copies_everywhere(only_b)
+    assert copies and all(json.loads(k)["teacher"] == "t_hs" for k in copies)
+    table = regrets(PastSearches(only_b, {}, "val_score", "max"))
+    listed = across.best_on_average(table)["config"]
+    assert listed.str.contains("teacher=t_hs").any()  # each copy one row below the training it ties
+    kept = across.best_on_average(table, copies=copies)["config"]
+    assert len(kept) == 2 and not kept.str.contains("teacher=t_hs").any()

