@@ -15,6 +15,7 @@ and a count of "real" differences says how many cells could be tested at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,7 +23,7 @@ import pandas as pd
 from kdsearch.knobs import BASELINE_STAGE, PAPER
 from kdsearch.recommend.nearest import rank_configs, without_epochs
 from kdsearch.results import stats
-from kdsearch.results.summary import _collapsed, picks, seed_scores
+from kdsearch.results.summary import collapsed_configs, picks, seed_scores
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def copies_everywhere(trials: pd.DataFrame) -> set[str]:
     return set(copy[copy].index)
 
 
-def best_on_average(table: pd.DataFrame, top: int = 5, copies: set[str] = frozenset()) -> pd.DataFrame:
+def best_on_average(table: pd.DataFrame, top: int = 5, copies: AbstractSet[str] = frozenset()) -> pd.DataFrame:
     """The configs with the lowest mean regret over cells (each cell one vote), with their
     worst-case regret and where. Only configs run in the most cells any config was (every
     cell, for a grid or halving): a mean over other cells would not compare. Configs in
@@ -162,15 +163,6 @@ def _varying(table: pd.DataFrame) -> list[str]:
     return [k for k in names if len({str(d.get(k)) for d in keys}) > 1]
 
 
-def _dead_configs(trials: pd.DataFrame, metric: str) -> set[tuple[str, str]]:
-    """(cell, config_key) of configs whose every finished seed collapsed to one class."""
-    ok = trials[trials["status"] == "ok"]
-    if ok.empty:
-        return set()
-    dead = _collapsed(ok, metric).groupby([ok["cell"], ok["config_key"]]).all()
-    return {(str(c), str(k)) for (c, k), d in dead.items() if d}
-
-
 def principles(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_score") -> pd.DataFrame:
     """Each principle per cell: what following it costs against its rivals (points: the best
     config that follows it minus the best that does not; below 0 it wins), and whether it
@@ -180,7 +172,7 @@ def principles(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_sco
     two tie at the majority class, which says nothing of the principle (and the noise is 0)."""
     costs = choice_costs(table, one_training(trials))
     tied = choice_costs(table)
-    dead = _dead_configs(trials, metric)
+    dead = collapsed_configs(trials, metric)
     rows = []
     for p in PRINCIPLES:
         mine = costs[costs["knob"] == p.knob]

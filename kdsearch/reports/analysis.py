@@ -21,7 +21,7 @@ from kdsearch.knobs import BASELINE_STAGE, KNOBS, LATER_DEFAULTS, PAPER
 from kdsearch.results import stats
 from kdsearch.results.experiments import Searches, split_cells
 from kdsearch.results.store import SELECT, open_store, tau_s_as_number, without_copies
-from kdsearch.results.summary import confirmed, paired_difference, picks, seed_scores
+from kdsearch.results.summary import collapsed_configs, confirmed, paired_difference, picks, seed_scores
 
 RECOMMENDED = {k: str(v) for k, v in PAPER.items()}  # Sultan et al. (2024), as the columns read
 
@@ -237,6 +237,7 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
     a comparison of its own (pre-set arms, as ``search.configs``); the rows may hold
     confirmation seeds too, which add to each arm's paired seeds."""
     means = config_means(trials, metric)
+    dead = collapsed_configs(trials, metric)
     rows = []
     for cell, g in means.groupby("cell", sort=True):
         match = pd.Series(True, index=g.index)
@@ -259,21 +260,13 @@ def against_reference(trials: pd.DataFrame, metric: str, mode: str = "max") -> p
             # a gain over a reference that predicts one class says the reference failed at this budget,
             # not that the objective beats a working one: say so beside the verdict
             fell = [who for who, key in (("the reference", ref["config_key"]), ("this config", c["config_key"]))
-                    if _collapsed(trials, str(cell), str(key))]
+                    if (str(cell), str(key)) in dead]
             if fell:
                 verdict += f" ({' and '.join(fell)} collapsed on every seed)"
             rows.append({"cell": cell, "config": _changed(c, ref), "mean": float(c["mean"]), "reference": float(ref["mean"]),
                          "gain (points)": sign * 100 * d.mean, "by seed": ", ".join(f"{v:+.1f}" for v in gain.values()),
                          "t 95% CI": f"[{low:+.2f}, {high:+.2f}]", "p (sign-flip)": d.p, "seeds": d.seeds, "verdict": verdict})
     return pd.DataFrame(rows)
-
-
-def _collapsed(trials: pd.DataFrame, cell: str, config_key: str) -> bool:
-    """Whether a config predicted one class (or no better than the majority) on every seed."""
-    if "val_collapsed" not in trials:
-        return False
-    rows = trials[(trials["cell"] == cell) & (trials["config_key"] == config_key) & (trials["status"] == "ok")]
-    return bool(len(rows)) and bool(rows["val_collapsed"].fillna(False).astype(bool).all())
 
 
 def _changed(config: pd.Series, ref: pd.Series) -> str:

@@ -51,11 +51,21 @@ def collapsed_column(metric: str) -> str:
     return metric.split("_", 1)[0] + "_collapsed"
 
 
-def _collapsed(rows: pd.DataFrame, metric: str) -> pd.Series:
+def collapsed_flags(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """Per row, whether its student collapsed to one class on ``metric``'s split (no flag: False)."""
     col = collapsed_column(metric)
     if col not in rows.columns:
         return pd.Series(False, index=rows.index)
     return rows[col].map(lambda v: bool(v) if v is not None and v == v else False)
+
+
+def collapsed_configs(trials: pd.DataFrame, metric: str) -> set[tuple[str, str]]:
+    """(cell, config_key) of the configs whose every finished seed collapsed to one class."""
+    ok = trials[trials["status"] == "ok"]
+    if ok.empty:
+        return set()
+    every = collapsed_flags(ok, metric).groupby([ok["cell"], ok["config_key"]]).all()
+    return {(str(c), str(k)) for (c, k), d in every.items() if d}
 
 
 def _mean(v: np.ndarray) -> float:
@@ -86,7 +96,7 @@ def config_table(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame()
     knob_cols = knob_columns(trials)
     ok = (trials["status"] == "ok").to_numpy(dtype=bool)
-    collapsed = _collapsed(trials, metric).to_numpy(dtype=bool)
+    collapsed = collapsed_flags(trials, metric).to_numpy(dtype=bool)
     extras = [c for c in ("val_agreement", "val_kl", "test_score") if c in trials.columns]
     values = {c: trials[c].astype(float).to_numpy() for c in [metric, *extras]}
     # groups in order of their first row, each its rows in trial order (numpy per group, not
@@ -353,9 +363,9 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
     # a copy (a config that trained as another: duplicate_of) is a row, not a training
     trained = trials["duplicate_of"].isna() if "duplicate_of" in trials else pd.Series(True, index=trials.index)
     ok = (trials["status"] == "ok") & trained
-    collapsed = _collapsed(trials, metric) & ok
+    collapsed = collapsed_flags(trials, metric) & ok
     if collapsed.any():
-        copies = int((_collapsed(trials, metric) & (trials["status"] == "ok") & ~trained).sum())
+        copies = int((collapsed_flags(trials, metric) & (trials["status"] == "ok") & ~trained).sum())
         also = f"; {copies} more row(s) are copies of them, for configs that trained as another" if copies else ""
         lines.append(
             f"warning: {int(collapsed.sum())} of {int(ok.sum())} trained students collapsed (their validation predictions are "
