@@ -23,6 +23,7 @@ import pandas as pd
 from kdsearch.knobs import BASELINE_STAGE, PAPER
 from kdsearch.recommend.nearest import rank_configs, without_epochs
 from kdsearch.results import stats
+from kdsearch.results.store import without_copies
 from kdsearch.results.summary import collapsed_configs, picks, seed_scores
 
 
@@ -128,10 +129,8 @@ def copies_everywhere(trials: pd.DataFrame) -> set[str]:
     """Config keys (epochs left out, as :func:`kdsearch.recommend.regrets` keys them) whose every
     row, in every cell, is a copy of another config's training (``duplicate_of``: t_hs trained
     as t_ll where the two are one checkpoint)."""
-    if "duplicate_of" not in trials or trials.empty:
-        return set()
-    copy = trials["duplicate_of"].notna().groupby(trials["config_key"].map(without_epochs)).all()
-    return set(copy[copy].index)
+    trained = set(without_copies(trials)["config_key"].map(without_epochs))
+    return set(trials["config_key"].map(without_epochs)) - trained
 
 
 def best_on_average(table: pd.DataFrame, top: int = 5, copies: AbstractSet[str] = frozenset()) -> pd.DataFrame:

@@ -362,10 +362,11 @@ def summary_lines(trials: pd.DataFrame, best: dict[str, dict[str, Any]], metric:
     lines = [f"== {len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items())]
     # a copy (a config that trained as another: duplicate_of) is a row, not a training
     trained = trials["duplicate_of"].isna() if "duplicate_of" in trials else pd.Series(True, index=trials.index)
+    flags = collapsed_flags(trials, metric) & (trials["status"] == "ok")
     ok = (trials["status"] == "ok") & trained
-    collapsed = collapsed_flags(trials, metric) & ok
+    collapsed = flags & trained
     if collapsed.any():
-        copies = int((collapsed_flags(trials, metric) & (trials["status"] == "ok") & ~trained).sum())
+        copies = int((flags & ~trained).sum())
         also = f"; {copies} more row(s) are copies of them, for configs that trained as another" if copies else ""
         lines.append(
             f"warning: {int(collapsed.sum())} of {int(ok.sum())} trained students collapsed (their validation predictions are "
