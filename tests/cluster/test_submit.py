@@ -106,21 +106,23 @@ def test_submit_kill_the_driver_then_resume(head: dict, tmp_path: Path) -> None:
         if rows >= 2:
             break
         time.sleep(0.5)
+    # kill at once: greedy's second stage (one more trial, ~10 s) must not finish before the kill,
+    # so the slower checks (a `jobs list` subprocess) wait until after it
     (folder,) = storage.glob("quick-*")
-    first = pd.read_parquet(folder / "epochs.parquet").trial_start_ts.min()
-    print(f"submit-to-first-trial latency: {first - submitted:.1f} s")
-    r = run("-m", "kdsearch", "jobs", "list", "--address", head["jobs_address"])
-    assert r.returncode == 0 and job_id in r.stdout
     # the head's servers, agents, workers and the job's driver all listen on loopback only, mid-search
     sockets = listening_sockets(set(head["pids"]))
-    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
-    assert [s for s in sockets if not is_loopback(s[0])] == []
     drivers = [
         p for p in psutil.process_iter(["pid", "name", "cmdline"])
         if "kdsearch run spec.yaml" in " ".join(p.info["cmdline"] or []) and p.info["name"].startswith("python")
     ]
     assert len(drivers) == 1, drivers
     drivers[0].kill()  # kill -9 the job's driver mid-search
+    assert {"gcs_server", "raylet"} <= {name for _, _, name in sockets}, sockets
+    assert [s for s in sockets if not is_loopback(s[0])] == []
+    first = pd.read_parquet(folder / "epochs.parquet").trial_start_ts.min()
+    print(f"submit-to-first-trial latency: {first - submitted:.1f} s")
+    r = run("-m", "kdsearch", "jobs", "list", "--address", head["jobs_address"])
+    assert r.returncode == 0 and job_id in r.stdout
     from kdsearch import jobs
 
     assert jobs.wait(job_id, head["jobs_address"], timeout_s=120, poll_s=1) == "FAILED"
