@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 SPACES = PACKAGE / "spaces"
-DEFAULT_STORE = PACKAGE / "store"  # the committed searches: reproduction/ and pretrained/
+DEFAULT_STORE = PACKAGE / "store"  # the committed searches: reproduction/, pretrained/ and breadth/
 
 
 def spec_path(name: str) -> str:

@@ -72,6 +72,8 @@ def test_the_shipped_store_reads_from_an_empty_folder(elsewhere: Path, tmp_path:
     monkeypatch.chdir(tmp_path)
     assert main(["recommend", "--loo", "--store", str(elsewhere / "pretrained")]) == 0
     assert capsys.readouterr().out == (ROOT / "results/pretrained/recommend_loo.txt").read_text()
+    assert main(["recommend", "--loo", "--store", str(elsewhere / "breadth")]) == 0
+    assert capsys.readouterr().out == (ROOT / "results/breadth/recommend_loo.txt").read_text()
     assert main(["recommend", "--data", "bbc_news", "--store", str(elsewhere)]) == 0
     assert "recommended config" in capsys.readouterr().out
     searches = sorted((elsewhere / "pretrained").glob("pretrained-*"))

@@ -1,5 +1,6 @@
 """The committed reproductions: each report is what its Parquet gives, to the byte."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +23,13 @@ def test_committed_report_matches_its_parquet(name: str, tmp_path: Path) -> None
     assert methods == {"greedy", "grid", "optuna"}
 
 
-@pytest.mark.parametrize("name", ["reproduction", "pretrained"])
+@pytest.mark.parametrize("name", ["reproduction", "pretrained", "breadth"])
 def test_the_default_store_ships_the_committed_searches(name: str) -> None:
-    """The recommender's default store (package data) holds every committed search, unchanged."""
-    for folder in (RESULTS / name).glob(f"{name}-*"):
+    """The recommender's default store (package data) holds every committed search, unchanged
+    (a finished one: a study's search still running sits in results/ until it is committed)."""
+    folders = [f for f in (RESULTS / name).glob(f"{name}-*") if json.loads((f / "search.json").read_text()).get("finished")]
+    assert folders and sorted(p.name for p in (DEFAULT_STORE / name).iterdir()) == sorted(f.name for f in folders)
+    for folder in folders:
         shipped = DEFAULT_STORE / name / folder.name
         for file in ("trials.parquet", "spec.yaml", "search.json", "costs.parquet"):
             if (folder / file).exists():  # the reproduction measured no costs
