@@ -195,7 +195,10 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
         text += ("\n### The paper's three principles\n\n"
                  "What following each costs in a cell: the best config that follows it minus the best that does not "
                  "(points; below 0 it wins). It holds where that is at most the cell's seed noise (median seed std of its "
-                 "configs). " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
+                 "configs). Across datasets (a dataset's cells share its data and teacher, so the dataset is the unit): "
+                 "each dataset's mean cost on matched configs (each config that follows it against the same config with "
+                 "the rival choice, so both sides' bests are maxima over equally many configs), sign-flip tested at "
+                 f"{stats.LEVEL:g}. " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
     if not loo.empty:
         m = loo_summary(loo)
         below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"

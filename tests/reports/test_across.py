@@ -152,3 +152,73 @@ def test_a_config_copied_in_every_cell_is_not_listed_best_on_average(trials: pd.
     assert listed.str.contains("teacher=t_hs").any()  # each copy one row below the training it ties
     kept = across.best_on_average(table, copies=copies)["config"]
     assert len(kept) == 2 and not kept.str.contains("teacher=t_hs").any()
+
+
+def _tau_cell(dataset: str, scores: dict[tuple[float, float], float]) -> pd.DataFrame:
+    """A regret table of one cell: (tau_t, tau_s) -> score, tau_s = tau_t written as its value."""
+    keys = [json.dumps({"loss": "ce", "tau_t": t, "tau_s": s}, sort_keys=True) for t, s in scores]
+    best = max(scores.values())
+    return pd.DataFrame({"cell": f"{dataset}/xs", "dataset": dataset, "config_key": keys,
+                         "regret": [100 * (best - v) for v in scores.values()]})
+
+
+def test_a_principle_is_costed_on_matched_configs() -> None:
+    """tau_s = 1 against tau_s = tau_t: at tau_t = 1 the two are one config, so only the configs
+    of tau_t != 1 pair up; the unmatched tau_t = 1 config is left out however well it did."""
+    tau_s = next(p for p in across.PRINCIPLES if p.knob == "tau_s")
+    cell = _tau_cell("A", {(1.0, 1.0): 0.90, (4.0, 1.0): 0.80, (4.0, 4.0): 0.83, (2.0, 1.0): 0.79, (2.0, 2.0): 0.75})
+    assert across.matched_cost(cell, tau_s) == pytest.approx(+3.0)  # 0.80 against 0.83: following it loses 3 points
+    assert across.matched_cost(_tau_cell("A", {(1.0, 1.0): 0.9}), tau_s) is None
+    loss = next(p for p in across.PRINCIPLES if p.knob == "loss")
+    mixed = pd.DataFrame({"cell": "A/xs", "dataset": "A", "regret": [0.0, 2.0, 5.0],
+                          "config_key": [json.dumps(c, sort_keys=True) for c in
+                                         ({"loss": "ce", "alpha": 1.0}, {"loss": "mse", "alpha": 0.5}, {"loss": "mse", "alpha": 1.0})]})
+    assert across.matched_cost(mixed, loss) == pytest.approx(-5.0)  # ce at alpha 1 against mse at alpha 1 only
+
+
+def test_the_test_across_datasets_holds_its_level_on_matched_configs() -> None:
+    """An A/A check: every config of every cell scores alike in distribution (no principle
+    matters). Over 7 datasets the matched test says "wins" or "loses" at most about 5% of the
+    time; the unmatched cost (the side of tau_s = 1 holds one config more) says "wins" more often
+    than "loses", as the winner's curse predicts."""
+    import numpy as np
+
+    from kdsearch.results import stats
+
+    tau_s = next(p for p in across.PRINCIPLES if p.knob == "tau_s")
+    rng = np.random.default_rng(0)
+    grid = list(dict.fromkeys((t, s) for t in (1.0, 2.0, 4.0) for s in (1.0, t)))  # (1, 1) once: 3 configs of tau_s 1, 2 of tau_t
+    reps, datasets = 1500, 7
+    cell = _tau_cell("A", dict.fromkeys(grid, 0.8))
+    follows = (cell["config_key"].map(lambda k: json.loads(k)["tau_s"] == 1.0)).to_numpy()
+    scores = rng.normal(0.8, 0.02, (reps, datasets, len(grid)))
+    matched = np.empty((reps, datasets))
+    for r in range(reps):
+        for d in range(datasets):
+            cell["regret"] = 100 * (scores[r, d].max() - scores[r, d])
+            matched[r, d] = across.matched_cost(cell, tau_s)
+    regret = 100 * (scores.max(axis=-1, keepdims=True) - scores)
+    unmatched = regret[..., follows].min(axis=-1) - regret[..., ~follows].min(axis=-1)
+    for costs in (matched, unmatched):
+        assert costs.shape == (reps, datasets) and not np.isnan(costs).any()
+    p_m, p_u = stats.signflip_p(matched), stats.signflip_p(unmatched)
+    real_m = p_m <= stats.LEVEL
+    assert real_m.mean() <= stats.LEVEL + 3 * np.sqrt(stats.LEVEL * (1 - stats.LEVEL) / reps)
+    wins_m, loses_m = (real_m & (matched.mean(1) < 0)).mean(), (real_m & (matched.mean(1) > 0)).mean()
+    assert abs(wins_m - loses_m) < 0.02  # symmetric
+    real_u = p_u <= stats.LEVEL
+    wins_u, loses_u = (real_u & (unmatched.mean(1) < 0)).mean(), (real_u & (unmatched.mean(1) > 0)).mean()
+    assert wins_u > 2 * loses_u
+
+
+def test_a_principle_across_datasets_says_what_the_datasets_can_tell() -> None:
+    figures, verdict = across.across_datasets({"a": [-1.0], "b": [-2.0, -0.5], "c": [-0.3]})
+    assert figures.startswith("-0.85 points, sign-flip p 0.250, 3 dataset(s)")
+    assert verdict == "cannot tell: 3 dataset(s) can never show a difference at 0.05 with the sign-flip test; 6 can"
+    figures, verdict = across.across_datasets({str(d): [-1.0 - d / 10] for d in range(7)})
+    assert "7 dataset(s)" in figures and verdict == "following it wins"
+    _, verdict = across.across_datasets({str(d): [1.0 + d / 10] for d in range(7)})
+    assert verdict == "following it loses"
+    _, verdict = across.across_datasets({str(d): [(-1) ** d * (1.0 + d / 10)] for d in range(7)})
+    assert verdict == "cannot tell: inside the noise"
+    assert across.across_datasets({}) == ("-", "not judged: no dataset with matched configs")
