@@ -18,6 +18,7 @@ the unmatched cost for tau_s says "wins" about 7% of the time).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -175,7 +176,16 @@ def _varying(table: pd.DataFrame) -> list[str]:
     return [k for k in names if len({str(d.get(k)) for d in keys}) > 1]
 
 
-def matched_cost(cell_table: pd.DataFrame, p: Principle) -> float | None:
+@dataclass(frozen=True)
+class Matched:
+    """One cell's matched comparison: the cost in points (below 0 the followed choice wins) and
+    the trial keys of the two sides' bests (to tell when both collapsed)."""
+
+    cost: float
+    keys: tuple[str, str]
+
+
+def matched_cost(cell_table: pd.DataFrame, p: Principle) -> Matched | None:
     """In one cell, the best config that follows ``p`` minus the best of their counterparts
     (each config with the rival choice, every other knob the same), in points; None without
     a matched pair.
@@ -186,18 +196,21 @@ def matched_cost(cell_table: pd.DataFrame, p: Principle) -> float | None:
     unmatched comparison favours the principle under the null. Matched, the two sides are
     equally many configs that swap labels pair by pair: under the null (no difference) the
     cost is as likely +d as -d, which the test across datasets needs."""
-    regret = dict(zip(cell_table["config_key"], cell_table["regret"]))
+    rows = {k: (r, t) for k, r, t in zip(cell_table["config_key"], cell_table["regret"], cell_table["trial_key"])}
     mine, theirs = [], []
-    for key, r in regret.items():
+    for key, row in rows.items():
         config = json.loads(key)
         if p.knob not in config or _as_text(config[p.knob]) != p.follows:
             continue
         for rival in p.rivals(config):
-            other = regret.get(json.dumps(rival, sort_keys=True))
+            other = rows.get(json.dumps(rival, sort_keys=True))
             if other is not None:
-                mine.append(r)
+                mine.append(row)
                 theirs.append(other)
-    return float(min(mine) - min(theirs)) if mine else None
+    if not mine:
+        return None
+    a, b = min(mine), min(theirs)
+    return Matched(float(a[0] - b[0]), (str(a[1]), str(b[1])))
 
 
 def across_datasets(costs: dict[str, list[float]], level: float = stats.LEVEL) -> tuple[str, str]:
@@ -252,7 +265,7 @@ def principles(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_sco
             cell_table = table[table["cell"] == cell]
             m = matched_cost(cell_table, p)
             if m is not None:
-                matched.setdefault(str(cell_table["dataset"].iloc[0]), []).append(m)
+                matched.setdefault(str(cell_table["dataset"].iloc[0]), []).append(m.cost)
         if not cells and not one and not both_dead:
             continue
         verdict = ("not judged: no cell could tell its choices apart" if not cells else "holds in every cell"
@@ -269,6 +282,38 @@ def principles(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_sco
     if not out.empty and (out["both sides collapsed (not counted)"] == "-").all():
         out = out.drop(columns="both sides collapsed (not counted)")  # rare: shown where it happened
     return out
+
+
+def head_to_head(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_score") -> pd.DataFrame:
+    """Every two choices of each knob, across datasets, on matched configs (:func:`matched_cost`:
+    each config with one choice against the same config with the other): per dataset the mean
+    over its cells, sign-flip tested with the dataset as the unit (:func:`across_datasets`). The
+    choice named first is the one ahead on average. Cells where the two choices trained as one
+    (:func:`one_training`) or where both sides' bests collapsed on every seed are left out."""
+    skip = one_training(trials)
+    dead = collapsed_configs(trials, metric)
+    keys = table["config_key"].map(json.loads)
+    rows = []
+    for knob in _varying(table):
+        values = sorted({_as_text(d[knob]): d[knob] for d in keys if knob in d}.items())
+        for (a_text, _), (b_text, b) in itertools.combinations(values, 2):
+            p = Principle(knob, a_text, (b,), "")
+            costs: dict[str, list[float]] = {}
+            for cell, g in table.groupby("cell", sort=True):
+                m = None if (str(cell), knob) in skip else matched_cost(g, p)
+                if m is not None and not {(str(cell), k) for k in m.keys} <= dead:
+                    costs.setdefault(str(g["dataset"].iloc[0]), []).append(m.cost)
+            if not costs:
+                continue
+            mean = sum(sum(v) / len(v) for v in costs.values()) / len(costs)
+            first, second = (a_text, b_text) if mean <= 0 else (b_text, a_text)
+            oriented = {d: [c if mean <= 0 else -c for c in v] for d, v in costs.items()}
+            figures, verdict = across_datasets(oriented)
+            ahead = sum(sum(v) / len(v) < 0 for v in oriented.values())
+            verdict = verdict.replace("following it wins", f"{first} wins").replace("following it loses", f"{second} wins")
+            rows.append({"knob": knob, "choice": first, "against": second, "ahead in": f"{ahead} of {len(costs)} datasets",
+                         "difference (matched configs)": figures, "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def reference_verdicts(gain: pd.DataFrame) -> str:

@@ -199,6 +199,15 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
                  "each dataset's mean cost on matched configs (each config that follows it against the same config with "
                  "the rival choice, so both sides' bests are maxima over equally many configs), sign-flip tested at "
                  f"{stats.LEVEL:g}. " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
+    pairs = across.head_to_head(table, trials, metric)
+    if not pairs.empty:
+        text += ("\n### Choices head to head, across datasets\n\n"
+                 "Every two choices of a knob on matched configs (each config with one choice against the same config "
+                 "with the other), a dataset's cells averaged, sign-flip tested over datasets at "
+                 f"{stats.LEVEL:g} (the least p {len(set(table['dataset']))} datasets can give: "
+                 f"{stats.TESTS[stats.VERDICT_TEST].smallest_p(len(set(table['dataset']))):.3f}); the choice named first "
+                 "is ahead on average. A verdict is per row: among many rows of choices that do not matter, about one in "
+                 "twenty would read \"wins\".\n\n" + _md(pairs))
     if not loo.empty:
         m = loo_summary(loo)
         below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"

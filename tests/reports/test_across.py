@@ -158,7 +158,7 @@ def _tau_cell(dataset: str, scores: dict[tuple[float, float], float]) -> pd.Data
     """A regret table of one cell: (tau_t, tau_s) -> score, tau_s = tau_t written as its value."""
     keys = [json.dumps({"loss": "ce", "tau_t": t, "tau_s": s}, sort_keys=True) for t, s in scores]
     best = max(scores.values())
-    return pd.DataFrame({"cell": f"{dataset}/xs", "dataset": dataset, "config_key": keys,
+    return pd.DataFrame({"cell": f"{dataset}/xs", "dataset": dataset, "config_key": keys, "trial_key": keys,
                          "regret": [100 * (best - v) for v in scores.values()]})
 
 
@@ -167,13 +167,14 @@ def test_a_principle_is_costed_on_matched_configs() -> None:
     of tau_t != 1 pair up; the unmatched tau_t = 1 config is left out however well it did."""
     tau_s = next(p for p in across.PRINCIPLES if p.knob == "tau_s")
     cell = _tau_cell("A", {(1.0, 1.0): 0.90, (4.0, 1.0): 0.80, (4.0, 4.0): 0.83, (2.0, 1.0): 0.79, (2.0, 2.0): 0.75})
-    assert across.matched_cost(cell, tau_s) == pytest.approx(+3.0)  # 0.80 against 0.83: following it loses 3 points
+    assert across.matched_cost(cell, tau_s).cost == pytest.approx(+3.0)  # 0.80 against 0.83: following it loses 3 points
     assert across.matched_cost(_tau_cell("A", {(1.0, 1.0): 0.9}), tau_s) is None
     loss = next(p for p in across.PRINCIPLES if p.knob == "loss")
     mixed = pd.DataFrame({"cell": "A/xs", "dataset": "A", "regret": [0.0, 2.0, 5.0],
                           "config_key": [json.dumps(c, sort_keys=True) for c in
                                          ({"loss": "ce", "alpha": 1.0}, {"loss": "mse", "alpha": 0.5}, {"loss": "mse", "alpha": 1.0})]})
-    assert across.matched_cost(mixed, loss) == pytest.approx(-5.0)  # ce at alpha 1 against mse at alpha 1 only
+    mixed["trial_key"] = mixed["config_key"]
+    assert across.matched_cost(mixed, loss).cost == pytest.approx(-5.0)  # ce at alpha 1 against mse at alpha 1 only
 
 
 def test_the_test_across_datasets_holds_its_level_on_matched_configs() -> None:
@@ -196,7 +197,7 @@ def test_the_test_across_datasets_holds_its_level_on_matched_configs() -> None:
     for r in range(reps):
         for d in range(datasets):
             cell["regret"] = 100 * (scores[r, d].max() - scores[r, d])
-            matched[r, d] = across.matched_cost(cell, tau_s)
+            matched[r, d] = across.matched_cost(cell, tau_s).cost
     regret = 100 * (scores.max(axis=-1, keepdims=True) - scores)
     unmatched = regret[..., follows].min(axis=-1) - regret[..., ~follows].min(axis=-1)
     for costs in (matched, unmatched):
@@ -222,3 +223,23 @@ def test_a_principle_across_datasets_says_what_the_datasets_can_tell() -> None:
     _, verdict = across.across_datasets({str(d): [(-1) ** d * (1.0 + d / 10)] for d in range(7)})
     assert verdict == "cannot tell: inside the noise"
     assert across.across_datasets({}) == ("-", "not judged: no dataset with matched configs")
+
+
+def test_choices_head_to_head_across_datasets(trials: pd.DataFrame, table: pd.DataFrame) -> None:
+    h = across.head_to_head(table, trials).set_index(["knob", "choice"])
+    # loss: CE 10 points ahead in A, 5 behind in B: ahead on average, in 1 of 2 datasets; 2 cannot tell
+    ce = h.loc[("loss", "ce")]
+    assert ce["against"] == "mse" and ce["ahead in"] == "1 of 2 datasets"
+    assert ce["difference (matched configs)"].startswith("-2.50 points") and ce["verdict"].startswith("cannot tell: 2 dataset(s)")
+    # teacher: B trained t_hs as t_ll (not a choice there): A alone
+    assert h.loc[("teacher", "t_ll"), "ahead in"] == "1 of 1 datasets"
+    # seven datasets where DIST leads CE by a point or more: DIST wins, named first
+    rows = pd.concat([pd.DataFrame(_rows(f"D{d}", {("t_ll", "dist"): 0.80 + d / 100, ("t_ll", "ce"): 0.79 - d / 100}))
+                      for d in range(7)], ignore_index=True)
+    seven = across.head_to_head(regrets(PastSearches(rows, {}, "val_score", "max")), rows).set_index(["knob", "choice"])
+    dist = seven.loc[("loss", "dist")]
+    assert dist["against"] == "ce" and dist["ahead in"] == "7 of 7 datasets" and dist["verdict"] == "dist wins"
+    assert "sign-flip p 0.016, 7 dataset(s)" in dist["difference (matched configs)"]
+    # where both sides collapsed on every seed in every cell, nothing is compared
+    dead = rows.assign(val_collapsed=True)
+    assert across.head_to_head(regrets(PastSearches(dead, {}, "val_score", "max")), dead).empty
