@@ -218,10 +218,15 @@ def test_a_cell_distilled_from_two_teacher_models_stays_two_cells() -> None:
     two experiments, so two cells, each config's regret within its own."""
     from kdsearch.paths import DEFAULT_STORE
 
-    past = load_past([DEFAULT_STORE])
+    past = load_past([DEFAULT_STORE / "reproduction", DEFAULT_STORE / "pretrained"])
     xs = {c for c in past.trials.cell.unique() if c.startswith("rotten_tomatoes/xs")}
     assert xs == {"rotten_tomatoes/xs (teacher s)", "rotten_tomatoes/xs (teacher minilm-l6)"}
     assert "rotten_tomatoes/minilm-l6:first2" in set(past.trials.cell)  # only one teacher: named as before
+    # the whole store adds the breadth study's (MiniLM again, another sample): the teacher no longer
+    # tells the three apart, so each is named by its searches
+    every = {c for c in load_past([DEFAULT_STORE]).trials.cell.unique() if c.startswith("rotten_tomatoes/")}
+    assert {"rotten_tomatoes/xs (reproduction)", "rotten_tomatoes/xs (pretrained)", "rotten_tomatoes/xs (breadth-rotten_tomatoes)",
+            "rotten_tomatoes/minilm-l6:first2 (pretrained)", "rotten_tomatoes/minilm-l6:first2 (breadth-rotten_tomatoes)"} <= every
 
 
 def test_a_latency_budget_keeps_the_students_that_serve_within_it(store: Path, capsys: pytest.CaptureFixture) -> None:
