@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kdsearch.knobs import BASELINE_STAGE, PAPER
+from kdsearch.knobs import BASELINE_STAGE, PAPER, Value
 from kdsearch.recommend.nearest import rank_configs, without_epochs
 from kdsearch.results import stats
 from kdsearch.results.store import without_copies
@@ -36,11 +36,11 @@ from kdsearch.results.summary import collapsed_configs, picks, seed_scores
 class Principle:
     knob: str
     follows: str  # the paper's choice, as the column reads
-    against: tuple[str, ...]  # the choices it was claimed over (none: any other)
+    against: tuple[Value, ...]  # the choices it was claimed over (none: any other), as a config holds them
     claim: str
     rival_from: str | None = None  # the knob whose value a config's rival takes instead (tau_s: tau_t's)
 
-    def rivals(self, config: dict) -> list[dict]:
+    def rivals(self, config: dict[str, Value]) -> list[dict[str, Value]]:
         """The configs that differ from ``config`` (one that follows the principle) only in
         making the rival choice: its matched counterparts."""
         if self.rival_from is not None:
