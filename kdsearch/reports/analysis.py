@@ -175,6 +175,44 @@ def recommended_rank(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd
     return pd.DataFrame(rows)
 
 
+def racing(trials: pd.DataFrame, metric: str, mode: str = "max") -> pd.DataFrame:
+    """Per raced cell (rows with ``race_round`` > 0): where racing's extra seeds went and what
+    they changed. The configs it raced and their trials, its share of the cell's trial-epochs,
+    the most seeds a config reached; where the best named at the end ranked on the first seeds
+    alone (1: racing kept the leader); and the best set at the end (the configs a paired test
+    still cannot separate from the best, :func:`kdsearch.results.stats.best_set`). Copies (t_hs
+    trained as t_ll) are one training and counted once; configs that collapsed on every seed
+    rank nowhere (as the best is named, :func:`kdsearch.results.summary.picks`)."""
+    if "race_round" not in trials:
+        return pd.DataFrame()
+    kd = without_copies(trials[(trials["status"] == "ok") & (trials["stage"] != BASELINE_STAGE)])
+    rounds = kd["race_round"].fillna(0)
+    named = picks(trials, metric, mode)
+    dead = collapsed_configs(trials, metric)
+    sign = 1.0 if mode == "max" else -1.0
+    rows = []
+    for cell in sorted(kd.loc[rounds > 0, "cell"].unique()):
+        g, r = kd[kd["cell"] == cell], rounds[kd["cell"] == cell]
+        first, more = g[r == 0], g[r > 0]
+        live = [k for k in g["config_key"].drop_duplicates() if (str(cell), str(k)) not in dead]
+        on_first = (sign * first[first["config_key"].isin(live)].groupby("config_key")[metric].mean()).sort_values(
+            ascending=False, kind="stable")
+        p = named.get(str(cell))
+        scores = {str(k): seed_scores(trials, str(cell), str(k), metric) for k in live}
+        best = stats.best_set({k: v for k, v in scores.items() if v}, sign=sign)
+        epochs = g["epochs_run"].fillna(1) if "epochs_run" in g else pd.Series(1.0, index=g.index)
+        rows.append({
+            "cell": cell, "configs": int(g["config_key"].nunique()), "first seeds": int(first["seed"].nunique()),
+            "raced configs": int(more["config_key"].nunique()), "raced trials": int(len(more)),
+            "rounds": int(r.max()), "share of trial-epochs": float(epochs[r > 0].sum() / epochs.sum()),
+            "most seeds": int(g.groupby("config_key")["seed"].nunique().max()),
+            "best's rank on the first seeds": (int(list(on_first.index).index(p.best_key)) + 1
+                                               if p is not None and p.best_key in on_first.index else "-"),
+            "best set at the end": f"{len(best)} of {len(live)}",
+        })
+    return pd.DataFrame(rows)
+
+
 def kd_gain(trials: pd.DataFrame, metric: str, mode: str = "max", confirm: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per cell: the best KD config against no KD, with fidelity. On the selection seeds the
     gain is optimistic (the best was picked on them) and gets no verdict; the verdict comes

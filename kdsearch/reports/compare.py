@@ -364,6 +364,14 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
              f"at any seed count, it cannot reject below {stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds), with the "
              "paired t interval beside it. The same against the paper's recommendation (t_ll, ce, tau_s = 1 at its best "
              "alpha and tau_t).\n\n" + _md(gain))
+    raced = analysis.racing(trials, metric, mode)
+    if not raced.empty:
+        text += ("\n## Racing: where the extra seeds went\n\n"
+                 "After the first seeds, the leader and the configs a paired t test could not yet separate from it got "
+                 "more seeds (race rounds). Per cell: the configs raced and their trials, racing's share of the cell's "
+                 "trial-epochs, the most seeds a config reached, where the best named at the end ranked on the first "
+                 "seeds alone (1: racing kept the leader), and how many configs a paired t test (Holm-adjusted, at "
+                 f"{stats.LEVEL:g}) still cannot separate from the best at the end.\n\n" + _md(raced))
     text += "\n## Best against runner-up, seed by seed (selection seeds)\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)
