@@ -29,6 +29,12 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _section(heading: str, prose: str, table: pd.DataFrame) -> str:
+    """A report section: its heading (with its ``#``s), a paragraph saying how to read it, its
+    table; nothing when the table is empty (the searches did not do what it reads)."""
+    return "" if table.empty else f"\n{heading}\n\n{prose}\n\n{_md(table)}"
+
+
 def _cell(column: str, v: object) -> str:
     # NaN stays visible in a report ("nan"): a missing number there is itself a finding
     return "nan" if isinstance(v, float) and v != v else format_value(column, v)
@@ -190,24 +196,21 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
     avg = across.best_on_average(table, copies=across.copies_everywhere(trials))
     if not avg.empty:
         text += ("\n### The configs best on average (each cell one vote)\n\n" + _md(avg))
-    rules = across.principles(table, trials, metric)
-    if not rules.empty:
-        text += ("\n### The paper's three principles\n\n"
-                 "What following each costs in a cell: the best config that follows it minus the best that does not "
-                 "(points; below 0 it wins). It holds where that is at most the cell's seed noise (median seed std of its "
-                 "configs). Across datasets (a dataset's cells share its data and teacher, so the dataset is the unit): "
-                 "each dataset's mean cost on matched configs (each config that follows it against the same config with "
-                 "the rival choice, so both sides' bests are maxima over equally many configs), sign-flip tested at "
-                 f"{stats.LEVEL:g}. " + across.reference_verdicts(gain) + "\n\n" + _md(rules))
-    pairs = across.head_to_head(table, trials, metric)
-    if not pairs.empty:
-        text += ("\n### Choices head to head, across datasets\n\n"
-                 "Every two choices of a knob on matched configs (each config with one choice against the same config "
-                 "with the other), a dataset's cells averaged, sign-flip tested over datasets at "
-                 f"{stats.LEVEL:g} (the least p {len(set(table['dataset']))} datasets can give: "
-                 f"{stats.TESTS[stats.VERDICT_TEST].smallest_p(len(set(table['dataset']))):.3f}); the choice named first "
-                 "is ahead on average. A verdict is per row: among many rows of choices that do not matter, about one in "
-                 "twenty would read \"wins\".\n\n" + _md(pairs))
+    n = len(set(table["dataset"]))
+    text += _section("### The paper's three principles",
+                     "What following each costs in a cell: the best config that follows it minus the best that does not "
+                     "(points; below 0 it wins). It holds where that is at most the cell's seed noise (median seed std of "
+                     "its configs). Across datasets (a dataset's cells share its data and teacher, so the dataset is the "
+                     "unit): each dataset's mean cost on matched configs (each config that follows it against the same "
+                     "config with the rival choice, so both sides' bests are maxima over equally many configs), sign-flip "
+                     f"tested at {stats.LEVEL:g}. " + across.reference_verdicts(gain), across.principles(table, trials, metric))
+    text += _section("### Choices head to head, across datasets",
+                     "Every two choices of a knob on matched configs (each config with one choice against the same config "
+                     "with the other), a dataset's cells averaged, sign-flip tested over datasets at "
+                     f"{stats.LEVEL:g} (the least p {n} datasets can give: "
+                     f"{stats.TESTS[stats.VERDICT_TEST].smallest_p(n):.3f}); the choice named first "
+                     "is ahead on average. A verdict is per row: among many rows of choices that do not matter, about one in "
+                     "twenty would read \"wins\".", across.head_to_head(table, trials, metric))
     if not loo.empty:
         m = loo_summary(loo)
         below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"
@@ -364,14 +367,12 @@ def compare(folders: Sequence[str | Path], out: str | Path, metric: str = "val_s
              f"at any seed count, it cannot reject below {stats.TESTS[stats.VERDICT_TEST].seeds_needed()} seeds), with the "
              "paired t interval beside it. The same against the paper's recommendation (t_ll, ce, tau_s = 1 at its best "
              "alpha and tau_t).\n\n" + _md(gain))
-    raced = analysis.racing(trials, metric, mode)
-    if not raced.empty:
-        text += ("\n## Racing: where the extra seeds went\n\n"
-                 "After the first seeds, the leader and the configs a paired t test could not yet separate from it got "
-                 "more seeds (race rounds). Per cell: the configs raced and their trials, racing's share of the cell's "
-                 "trial-epochs, the most seeds a config reached, where the best named at the end ranked on the first "
-                 "seeds alone (1: racing kept the leader), and how many configs a paired t test (Holm-adjusted, at "
-                 f"{stats.LEVEL:g}) still cannot separate from the best at the end.\n\n" + _md(raced))
+    text += _section("## Racing: where the extra seeds went",
+                     "After the first seeds, the leader and the configs a paired t test could not yet separate from it got "
+                     "more seeds (race rounds). Per cell: the configs raced and their trials, racing's share of the cell's "
+                     "trial-epochs, the most seeds a config reached, where the best named at the end ranked on the first "
+                     "seeds alone (1: racing kept the leader), and how many configs a paired t test (Holm-adjusted, at "
+                     f"{stats.LEVEL:g}) still cannot separate from the best at the end.", analysis.racing(trials, metric, mode))
     text += "\n## Best against runner-up, seed by seed (selection seeds)\n\n" + _md(pd.DataFrame(pairs))
     text += "\n## Cost of a sub-optimal choice (other knobs at the cell's best)\n\n" + _md(costs)
     text += "\n## The paper's recommendation (t_ll, ce, tau_s = 1)\n\n" + _md(rank)
