@@ -284,4 +284,44 @@ def key(config: Mapping[str, Any]) -> str:
     A knob added after the paper's is named only off its default, so a row of an older search
     and a new row of the same behaviour share a key."""
     out = {k: v for k, v in effective(config).items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    if out.get("tau_schedule") == "anneal" and "tau_s" in out and _get(config, "tau_s") == SAME:
+        out["tau_s"] = SAME  # annealed, tau_s: same moves with tau_t; a fixed tau_s of tau_t's value stays put
     return json.dumps(out, sort_keys=True)
+
+
+# -- configs that train one student under two names ------------------------------------------
+@dataclass(frozen=True)
+class SameTraining:
+    """Configs for which ``when`` holds train the same student as with ``values`` set instead:
+    an identity of the objective, not of this cell's data (those are a cell's aliases, as t_hs =
+    t_ll on one checkpoint). A search runs such a config once and records the other name as a
+    copy (``duplicate_of``), so a per-knob table still shows every choice."""
+    why: str
+    when: Callable[[Mapping[str, Value]], bool]
+    values: Config
+
+
+def _temperature_cancels(c: Mapping[str, Value]) -> bool:
+    if not output_kd(c) or _get(c, "loss") != "mse" or not bool(_get(c, "tau2_scaling")):
+        return False
+    if _get(c, "tau_s") == SAME:  # follows tau_t at every step, annealed or not
+        return True
+    # an explicit tau_s stays put while an annealed tau_t moves: equal only when constant
+    return float(_get(c, "tau_s")) == float(_get(c, "tau_t")) and _get(c, "tau_schedule") == "constant"
+
+
+SAME_TRAINING: tuple[SameTraining, ...] = (
+    SameTraining("MSE on logits with tau2_scaling and tau_s = tau_t is ((z_s - z_t) / tau)^2 * tau^2 = (z_s - z_t)^2: "
+                 "every such tau_t trains as tau_t = tau_s = 1 (float rounding aside)",
+                 _temperature_cancels, {"tau_t": 1.0, "tau_s": 1.0, "tau_schedule": "constant"}),
+)
+
+
+def trains_as(config: Mapping[str, Value]) -> Config:
+    """The config ``config`` trains the same student as, by the rules of :data:`SAME_TRAINING`
+    (itself when none holds). Keys of it are equal for configs that train one student."""
+    out = dict(config)
+    for rule in SAME_TRAINING:
+        if rule.when(out):
+            out.update(rule.values)
+    return out

@@ -376,8 +376,9 @@ def duplicate_configs(folder: Path, spec: Spec, p: Plan) -> list[tuple[str, dict
 
 
 def record_duplicates(folder: Path, spec: Spec, p: Plan, log: Callable[..., None] = print) -> None:
-    """Rows for configs that were asked but trained as another (t_hs = t_ll on one checkpoint):
-    the other config's rows, with this one's knobs and ``duplicate_of`` naming the row it copies."""
+    """Rows for configs that were asked but trained as another (t_hs = t_ll on one checkpoint, or an
+    identity of the objective: ``knobs.SAME_TRAINING``): the other config's rows, with this one's
+    knobs and ``duplicate_of`` naming the row it copies."""
     store = ResultStore(folder)
     trials = store.trials()
     if trials.empty:
@@ -400,8 +401,8 @@ def record_duplicates(folder: Path, spec: Spec, p: Plan, log: Callable[..., None
                              "duplicate_of": r["trial_id"], "stage": dup.get("stage", r.get("stage"))})
     if rows:
         store.append(TRIALS, rows)
-        log(f"== {len(rows)} row(s) of configs that trained as another (the same teacher checkpoint): run once, "
-            "recorded for both, marked duplicate_of")
+        log(f"== {len(rows)} row(s) of configs that train the same student as another (t_hs and t_ll one checkpoint, "
+            "or MSE with tau_s = tau_t at any tau_t): run once, recorded for both, marked duplicate_of")
 
 
 def record_costs(folder: Path, trained: Spec, p: Plan, log: Callable[..., None] = print) -> None:

@@ -75,12 +75,13 @@ class Space:
 
     def key(self, config: Mapping[str, Value]) -> str:
         """The config's :func:`kdsearch.knobs.key`, knobs it leaves out at their spec values, and
-        aliased values (this cell's) as the value they train the same as."""
+        aliased values (this cell's) as the value they train the same as, then the objective's
+        identities (:func:`kdsearch.knobs.trains_as`: MSE's temperature cancelling)."""
         full = {**self.base, **config}
         for name, same in self.aliases.items():
             if full.get(name) in same:
                 full[name] = same[full[name]]
-        return knobs.key(full)
+        return knobs.key(knobs.trains_as(full))
 
     def raw_key(self, config: Mapping[str, Value]) -> str:
         """The config's own key, aliases not applied: two configs that train alike differ here."""
@@ -93,7 +94,8 @@ class Space:
 
     def grid_with_duplicates(self) -> Iterator[tuple[Config, list[Config]]]:
         """Each behaviour once, with the other configs of the grid that train the same because of an
-        alias (not those a knob's ``applies`` makes equal: their rows would be one config twice)."""
+        alias or an identity of the objective (not those a knob's ``applies`` makes equal: their
+        rows would be one config twice)."""
         if self.ranges:
             raise SpecError(f"search.space: grid needs choices, not ranges ({', '.join(self.ranges)})")
         first: dict[str, Config] = {}

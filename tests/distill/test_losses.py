@@ -63,6 +63,33 @@ def test_objective_mixes_terms_and_scales_by_tau_s_squared() -> None:
         assert float(got) == pytest.approx(0.7 * ce_y + 0.3 * scale * hand_kl(2.0, 3.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("logit_std", [False, True])
+def test_each_same_training_identity_holds_for_the_objective(logit_std: bool) -> None:
+    """knobs.SAME_TRAINING: configs a search runs once train on the same objective, value and
+    gradient, and a config the rule leaves alone does not."""
+    from kdsearch.knobs import SAME_TRAINING, resolve, trains_as
+
+    def objective(config: dict) -> tuple[float, torch.Tensor]:
+        c = resolve(config)
+        zs = ZS.clone().requires_grad_(True)
+        got = kd_objective(zs, Y, ZT, alpha=c["alpha"], loss=c["loss"], tau_t=c["tau_t"], tau_s=c["tau_s"],
+                           tau2_scaling=c.get("tau2_scaling", True), logit_std=logit_std)
+        got.backward()
+        return float(got), zs.grad
+
+    assert SAME_TRAINING
+    for tau in (0.5, 2.0, 4.0):
+        config = {"loss": "mse", "alpha": 0.7, "tau_t": tau, "tau_s": "same"}
+        assert trains_as(config) != config
+        value, grad = objective(config)
+        value_as, grad_as = objective(trains_as(config))
+        assert value == pytest.approx(value_as, rel=1e-5) and torch.allclose(grad, grad_as, rtol=1e-5, atol=1e-7)
+    other = {"loss": "mse", "alpha": 0.7, "tau_t": 4.0, "tau_s": 1.0}
+    assert trains_as(other) == other and objective(other)[0] != pytest.approx(objective({**other, "tau_t": 1.0})[0], rel=1e-3)
+    unscaled = {"loss": "mse", "alpha": 0.7, "tau_t": 4.0, "tau_s": "same", "tau2_scaling": False}
+    assert trains_as(unscaled) == unscaled
+
+
 def test_alpha_zero_is_plain_cross_entropy_and_needs_no_teacher() -> None:
     got = kd_objective(ZS, Y, None, alpha=0.0)
     assert float(got) == pytest.approx(float(F.cross_entropy(ZS, Y)), rel=1e-6)

@@ -49,8 +49,9 @@ def run(s: GreedySearcher, score: Callable[[dict], float]) -> list[list[dict]]:
 
 
 def test_stages_follow_the_spec_order_with_winners_fixed() -> None:
-    # t_hs, mse, alpha 1.0, tau_t 4, tau_s same are each better by a margin
-    gains = {"teacher": {"t_hs": 0.01}, "loss": {"mse": 0.02}, "alpha": {1.0: 0.03}, "tau_t": {4.0: 0.04}, "tau_s": {"same": 0.05}}
+    # t_hs, ce, alpha 1.0, tau_t 4, tau_s same are each better by a margin (with mse, tau_s same would
+    # train as tau_t 1: see the next test)
+    gains = {"teacher": {"t_hs": 0.01}, "loss": {"ce": 0.02}, "alpha": {1.0: 0.03}, "tau_t": {4.0: 0.04}, "tau_s": {"same": 0.05}}
 
     def score(c: dict) -> float:
         return 0.7 + sum(g.get(c[k], 0.0) for k, g in gains.items())
@@ -66,8 +67,21 @@ def test_stages_follow_the_spec_order_with_winners_fixed() -> None:
     ]
     assert stages[1][0]["teacher"] == "t_hs" and stages[3][0]["alpha"] == 1.0
     assert [c["stage"] for st in stages for c in st] == [0, 0, 1, 2, 3, 3, 4]
-    assert s.best == {"teacher": "t_hs", "loss": "mse", "alpha": 1.0, "tau_t": 4.0, "tau_s": "same"}
-    assert len(s.results) == 7  # greedy: 7 configs where the full grid has 40
+    assert s.best == {"teacher": "t_hs", "loss": "ce", "alpha": 1.0, "tau_t": 4.0, "tau_s": "same"}
+    assert len(s.results) == 7  # greedy: 7 configs where the full grid has 32
+
+
+def test_mse_with_tau_s_same_is_not_rerun_at_another_tau_t() -> None:
+    """MSE with tau_s = tau_t trains as at tau_t 1 (knobs.SAME_TRAINING): greedy's tau_s stage
+    finds it already run (the alpha stage ran it at tau_t 1) and asks nothing new."""
+    gains = {"loss": {"mse": 0.02}, "tau_t": {4.0: 0.04}}
+    s = searcher()
+    stages = run(s, lambda c: 0.7 + sum(g.get(c[k], 0.0) for k, g in gains.items()))
+    assert len(stages) == 4 and all(c["tau_s"] == 1.0 for st in stages for c in st)
+    assert s.best == {"teacher": "t_ll", "loss": "mse", "alpha": 0.5, "tau_t": 4.0, "tau_s": 1.0}
+    (dup,) = s.duplicates  # recorded as asked: the runner writes its rows, a copy of the run's
+    assert dup["duplicate"]["tau_s"] == "same" and dup["duplicate"]["tau_t"] == 4.0
+    assert dup["config"]["tau_s"] == 1.0 and dup["config"]["tau_t"] == 1.0 and dup["config"]["loss"] == "mse"
 
 
 def test_tau_s_same_at_tau_t_1_is_not_rerun() -> None:

@@ -321,6 +321,25 @@ def test_t_hs_and_t_ll_on_one_checkpoint_train_once_and_record_both(local_ray: S
     assert len(trained) == len(kd) - len(copies) + 2  # + the baseline's two seeds
 
 
+def test_mse_at_two_temperatures_with_tau_s_same_trains_once(local_ray: SharedRay, tiny_spec: Callable[..., Path],
+                                                          tmp_path: Path) -> None:
+    """MSE on logits with tau^2 scaling and tau_s = tau_t is one objective at every tau_t
+    (knobs.SAME_TRAINING): the grid trains it once and records a row for each tau_t asked."""
+    spec = load_spec(tiny_spec(name="msetau", seeds="[0]", train=256),
+                     ["search.method=grid", "search.space={tau_t: [2.0, 4.0], tau_s: [1.0, same]}", "distill.loss=mse",
+                      "search.baseline=false", "search.costs=false"])
+    logged: list[str] = []
+    folder = run_search(spec, log=lambda *a, **k: logged.append(" ".join(map(str, a))))
+    trials = pd.read_parquet(folder / "trials.parquet")
+    trained = set(pd.read_parquet(folder / "epochs.parquet").trial_id)
+    assert len(trials) == 4 and len(trained) == 3  # tau_s 1 at tau_t 2 and 4, and one training for tau_s same
+    (copy,) = trials[trials.duplicate_of.notna()].itertuples()
+    source = trials[trials.trial_id == copy.duplicate_of].iloc[0]
+    assert copy.tau_s_same and source.tau_s_same and {copy.tau_t, source.tau_t} == {2.0, 4.0}
+    assert copy.val_score == source.val_score and copy.config_key != source.config_key and copy.trial_id not in trained
+    assert any("MSE with tau_s = tau_t" in line for line in logged)
+
+
 def test_an_explicit_list_of_configs_and_the_new_objectives(local_ray: SharedRay, tiny_spec: Callable[..., Path],
                                                             tmp_path: Path) -> None:
     """search.configs: exactly these arms; DIST, z-scored logits and annealing recorded, exported,

@@ -15,6 +15,14 @@ def test_same_student_temperature_at_tau_t_1_is_tau_s_1() -> None:
     assert key({"tau_t": 2.0, "tau_s": "same"}) != key({"tau_t": 2.0, "tau_s": 1.0})
 
 
+def test_an_annealed_tau_s_same_is_not_a_fixed_tau_s() -> None:
+    """Annealed, tau_s: same follows tau_t down to 1 and a fixed tau_s of the same value stays put:
+    two trainings, two keys; at a constant temperature they are one."""
+    anneal = {"tau_t": 4.0, "tau_schedule": "anneal"}
+    assert key({**anneal, "tau_s": "same"}) != key({**anneal, "tau_s": 4.0})
+    assert key({"tau_t": 4.0, "tau_s": "same"}) == key({"tau_t": 4.0, "tau_s": 4.0})
+
+
 def test_alpha_0_ignores_the_kd_knobs() -> None:
     assert key({"alpha": 0.0, "loss": "mse", "tau_t": 4.0}) == key({"alpha": 0, "loss": "ce"})
     assert effective({"alpha": 0.0, "learning_rate": 1e-3}) == {"alpha": 0.0, "learning_rate": 1e-3}
@@ -22,10 +30,32 @@ def test_alpha_0_ignores_the_kd_knobs() -> None:
 
 def test_paper_grid_has_each_behaviour_once() -> None:
     space = Space(PAPER, DistillSpec(), OptimSpec())
-    grid = list(space.grid())
-    # 2 * 2 * 2 * 3 * 2 = 48 combinations, of which tau_s=same at tau_t=1 repeats tau_s=1
-    assert len(grid) == 48 - 2 * 2 * 2
-    assert len({key(c) for c in grid}) == len(grid)
+    grid = list(space.grid_with_duplicates())
+    # 2 * 2 * 2 * 3 * 2 = 48 combinations, of which tau_s=same at tau_t=1 repeats tau_s=1 (one config:
+    # no row of its own), and MSE with tau_s=same at tau_t 2 and 4 trains as at tau_t 1 (a copy each)
+    assert len(grid) == 48 - 2 * 2 * 2 - 2 * 2 * 2
+    assert len({key(c) for c, _ in grid}) == len(grid) == len({space.key(c) for c, _ in grid})
+    copies = [d for _, dups in grid for d in dups]
+    assert len(copies) == 2 * 2 * 2 and all(d["loss"] == "mse" and d["tau_s"] == "same" and d["tau_t"] != 1.0 for d in copies)
+    for config, dups in grid:  # each copy names the config that runs: MSE, tau_t = tau_s = 1, its other knobs
+        for d in dups:
+            assert config == {**d, "tau_t": 1.0, "tau_s": 1.0}
+
+
+def test_mse_temperatures_cancel_only_where_they_are_equal_at_every_step() -> None:
+    space = Space({"loss": ["ce", "mse"], "tau_t": [2.0, 4.0], "tau_s": [1.0, 4.0, "same"]}, DistillSpec(), OptimSpec())
+    mse = {"loss": "mse", "tau_t": 4.0}
+    assert space.key({**mse, "tau_s": "same"}) == space.key({**mse, "tau_s": 4.0}) == space.key({**mse, "tau_t": 2.0, "tau_s": "same"})
+    assert space.key({**mse, "tau_s": 1.0}) != space.key({**mse, "tau_s": "same"})  # z_s - z_t / 4: another target
+    assert space.key({"loss": "ce", "tau_t": 4.0, "tau_s": "same"}) != space.key({"loss": "ce", "tau_t": 2.0, "tau_s": "same"})
+    assert space.raw_key({**mse, "tau_s": "same"}) != space.raw_key({**mse, "tau_t": 2.0, "tau_s": "same"})  # rows keep their names
+    # without tau^2 scaling the distance shrinks with tau: no identity
+    unscaled = Space({"tau_t": [2.0, 4.0]}, DistillSpec(loss="mse", tau_s="same", tau2_scaling=False), OptimSpec())
+    assert unscaled.key({"tau_t": 2.0}) != unscaled.key({"tau_t": 4.0})
+    # annealed: tau_s: same moves with tau_t (one training), a fixed tau_s = tau_t does not
+    anneal = Space({"tau_t": [2.0, 4.0], "tau_s": [4.0, "same"]}, DistillSpec(loss="mse", tau_schedule="anneal"), OptimSpec())
+    assert anneal.key({"tau_t": 2.0, "tau_s": "same"}) == anneal.key({"tau_t": 4.0, "tau_s": "same"})
+    assert anneal.key({"tau_t": 4.0, "tau_s": 4.0}) != anneal.key({"tau_t": 2.0, "tau_s": "same"})
 
 
 def test_defaults_are_the_spec_values_when_among_the_choices() -> None:
