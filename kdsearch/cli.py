@@ -174,7 +174,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if past.unfinished:
         print(f"  not finished (running or stopped; their rows so far are read): {', '.join(past.unfinished)}")
     if args.loo:
-        from kdsearch.recommend import feature_ablation, loo_summary
+        from kdsearch.recommend import feature_ablation, loo_summary, loo_verdict
 
         table = leave_one_out(past, args.student)
         print("\nleave one dataset out: each dataset's config from the others, costed on it (points of the metric "
@@ -182,9 +182,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               "alpha and tau_t, average = the config best on average over the others, no_kd = not distilling):")
         print(format_table(table.to_dict("records")))
         m = loo_summary(table)
-        print(f"mean over the {m['datasets']} of {m['of']} dataset(s) where all three were run: recommender "
-              f"{m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f} points (no KD {m['no_kd']:.2f}): "
-              + ("the recommender is below both" if m["beats both"] else "the recommender is NOT below both baselines"))
+        print(f"mean over the {m['datasets']} of {m['of']} dataset(s) where all three were run: {loo_verdict(m)}")
         print("\nwhich features carry it (mean recommender cost with each left out; a rise means it carries the answer):")
         print(format_table(feature_ablation(past, args.student, table).to_dict("records")))
         return 0

@@ -125,6 +125,26 @@ def test_leave_one_out_costs_match_the_parquet(store: Path) -> None:
     assert m["beats both"] == (m["recommender"] < min(m["paper"], m["average"]))
 
 
+def test_the_leave_one_out_summary_tests_the_recommender_over_datasets() -> None:
+    """A mean below both baselines is not a verdict: each difference is sign-flip tested with the
+    dataset the unit, and a hundredth of a point, or too few datasets, reads "cannot tell"."""
+    from kdsearch.recommend import loo_verdict
+
+    six = pd.DataFrame({"dataset": list("abcdef"), "recommender": [1.0, 2.0, 0.5, 1.5, 0.0, 3.0],
+                        "paper": [3.0, 4.5, 2.0, 2.5, 1.0, 6.0], "average": [1.0, 2.1, 0.5, 1.5, 0.0, 3.0],
+                        "no_kd": [9.0] * 6})
+    m = loo_summary(six)
+    assert m["beats both"] and m["vs paper"].real and m["vs paper"].mean == pytest.approx(-11 / 6)
+    assert m["vs paper"].p == pytest.approx(2 / 2**6) and not m["vs average"].real
+    said = loo_verdict(m)
+    assert "below both" in said and "against the paper -1.83 points, sign-flip p 0.031 (the recommender costs less, for real)" in said
+    assert "against the average -0.02 points, sign-flip p 1.000 (cannot tell: inside the noise)" in said
+    worse = loo_summary(six.assign(recommender=six.paper + 1.0))
+    assert not worse["beats both"] and "the recommender costs more, for real" in loo_verdict(worse)
+    three = loo_summary(six.iloc[:3].assign(no_kd=float("nan")))
+    assert "3 dataset(s) can never show a difference at 0.05; 6 can" in loo_verdict(three) and "no KD" not in loo_verdict(three)
+
+
 def test_feature_ablation_leaves_each_feature_out(store: Path) -> None:
     past = load_past([store])
     ab = feature_ablation(past)

@@ -176,7 +176,7 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
     """Sultan et al.'s analyses over the cells (:mod:`kdsearch.reports.across`), and with three
     datasets or more the recommender left one dataset out at a time (:mod:`kdsearch.recommend`);
     the text and its plot (``across.png``)."""
-    from kdsearch.recommend import feature_ablation, leave_one_out, load_past, loo_summary, regrets
+    from kdsearch.recommend import feature_ablation, leave_one_out, load_past, loo_summary, loo_verdict, regrets
     from kdsearch.reports import across
 
     if trials["cell"].nunique() < 2:
@@ -213,14 +213,12 @@ def across_section(folders: Sequence[str | Path], trials: pd.DataFrame, metric: 
                      "twenty would read \"wins\".", across.head_to_head(table, trials, metric))
     if not loo.empty:
         m = loo_summary(loo)
-        below = "is below both baselines" if m["beats both"] else "is NOT below both baselines"
         text += ("\n## The recommender, one dataset left out at a time\n\n"
                  "Each dataset's config is recommended from the others, then costed on it (points below its best config, "
                  "mean over its cells): `recommender` (nearest datasets by their features), `paper` (t_ll, ce, tau_s 1 at "
                  "the alpha and tau_t best on average over the others), `average` (the config best on average over the "
                  f"others), `no_kd` (not distilling). Mean over the {m['datasets']} of {m['of']} datasets where all three "
-                 f"were run: recommender {m['recommender']:.2f}, paper {m['paper']:.2f}, average {m['average']:.2f}: the "
-                 f"recommender {below}.\n\n" + _md(loo))
+                 f"were run: {loo_verdict(m)}.\n\n" + _md(loo))
         text += ("\nWhich features carry it: the mean recommender cost with each feature left out (a rise: it carries "
                  "the answer) and how many datasets get another config without it.\n\n" + _md(feature_ablation(past, full=loo)))
     return text, [_across_plot(costs, loo, out)]
