@@ -61,16 +61,35 @@ def _own_pids(temp_dir: Path, gcs_port: int) -> list[int]:
     return mine
 
 
-def start(state: Path, cpus: int | None, dashboard_port: int) -> dict:
+def start(state: Path, cpus: int | None, dashboard_port: int, attempts: int = 2) -> dict:
     if (state / "cluster.json").is_file():
         info = json.loads((state / "cluster.json").read_text())
         if _alive(info["pids"]):
             raise SystemExit(f"local_cluster: already running ({info['jobs_address']}); stop it first")
     state.mkdir(parents=True, exist_ok=True)
-    temp_dir = state / "ray"
     if _env()["RAY_AUTH_MODE"] == "token":
         subprocess.run([*_ray(), "get-auth-token", "--generate"], env=_env(), check=True, stdout=subprocess.DEVNULL)
-    gcs_port = _free_port()
+    for attempt in range(1, attempts + 1):
+        info, agent_port = _start_head(state, cpus, dashboard_port)
+        _wait_for_jobs(info["jobs_address"])
+        # the job server answers before the head's job agent is up, and an agent that could not
+        # start (a port Ray chose for it taken meanwhile) never comes: every submit would then
+        # fail with "No available agent" (seen once in CI). Wait for it; a head without one is
+        # stopped and started again on fresh ports.
+        problem = _wait_for_agent(agent_port, Path(info["temp_dir"]))
+        if problem is None:
+            return info
+        stop(state)
+        if attempt == attempts:
+            raise SystemExit(f"local_cluster: the head's job agent did not start ({problem})")
+        print(f"local_cluster: the head's job agent did not start ({problem}); starting the head again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def _start_head(state: Path, cpus: int | None, dashboard_port: int) -> tuple[dict, int]:
+    """``ray start --head`` on loopback; the cluster's info (written to ``cluster.json``) and the agent's port."""
+    temp_dir = state / "ray"
+    gcs_port, agent_port = _free_port(), _free_port()
     cmd = [
         *_ray(), "start", "--head",
         "--node-ip-address=127.0.0.1",
@@ -79,7 +98,7 @@ def start(state: Path, cpus: int | None, dashboard_port: int) -> dict:
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         # fixed defaults (52365, 10001) collide with another Ray, or one still shutting down
-        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-listen-port={agent_port}",
         f"--ray-client-server-port={_free_port()}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
@@ -100,8 +119,21 @@ def start(state: Path, cpus: int | None, dashboard_port: int) -> dict:
         "started": time.time(),
     }
     (state / "cluster.json").write_text(json.dumps(info, indent=1))
-    _wait_for_jobs(info["jobs_address"])
-    return info
+    return info, agent_port
+
+
+def _wait_for_agent(port: int, temp_dir: Path, timeout_s: float = 90) -> str | None:
+    """None once the job agent listens on ``port``; else what its log last said (or that it said nothing)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return None
+        except OSError:
+            time.sleep(0.5)
+    logs = sorted(temp_dir.glob("session_*/logs/dashboard_agent.*"))
+    said = [line for f in logs for line in f.read_text(errors="replace").splitlines() if "Error" in line or "rror:" in line]
+    return said[-1].strip() if said else f"nothing listens on its port {port} after {timeout_s:.0f} s"
 
 
 def _wait_for_jobs(address: str, timeout_s: float = 60) -> None:

@@ -599,12 +599,36 @@ def grid_points(spec: Spec, p: Plan) -> list[dict[str, Any]]:
     return points
 
 
-def _run_config(spec: Spec, p: Plan, folder: Path, search_id: str, name: str, log: Callable[..., None]) -> Any:
-    """Where Tune keeps its state (``name`` under the search folder), and the driver's callbacks."""
-    s = spec.search
+class _StagingRace(logging.Filter):
+    """Drops Tune's traceback for a snapshot of its state that lost a race with the next one.
+
+    Tune copies its staging folder to the search folder in a background thread while the
+    driver writes the next snapshot there (a searcher's state goes to a ``.<uuid>-tmp-`` file,
+    then is renamed): the copy can list the temporary file and not find it (seen in CI on
+    Ctrl-C). Nothing is lost: the snapshot that renamed it is copied next, and Tune's last one,
+    at the end of every fit, is waited for. Any other failed save still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, FileNotFoundError) and "-tmp-" in str(exc)
+                    and record.getMessage().startswith("Saving experiment state"))
+
+
+def quiet_tune_logs() -> None:
+    """Silence Tune's log lines that are noise here, once per process."""
     # a population reports its members' metrics as a list under ``members``; TensorBoard's
     # logger cannot chart a list and warns with the whole report: the scalars are charted
     logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
+    state_log = logging.getLogger("ray.tune.execution.experiment_state")
+    if not any(isinstance(f, _StagingRace) for f in state_log.filters):
+        state_log.addFilter(_StagingRace())
+
+
+def _run_config(spec: Spec, p: Plan, folder: Path, search_id: str, name: str, log: Callable[..., None]) -> Any:
+    """Where Tune keeps its state (``name`` under the search folder), and the driver's callbacks."""
+    s = spec.search
+    quiet_tune_logs()
     callbacks = [
         ResultRecorder(str(folder), search_id, s.method, p.defaults, p.cell_info),
         ProgressPrinter(s.metric, s.mode, log, recorded_best(folder, s.metric, s.mode)),  # a resumed search's best too
