@@ -55,3 +55,29 @@ def test_kuberay_rayjob() -> None:
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     assert "python -m kdsearch run" in doc["spec"]["entrypoint"]
     _check_ray_cluster_spec(doc["spec"]["rayClusterSpec"])
+
+
+def test_the_local_head_waits_for_its_job_agent_and_says_why_it_never_came(tmp_path: Path) -> None:
+    """`local_cluster.py start` returns once the job agent listens; a head whose agent never came is
+    started again, named by the agent log's last error (without it every submit says "No available agent")."""
+    import socket
+    import sys
+
+    sys.path.insert(0, str(CLUSTER))
+    try:
+        import local_cluster
+    finally:
+        sys.path.remove(str(CLUSTER))
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert local_cluster._wait_for_agent(listening.getsockname()[1], tmp_path, timeout_s=5) is None
+    port = local_cluster._free_port()  # bound a moment ago, nothing listens on it now
+    assert local_cluster._wait_for_agent(port, tmp_path, timeout_s=1) == f"nothing listens on its port {port} after 1 s"
+    logs = tmp_path / "session_2026-12-04_08-05-00_1" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "dashboard_agent.log").write_text("INFO agent.py:177 -- starting\n"
+                                              "ERROR http_server_agent.py:90 -- OSError: [Errno 98] address already in use\n"
+                                              "INFO agent.py:300 -- exiting\n")
+    assert local_cluster._wait_for_agent(port, tmp_path, timeout_s=1) == (
+        "ERROR http_server_agent.py:90 -- OSError: [Errno 98] address already in use")
