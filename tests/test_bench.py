@@ -77,6 +77,26 @@ def test_replay_bench_runs_over_the_committed_results(tmp_path: Path) -> None:
     assert all(any(line.startswith(name) for line in result["left_out"]) for name in objectives)
 
 
+def test_replay_bench_of_auto_alone_replays_what_it_picks_raced(tmp_path: Path) -> None:
+    """`--methods auto`: each table replays the method auto picks there, raced as auto runs it, and
+    nothing else (it crashed on an empty list before)."""
+    from kdsearch.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    out = tmp_path / "replay.json"
+    assert main(["bench", "replay", "--replays", "2", "--methods", "auto", "--results", str(root), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    picks = {f"{t['search']} {t['cell']}": t["auto"] for t in result["tables"]}
+    assert picks and isinstance(result["auto_meets_target"], bool)
+    for table, pick in picks.items():
+        rows = [r for r in result["per_table"] if r["table"] == table]
+        assert {r["method"] for r in rows} == {"auto", pick}
+        # the pick's rows are its raced replays, the very rows auto's are
+        for b in result["budgets"]:
+            same = [{k: v for k, v in r.items() if k != "method"} for r in rows if r["budget"] == b]
+            assert len(same) == 2 and same[0] == same[1]
+
+
 def test_race_bench_replays_both_policies_at_each_budget(tmp_path: Path) -> None:
     """Whole rounds and partial rounds side by side at each race budget, over the committed truth grids."""
     from kdsearch.cli import main

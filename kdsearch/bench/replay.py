@@ -94,12 +94,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first = args.seeds if args.seeds is not None else FIRST_SEEDS
     if not 1 <= first <= fewest:
         raise KDSearchError(f"--seeds: a replay uses 1..{fewest} of the grids' seeds, got {first}")
-    methods = [m for m in (args.methods or METHODS) if not METHODS[m].auto]
+    asked = args.methods or list(METHODS)
+    methods = [m for m in asked if not METHODS[m].auto]
     rows = []
     for t in tables:
         auto, why = choose(t.space, gpu=False)
-        for m in methods:
-            for race in (None, Race()):
+        # `auto` alone (--methods auto) replays only what it picks here, raced as it runs
+        todo = methods + ([auto] if auto not in methods and any(METHODS[m].auto for m in asked) else [])
+        for m in todo:
+            for race in ((None, Race()) if m in methods else (Race(),)):
                 start = time.perf_counter()
                 r = regrets(m, t, args.replays, BUDGETS, first, race)
                 rows.append(r.assign(table=f"{t.source} {t.cell}"))
