@@ -111,6 +111,12 @@ def test_the_committed_benches_have_their_keys() -> None:
     for r in replay["summary"]:
         assert {"mean_regret", "p90_regret", "worst_regret", "within_half_point", "best_set_covers", "spent"} <= set(r)
     assert (RESULTS / "bench" / "replay.png").stat().st_size > 1000
+    # auto alone, 1,000 replays a cell: what the README quotes for the 90% target (its interval holds 90%)
+    alone = json.loads((RESULTS / "bench" / "replay_auto.json").read_text())
+    assert alone["replays_per_cell"] == 1000 and [t["configs"] for t in alone["tables"]] == [44, 44]
+    at30 = {r["table"].split()[-1]: r for r in alone["per_table"] if r["method"] == "auto" and r["budget"] == 0.3}
+    assert round(at30["rotten_tomatoes/xxxs"]["within_half_point"], 3) == 0.894 and at30["bbc_news/xxxs"]["within_half_point"] >= 0.99
+    assert (RESULTS / "bench" / "replay_auto.png").stat().st_size > 1000
     calibration = json.loads((RESULTS / "bench" / "calibration.json").read_text())
     assert calibration["draws"] >= 2000 and calibration["verdict_test"] == "signflip" and calibration["meets_targets"]["a_a"]
     assert {r["seeds"] for r in calibration["a_a"]} == {2, 3, 5, 8, 10} and {r["K"] for r in calibration["best_of_k"]} == {8, 24, 168}
