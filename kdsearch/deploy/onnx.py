@@ -138,5 +138,10 @@ def quantize_int8(src: Path, dst: Path) -> None:
     root.setLevel(logging.ERROR)  # its advice to pre-process, on the root logger, every time
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    except Exception as e:  # noqa: BLE001 - its shape inference fails on some exporter/onnx pairs (torch 2.11 on an H200 image)
+        import onnxruntime
+
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise KDSearchError(f"ONNX Runtime {onnxruntime.__version__} cannot quantize {src.name} to int8: {first}") from None
     finally:
         root.setLevel(level)

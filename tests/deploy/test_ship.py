@@ -106,3 +106,13 @@ def test_a_model_the_exporter_cannot_handle_is_one_line(rt_data: PreparedData, t
     with pytest.raises(KDSearchError, match=r"^torch.onnx cannot export Opaque: "):
         onnx.export(Opaque(), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_int8_that_onnx_runtime_cannot_quantize_is_one_line(tmp_path: Path) -> None:
+    """ONNX Runtime's quantizer failing (its shape inference did, on a GPU image's torch 2.11 export)
+    is one line naming the file, so a search's costs step warns instead of ending in a traceback."""
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"not an onnx graph")
+    with pytest.raises(KDSearchError, match=r"^ONNX Runtime [\d.]+ cannot quantize model\.onnx to int8: ") as e:
+        onnx.quantize_int8(src, tmp_path / "model_int8.onnx")
+    assert "\n" not in str(e.value) and not (tmp_path / "model_int8.onnx").exists()
