@@ -64,6 +64,19 @@ def test_committed_deploy_bench_has_its_keys() -> None:
     assert result["setup"]["machine"]["cpu"] and result["setup"]["machine"]["threads"] >= 1
 
 
+def test_the_fused_bench_times_searches_without_serving_costs(tmp_path: Path) -> None:
+    """Its three grids are timed side by side: none may pay the once-per-machine cost measurement."""
+    import argparse
+
+    from kdsearch.bench.fused import _spec_overrides
+    from kdsearch.paths import SPACES
+    from kdsearch.spec import load_spec
+
+    args = argparse.Namespace(examples=64, max_length=16, batch_size=8, set=[])
+    spec = load_spec(SPACES / "quick.yaml", _spec_overrides(args, tmp_path / "s", tmp_path / "wd"))
+    assert spec.search.costs is False and spec.search.method == "grid"
+
+
 def test_replay_bench_runs_over_the_committed_results(tmp_path: Path) -> None:
     """Every committed full grid replays; the objectives' arms (search.configs) are listed as left out."""
     from kdsearch.cli import main

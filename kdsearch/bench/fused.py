@@ -143,6 +143,9 @@ def _spec_overrides(args: argparse.Namespace, storage: Path, workdir: Path) -> l
         "search.method=grid",
         "search.seeds=[0]",
         "search.baseline=false",
+        # serving costs (ONNX export, int8) are measured after a search's trials, once per architecture
+        # and machine: the first grid timed would pay them, and the device's onnx failed on them
+        "search.costs=false",
         f"search.space={json.dumps(GRID)}",
         *args.set,
     ]
