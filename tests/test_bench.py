@@ -77,6 +77,19 @@ def test_the_fused_bench_times_searches_without_serving_costs(tmp_path: Path) ->
     assert spec.search.costs is False and spec.search.method == "grid"
 
 
+def test_the_fused_bench_keeps_its_member_rates_beside_where_the_result_goes() -> None:
+    """The rates are written first (a lent GPU's time may end in the grids) beside the result's file,
+    which replaces them: fused_gpu.json on a GPU, fused.json on CPU, or --out."""
+    import argparse
+
+    from kdsearch.bench.fused import _out, _partial
+
+    default = argparse.Namespace(out=None)
+    assert _out(default, "cuda") == "results/bench/fused_gpu.json" and _out(default, "cpu") == "results/bench/fused.json"
+    assert _out(argparse.Namespace(out="/x/f.json"), "cuda") == "/x/f.json"
+    assert _partial(_out(default, "cuda")) == Path("results/bench/fused_gpu.partial.json")
+
+
 def test_replay_bench_runs_over_the_committed_results(tmp_path: Path) -> None:
     """Every committed full grid replays; the objectives' arms (search.configs) are listed as left out."""
     from kdsearch.cli import main

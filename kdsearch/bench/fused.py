@@ -190,6 +190,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"== member-steps/s on {gpu_name or 'CPU'}: K in {args.k}, {args.steps} steps each pass", flush=True)
     rates = member_rates(data, teacher, args.k, args.steps, args.batch_size, device)
     print(format_table(rates))
+    # the grids take minutes more: on a lent GPU's short time the rates must outlive a timeout
+    write_result(_partial(_out(args, device.type)), {"device": device.type, "gpu": gpu_name, "member_steps_per_s": rates,
+                                                    "partial": "member rates only: the grids had not finished",
+                                                    "setup": {"steps": args.steps, "batch_size": args.batch_size,
+                                                              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}})
     cpus = float(os.cpu_count() or 1)
     if device.type == "cuda":
         single_res, fused_res = {"cpu": 1.0, "gpu": 1.0 / args.single_per_gpu}, {"cpu": min(cpus, 4.0), "gpu": 1.0}
@@ -240,6 +245,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(f"fused vs one trial per config {result['fused_vs_single']:.2f}x, vs the peer {result['fused_vs_hf_peer']:.2f}x "
           f"on {result['gpu'] or 'CPU'}; GPU utilisation {'n/a' if util is None else f'{100 * util:.0f}%'}; "
           f"auto fuses on CPU: {result['auto_fuses_on_cpu']}")
-    out = args.out or ("results/bench/fused_gpu.json" if result["device"] == "cuda" else "results/bench/fused.json")
+    out = _out(args, result["device"])
     write_result(out, result)
+    _partial(out).unlink(missing_ok=True)  # the whole result replaces the rates kept on the way
     return result
+
+
+def _out(args: argparse.Namespace, device: str) -> str:
+    return args.out or ("results/bench/fused_gpu.json" if device == "cuda" else "results/bench/fused.json")
+
+
+def _partial(out: str | Path) -> Path:
+    return Path(out).with_suffix(".partial.json")
