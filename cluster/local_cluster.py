@@ -69,7 +69,10 @@ def start(state: Path, cpus: int | None, dashboard_port: int, attempts: int = 2)
     state.mkdir(parents=True, exist_ok=True)
     if _env()["RAY_AUTH_MODE"] == "token":
         subprocess.run([*_ray(), "get-auth-token", "--generate"], env=_env(), check=True, stdout=subprocess.DEVNULL)
-    for attempt in range(1, attempts + 1):
+    problem = ""
+    for attempt in range(attempts):
+        if attempt:
+            print(f"local_cluster: the head's job agent did not start ({problem}); starting the head again", file=sys.stderr)
         info, agent_port = _start_head(state, cpus, dashboard_port)
         _wait_for_jobs(info["jobs_address"])
         # the job server answers before the head's job agent is up, and an agent that could not
@@ -80,10 +83,7 @@ def start(state: Path, cpus: int | None, dashboard_port: int, attempts: int = 2)
         if problem is None:
             return info
         stop(state)
-        if attempt == attempts:
-            raise SystemExit(f"local_cluster: the head's job agent did not start ({problem})")
-        print(f"local_cluster: the head's job agent did not start ({problem}); starting the head again", file=sys.stderr)
-    raise AssertionError("unreachable")
+    raise SystemExit(f"local_cluster: the head's job agent did not start ({problem})")
 
 
 def _start_head(state: Path, cpus: int | None, dashboard_port: int) -> tuple[dict, int]:

@@ -130,7 +130,7 @@ def check_parity(p: dict[str, float], what: str) -> None:
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """ONNX Runtime's dynamic int8 quantisation of ``src`` into ``dst``."""
-    require_onnxruntime()
+    ort = require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -139,9 +139,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     except Exception as e:  # noqa: BLE001 - its shape inference fails on some exporter/onnx pairs (torch 2.11 on an H200 image)
-        import onnxruntime
-
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise KDSearchError(f"ONNX Runtime {onnxruntime.__version__} cannot quantize {src.name} to int8: {first}") from None
+        raise KDSearchError(f"ONNX Runtime {ort.__version__} cannot quantize {src.name} to int8: {first}") from None
     finally:
         root.setLevel(level)
